@@ -1,0 +1,1 @@
+"""Flax actor-critic networks and PPO."""

@@ -1,0 +1,1 @@
+"""Continuous-learning manager: models, weight policies, registry, orchestrator."""

@@ -1,0 +1,1 @@
+"""Trading environment (gymnax API), the exit resolver and on-device trade statistics."""

@@ -1,0 +1,119 @@
+"""Trade-info contract of ``TradingEnv`` and on-device TP statistics.
+
+Every ``TradingEnv.step`` puts ``info["trade"]``: a dict of per-step scalars (``TRADE_KEYS``)
+describing the trade that closed on that step (``closed`` False and zeros otherwise).
+``tp_stats`` reduces any batch of those dicts (any leading axes) into ``TPStats``, the pytree
+the weight policies consume, with the same rules as the SQLite tracker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+EXIT_NONE, EXIT_TP, EXIT_SL, EXIT_TIME, EXIT_MANUAL, EXIT_END = range(6)
+EXIT_REASONS = ("none", "tp", "sl", "time", "manual", "end")
+
+TRADE_KEYS = (
+    "closed",            # bool: a trade closed on this step
+    "exit_reason",       # int32 code, index into EXIT_REASONS
+    "side",              # int32 +1 long / -1 short
+    "entry_price", "exit_price", "tp_price", "sl_price",
+    "tp_mult",           # TP distance in volatility units
+    "r_planned",         # tp_mult / sl_mult
+    "r_realised",        # realised PnL (after costs) / initial risk
+    "pnl",               # realised PnL after costs, currency
+    "mfe", "mae",        # max favourable / adverse excursion, price distance >= 0
+    "tp_zone_accuracy",  # 1 if TP hit else clip(MFE / TP distance, 0, 1)
+    "hit",               # bool: exit by TP
+    "premature",         # bool: manual/time exit and price reached TP within the horizon
+    "entry_bar", "exit_bar", "path", "symbol_id",
+)
+
+R_CAP = 10.0  # cap of the seed's estimated R = 1 / hit_rate (value at zero hits)
+
+
+def estimated_r_multiple(hit_rate, cap: float = R_CAP):
+    """The seed's estimate ``1 / hit_rate``, capped at ``cap`` (so ``cap`` at zero hits)."""
+    if isinstance(hit_rate, (int, float)):
+        return float(cap) if hit_rate <= 1.0 / cap else 1.0 / hit_rate
+    hr = jnp.asarray(hit_rate)
+    return jnp.where(hr > 1.0 / cap, 1.0 / jnp.maximum(hr, 1.0 / cap), cap)
+
+
+@struct.dataclass
+class TPStats:
+    """Tracker aggregates as a pytree (scalars, or batched under vmap).
+
+    ``valid`` is False when ``total_attempts < min_attempts`` (the tracker's ``None``).
+    ``volatility`` is the mean volatility unit relative to price of the traded bars (for
+    policies that scale thresholds per symbol); 0 when unknown.
+    """
+
+    total_attempts: jax.Array
+    total_hits: jax.Array
+    tp_hit_rate: jax.Array
+    avg_r_multiple: jax.Array
+    actual_r: jax.Array
+    premature_exit_rate: jax.Array
+    valid: jax.Array
+    volatility: jax.Array
+
+    @property
+    def total_misses(self) -> jax.Array:
+        return self.total_attempts - self.total_hits
+
+
+def make_tp_stats(attempts, hits, sum_r, premature, min_attempts=10, volatility=0.0,
+                  r_cap: float = R_CAP) -> TPStats:
+    """``TPStats`` from counts (host floats or jnp arrays)."""
+    attempts = jnp.asarray(attempts, jnp.float32)
+    hits = jnp.asarray(hits, jnp.float32)
+    denom = jnp.maximum(attempts, 1.0)
+    hit_rate = jnp.where(attempts > 0, hits / denom, 0.0)
+    return TPStats(
+        total_attempts=attempts,
+        total_hits=hits,
+        tp_hit_rate=hit_rate,
+        avg_r_multiple=estimated_r_multiple(hit_rate, r_cap),
+        actual_r=jnp.where(attempts > 0, jnp.asarray(sum_r, jnp.float32) / denom, 0.0),
+        premature_exit_rate=jnp.where(attempts > 0,
+                                      jnp.asarray(premature, jnp.float32) / denom, 0.0),
+        valid=attempts >= min_attempts,
+        volatility=jnp.asarray(volatility, jnp.float32),
+    )
+
+
+def tp_stats(trade: dict[str, Any], min_attempts=10, r_cap: float = R_CAP) -> TPStats:
+    """Reduce a batch of ``info["trade"]`` dicts (any leading axes) into ``TPStats``.
+
+    Attempts are all closed trades (every trade carries a TP), including ``end`` exits.
+    """
+    closed = trade["closed"].astype(jnp.float32)
+    return make_tp_stats(
+        attempts=closed.sum(),
+        hits=(trade["hit"].astype(jnp.float32) * closed).sum(),
+        sum_r=(trade["r_realised"] * closed).sum(),
+        premature=(trade["premature"].astype(jnp.float32) * closed).sum(),
+        min_attempts=min_attempts,
+        r_cap=r_cap,
+    )
+
+
+def trade_summary(trade: dict[str, Any]) -> dict[str, jax.Array]:
+    """Scalar per-batch trade metrics for training logs (reduced on device)."""
+    closed = trade["closed"].astype(jnp.float32)
+    n = closed.sum()
+    d = jnp.maximum(n, 1.0)
+    return {
+        "trades": n,
+        "tp_hit_rate": (trade["hit"] * closed).sum() / d,
+        "mean_r": (trade["r_realised"] * closed).sum() / d,
+        "premature_rate": (trade["premature"] * closed).sum() / d,
+        "mean_tp_mult": (trade["tp_mult"] * closed).sum() / d,
+        "tp_zone_accuracy": (trade["tp_zone_accuracy"] * closed).sum() / d,
+        "pnl": (trade["pnl"] * closed).sum(),
+    }

@@ -1,0 +1,1 @@
+"""Production TP performance tracking (SQLite)."""
