@@ -16,6 +16,7 @@ on the same step, so at most one trade closes per step and ``info["trade"]`` is 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
@@ -294,13 +295,25 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
         return self.get_obs(new_state, params), new_state, reward.astype(jnp.float32), \
             terminated, info
 
+    def step(self, key: jax.Array, state: EnvState, action: int | jax.Array,
+             params: EnvParams | None = None):
+        """gymnax ``Environment.step`` (auto-reset, ``final_observation``, both flags).
+
+        Same contract as the base class; the transition is deterministic, so ``key`` goes to
+        the reset directly instead of being split first (one threefry call less per step).
+        """
+        return _step(self, key, state, action,
+                     self.default_params if params is None else params)
+
     def reset_env(self, key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
         m = params.market
-        k_path, k_bar = jax.random.split(key)
-        path = jax.random.randint(k_path, (), 0, m.n_paths)
-        # the episode reads bars start-window+1 .. start+max_steps (inclusive)
-        hi = m.n_bars - params.max_steps_in_episode - 1
-        start = jax.random.randint(k_bar, (), self.window, jnp.maximum(hi, self.window + 1))
+        # One threefry call for both draws and float range reduction (reset runs on every
+        # step under auto-reset; integer modulo does not vectorise on CPU).
+        u = jax.random.uniform(key, (2,))
+        path = jnp.minimum((u[0] * m.n_paths).astype(jnp.int32), m.n_paths - 1)
+        # the episode reads bars start-window .. start+max_steps (inclusive)
+        n_starts = jnp.maximum(m.n_bars - params.max_steps_in_episode - 1 - self.window, 1)
+        start = self.window + jnp.minimum((u[1] * n_starts).astype(jnp.int32), n_starts - 1)
         f0 = jnp.float32(0.0)
         eq = jnp.asarray(params.initial_equity, jnp.float32)
         state = EnvState(
@@ -320,8 +333,7 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
         closes = jax.lax.dynamic_slice(m.close, (p, t - w), (1, w + 1))[0]
         c = closes[-1]
         vu = m.vol_unit[p, t]
-        vol = vu / c
-        rets = jnp.diff(jnp.log(closes)) / vol
+        rets = jnp.diff(closes) / vu    # close-to-close moves in volatility units
         s = state.side.astype(jnp.float32)
         held = state.side != 0
         in_vu = lambda x: jnp.where(held, x / vu, 0.0)  # noqa: E731
@@ -405,6 +417,19 @@ def encode_action(side: int, tp_index: int, n_tp: int) -> int:
     if not 0 <= tp_index < n_tp:
         raise ValueError(f"tp_index: expected 0 <= tp_index < {n_tp}, got {tp_index}")
     return 1 + tp_index if side > 0 else 1 + n_tp + tp_index
+
+
+@partial(jax.jit, static_argnums=0)
+def _step(env: TradingEnv, key, state, action, params):
+    obs_st, state_st, reward, terminated, info = env.step_env(key, state, action, params)
+    truncated = env.is_truncated(state_st, params)
+    done = jnp.logical_or(terminated, truncated)
+    obs_re, state_re = env.reset_env(key, params)
+    state = jax.tree.map(lambda x, y: jax.lax.select(done, x, y), state_re, state_st)
+    obs = jax.lax.select(done, obs_re, obs_st)
+    info = {**info, "terminated": terminated, "truncated": truncated,
+            "final_observation": obs_st}
+    return obs, state, reward, terminated, truncated, info
 
 
 def default_market(n_paths: int = 8, n_bars: int = 512, seed: int = 0) -> MarketData:
