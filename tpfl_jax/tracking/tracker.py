@@ -16,13 +16,11 @@ Trades recorded without an ``exit_time`` are windowed by the time they were reco
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from tpfl_jax.env.stats import EXIT_REASONS, R_CAP, TPStats, estimated_r_multiple, make_tp_stats
+from tpfl_jax.tracking.sqlite import SqliteStore
 
 SCHEMA_COMPONENT = "tracker"
 SCHEMA_VERSION = 1
@@ -43,10 +42,6 @@ FEEDBACK_KEYS = ("tp_hit_rate", "avg_r_multiple", "total_attempts", "total_hits"
 ACTUAL_R_KEY = "actual_r_multiple"
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (
-    component TEXT PRIMARY KEY,
-    version   INTEGER NOT NULL
-);
 CREATE TABLE IF NOT EXISTS tp_trades (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
     strategy_id      TEXT    NOT NULL,
@@ -272,7 +267,7 @@ def _positive_int(name: str, v: Any, where: str) -> int:
     return int(v)
 
 
-class TPPerformanceTracker:
+class TPPerformanceTracker(SqliteStore):
     """Closed-trade store and TP aggregates on SQLite (``":memory:"`` for tests).
 
     Thread-safe (one connection behind a lock). ``synchronous`` is SQLite's durability level for
@@ -281,62 +276,13 @@ class TPPerformanceTracker:
 
     def __init__(self, path: str | os.PathLike[str] = ":memory:", *,
                  synchronous: str = "FULL", timeout: float = 30.0) -> None:
-        if synchronous not in ("FULL", "NORMAL", "EXTRA"):
-            raise ValueError(f"synchronous = {synchronous!r}; expected 'FULL', 'NORMAL' or 'EXTRA'")
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
-                                     check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(f"PRAGMA synchronous={synchronous}")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._init_schema()
-
-    # -- connection management ---------------------------------------------------------------
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Cursor]:
-        """One write transaction: committed on success, rolled back on any exception."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn.cursor()
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
-    def _init_schema(self) -> None:
-        with self._transaction() as cur:
-            for stmt in filter(str.strip, _SCHEMA.split(";")):
-                cur.execute(stmt)
-            row = cur.execute("SELECT version FROM schema_version WHERE component = ?",
-                              (SCHEMA_COMPONENT,)).fetchone()
-            if row is None:
-                cur.execute("INSERT INTO schema_version (component, version) VALUES (?, ?)",
-                            (SCHEMA_COMPONENT, SCHEMA_VERSION))
-            elif row[0] != SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path}: tracker schema version {row[0]}, this code "
-                                   f"reads version {SCHEMA_VERSION}")
-
-    def close(self) -> None:
-        """Close the connection (committed data is already durable)."""
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> TPPerformanceTracker:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        super().__init__(path, synchronous=synchronous, timeout=timeout)
+        self._ensure_schema(SCHEMA_COMPONENT, SCHEMA_VERSION, _SCHEMA)
 
     @property
     def schema_version(self) -> int:
         """The stored tracker schema version."""
-        with self._lock:
-            return self._conn.execute("SELECT version FROM schema_version WHERE component = ?",
-                                      (SCHEMA_COMPONENT,)).fetchone()[0]
+        return self.schema_versions()[SCHEMA_COMPONENT]
 
     # -- writes ------------------------------------------------------------------------------
     def record_trade(self, strategy_id: str, symbol: str, *, side: int | str,
