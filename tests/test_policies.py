@@ -153,7 +153,7 @@ def test_continuous_mapping():
     ws = [run("continuous", stats(h, 2.0))[0] for h in (0.0, 0.45, 0.575, 0.70, 1.0)]
     assert ws == pytest.approx([2.0, 2.0, 1.0, 0.5, 0.5])
     fine = np.linspace(0, 1, 101)
-    w, _, _ = jax.vmap(P.continuous, in_axes=(0, None, None))(
+    w, _, _ = jax.jit(jax.vmap(P.continuous, in_axes=(0, None, None)))(
         stats(fine, 2.0), P.init_policy_state(), P.make_policy_params("continuous"))
     assert np.all(np.diff(np.asarray(w)) <= 0) and w.min() >= 0.5 and w.max() <= 2.0
     assert run("continuous", stats(0.5, 2.0), w_min=0.9, w_max=1.1)[0] == pytest.approx(1.1)
@@ -171,7 +171,7 @@ def test_all_policies_in_one_vmap_match_each_policy():
     w, st, code = fn(s, state, params)
     assert w.shape == (len(names), 4) and code.dtype == jnp.int32
     for i, n in enumerate(names):
-        wi, _, ci = jax.vmap(P.POLICIES[n], in_axes=(0, None, None))(
+        wi, _, ci = jax.jit(jax.vmap(P.POLICIES[n], in_axes=(0, None, None)))(
             s, state, P.make_policy_params(n))
         np.testing.assert_allclose(w[i], wi, rtol=1e-6)
         np.testing.assert_array_equal(code[i], ci)
