@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import jax
-import pytest
 import numpy as np
 import pandas as pd
+import pytest
 
 from tpfl_jax.env.stats import EXIT_REASONS, TRADE_KEYS, tp_stats
 from tpfl_jax.env.trading import TradingEnv
