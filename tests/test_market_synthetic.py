@@ -99,7 +99,8 @@ def test_vmap_over_keys_and_float_param_compiles_once():
     keys = jax.random.split(jax.random.key(0), 4)
     vols = jnp.array([0.005, 0.01, 0.02, 0.04])
     md = sweep(keys, vols, jnp.zeros(4))
-    md2 = sweep(jax.random.split(jax.random.key(9), 4), vols * 2, jnp.full(4, 0.1, jnp.float32))  # no retrace
+    keys2 = jax.random.split(jax.random.key(9), 4)
+    md2 = sweep(keys2, vols * 2, jnp.full(4, 0.1, jnp.float32))  # new values: no retrace
     assert md.close.shape == md2.close.shape == (4, 2, 50)
     # the traced vol parameter really drives the volatility
     stds = np.log(np.asarray(md.close)[..., 1:] / np.asarray(md.close)[..., :-1]).std(axis=(1, 2))

@@ -10,11 +10,11 @@ Every generator is one engine (`simulate`) fed by a kind-specific parameter stru
 * each bar is ``substeps`` intrabar log-price increments
   ``drift/m + sigma_t/sqrt(m) * N(0, 1) + jumps`` (m = substeps); jumps are compound Poisson with
   intensity ``jump_intensity`` per bar and ``N(jump_mean, jump_vol**2)`` sizes;
-* open = previous close (times ``exp(N(0, gap_vol**2))`` when ``gap_vol > 0``; bar 0 opens at ``s0``),
+* open = previous close (times ``exp(N(0, gap_vol**2))`` if ``gap_vol > 0``; bar 0 opens at s0),
   close = last intrabar point, high / low = max / min over the open and all intrabar points, so
   ``low <= open, close <= high`` holds exactly;
-* volume = ``volume_base * LogNormal(mean 1, volume_vol) * (1 + |z_t|) / E[1 + |z|]`` (> 0, larger on
-  large moves).
+* volume = ``volume_base * LogNormal(mean 1, volume_vol) * (1 + |z_t|) / E[1 + |z|]`` (> 0,
+  larger on large moves).
 
 Units: ``drift`` is the mean log return per bar of the diffusive part (jumps add
 ``jump_intensity * jump_mean``); ``vol`` is the per-bar standard deviation of log returns.
@@ -300,32 +300,37 @@ def _simulate(key, p: MixedParams, symbol_id, *, n_paths: int, n_bars: int, subs
 def gbm(key: jax.Array, n_paths: int, n_bars: int, params: GBMParams | None = None, *,
         substeps: int = DEFAULT_SUBSTEPS, symbol_id: int | jax.Array = 0) -> MarketData:
     """Geometric Brownian motion bars (regime 0, trend = sign(drift))."""
-    return simulate(key, GBMParams() if params is None else params, n_paths, n_bars, substeps, symbol_id)
+    params = GBMParams() if params is None else params
+    return simulate(key, params, n_paths, n_bars, substeps, symbol_id)
 
 
 def regime_switching(key: jax.Array, n_paths: int, n_bars: int,
                      params: RegimeParams | None = None, *, substeps: int = DEFAULT_SUBSTEPS,
                      symbol_id: int | jax.Array = 0) -> MarketData:
     """Markov regime-switching bars; ``regime`` holds the labels, ``trend`` their drift sign."""
-    return simulate(key, RegimeParams() if params is None else params, n_paths, n_bars, substeps, symbol_id)
+    params = RegimeParams() if params is None else params
+    return simulate(key, params, n_paths, n_bars, substeps, symbol_id)
 
 
 def garch(key: jax.Array, n_paths: int, n_bars: int, params: GARCHParams | None = None, *,
           substeps: int = DEFAULT_SUBSTEPS, symbol_id: int | jax.Array = 0) -> MarketData:
     """GARCH(1,1) bars (volatility clustering)."""
-    return simulate(key, GARCHParams() if params is None else params, n_paths, n_bars, substeps, symbol_id)
+    params = GARCHParams() if params is None else params
+    return simulate(key, params, n_paths, n_bars, substeps, symbol_id)
 
 
 def merton(key: jax.Array, n_paths: int, n_bars: int, params: MertonParams | None = None, *,
            substeps: int = DEFAULT_SUBSTEPS, symbol_id: int | jax.Array = 0) -> MarketData:
     """Merton jump-diffusion bars (fat tails)."""
-    return simulate(key, MertonParams() if params is None else params, n_paths, n_bars, substeps, symbol_id)
+    params = MertonParams() if params is None else params
+    return simulate(key, params, n_paths, n_bars, substeps, symbol_id)
 
 
 def mixed(key: jax.Array, n_paths: int, n_bars: int, params: MixedParams | None = None, *,
           substeps: int = DEFAULT_SUBSTEPS, symbol_id: int | jax.Array = 0) -> MarketData:
     """Regime switching + GARCH(1,1) + Merton jumps in one path."""
-    return simulate(key, MixedParams() if params is None else params, n_paths, n_bars, substeps, symbol_id)
+    params = MixedParams() if params is None else params
+    return simulate(key, params, n_paths, n_bars, substeps, symbol_id)
 
 
 def make_params(kind: str, **params: Any) -> Any:
