@@ -48,7 +48,7 @@ def test_shapes_dtypes(data, kind):
     assert (np.asarray(md.volume) > 0).all()
     assert (np.asarray(md.vol_unit) > 0).all()
     assert (np.asarray(md.low) > 0).all()
-    np.testing.assert_allclose(np.asarray(md.open[:, 0]), 100.0)
+    np.testing.assert_array_equal(np.asarray(md.open[:, 0]), 100.0)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -281,7 +281,7 @@ def _simulate(key, p: MixedParams, symbol_id, *, n_paths: int, n_bars: int, subs
     prev_close = jnp.concatenate([jnp.full((n_paths, 1), log_s0), log_close[:, :-1]], axis=-1)
     log_open = prev_close + gap
 
-    open_ = jnp.exp(log_open)
+    open_ = jnp.exp(log_open).at[:, 0].set(p.s0)  # exactly s0, not exp(log(s0))
     close = jnp.exp(log_close)
     inner = jnp.exp(log_open[..., None] + path[..., :-1])  # intrabar points before the last
     high = jnp.maximum(jnp.maximum(open_, close), jnp.max(inner, axis=-1, initial=-jnp.inf))
