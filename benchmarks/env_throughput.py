@@ -42,26 +42,39 @@ def make_rollout(env, params, n_envs: int, n_steps: int):
     return jax.jit(rollout)
 
 
-def measure(env, params, n_envs: int, n_steps: int, repeats: int) -> tuple[float, float]:
-    """(compile seconds, best env-steps/s over ``repeats`` runs)."""
+def compile_rollout(env, params, n_envs: int, n_steps: int):
+    """(compiled rollout, compile seconds)."""
     fn = make_rollout(env, params, n_envs, n_steps)
     t0 = time.perf_counter()
     compiled = fn.lower(jax.random.key(0)).compile()
     compile_s = time.perf_counter() - t0
     jax.block_until_ready(compiled(jax.random.key(1)))
-    best = 0.0
+    return compiled, compile_s
+
+
+def best_rates(compiled: list, n_envs: int, n_steps: int, repeats: int) -> list[float]:
+    """Best env-steps/s of each compiled rollout, runs interleaved so that load spikes on a
+    shared machine hit every candidate alike."""
+    best = [0.0] * len(compiled)
     for r in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(jax.random.key(2 + r)))
-        best = max(best, n_envs * n_steps / (time.perf_counter() - t0))
-    return compile_s, best
+        for i, fn in enumerate(compiled):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(jax.random.key(2 + r)))
+            best[i] = max(best[i], n_envs * n_steps / (time.perf_counter() - t0))
+    return best
+
+
+def measure(env, params, n_envs: int, n_steps: int, repeats: int) -> tuple[float, float]:
+    """(compile seconds, best env-steps/s over ``repeats`` runs) of one env."""
+    compiled, compile_s = compile_rollout(env, params, n_envs, n_steps)
+    return compile_s, best_rates([compiled], n_envs, n_steps, repeats)[0]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--envs", type=int, nargs="+", default=[256, 4096])
     ap.add_argument("--steps", type=int, default=500)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--csv", default=None, help="write the table to this CSV file")
     args = ap.parse_args()
 
@@ -74,8 +87,9 @@ def main() -> None:
     print(f"{'envs':>7} {'trading steps/s':>16} {'cartpole steps/s':>17} {'ratio':>6} "
           f"{'compile trading s':>18} {'compile cartpole s':>19}")
     for n in args.envs:
-        tc, ts = measure(trading, t_params, n, args.steps, args.repeats)
-        cc, cs = measure(cart, c_params, n, args.steps, args.repeats)
+        t_fn, tc = compile_rollout(trading, t_params, n, args.steps)
+        c_fn, cc = compile_rollout(cart, c_params, n, args.steps)
+        ts, cs = best_rates([t_fn, c_fn], n, args.steps, args.repeats)
         rows.append(dict(envs=n, trading_sps=ts, cartpole_sps=cs, ratio=ts / cs,
                          trading_compile_s=tc, cartpole_compile_s=cc,
                          device=jax.devices()[0].device_kind))

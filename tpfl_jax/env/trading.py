@@ -182,9 +182,6 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
         s_old = state.side.astype(jnp.float32)
 
         # --- existing trade: resting TP/SL orders (gaps fill at the open), then manual close
-        old = resolve_bar(s_old, state.entry_price, state.tp_price, state.sl_price,
-                          o, h, lo, params.sl_first, check_gap=True)
-        manual = held & ~old.gap & (want != state.side)
         # --- new trade at the open (only from flat at the decision bar)
         opens = ~held & (want != 0)
         s_new = want.astype(jnp.float32)
@@ -193,10 +190,8 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
         tp_new = o + s_new * tp_mult * vu_t
         sl_new = o - s_new * params.sl_mult * vu_t
         cost_in_new = self._cost(params, units_new * o, units_new, bar_vol, volume)
-        new = resolve_bar(s_new, o, tp_new, sl_new, o, h, lo, params.sl_first, check_gap=False)
 
-        # --- the trade live during bar t+1 (if any) and its bar outcome
-        live = (held & ~manual) | opens        # manual exits happen at the open
+        # --- the trade in the market at bar t+1's open (new, or the one carried over)
         side = jnp.where(opens, s_new, s_old)
         entry = jnp.where(opens, o, state.entry_price)
         tp = jnp.where(opens, tp_new, state.tp_price)
@@ -206,7 +201,12 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
         entry_cost = jnp.where(opens, cost_in_new, state.entry_cost)
         risk = jnp.where(opens, units_new * params.sl_mult * vu_t, state.risk)
         entry_bar = jnp.where(opens, nb, state.entry_bar)
-        bar = jax.tree.map(lambda a, b: jnp.where(opens, a, b), new, old)
+        # one resolver call for either; a trade entered at this open cannot gap
+        bar = resolve_bar(side, entry, tp, sl, o, h, lo, params.sl_first, check_gap=~opens)
+        # resting TP/SL orders fill first on a gap; otherwise flat / opposite side closes
+        # the carried trade at the open
+        manual = held & ~bar.gap & (want != state.side)
+        live = (held & ~manual) | opens
         mfe = jnp.where(opens, 0.0, state.mfe)
         mae = jnp.where(opens, 0.0, state.mae)
         mfe = jnp.where(live, jnp.maximum(mfe, bar.fav), mfe)
@@ -307,9 +307,7 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
 
     def reset_env(self, key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
         m = params.market
-        # One threefry call for both draws and float range reduction (reset runs on every
-        # step under auto-reset; integer modulo does not vectorise on CPU).
-        u = jax.random.uniform(key, (2,))
+        u = _key_uniforms(key)
         path = jnp.minimum((u[0] * m.n_paths).astype(jnp.int32), m.n_paths - 1)
         # the episode reads bars start-window .. start+max_steps (inclusive)
         n_starts = jnp.maximum(m.n_bars - params.max_steps_in_episode - 1 - self.window, 1)
@@ -378,6 +376,19 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
             "path": spaces.Discrete(params.market.n_paths),
             "side": spaces.Discrete(3),
         })
+
+
+def _key_uniforms(key: jax.Array) -> jax.Array:
+    """Two uniforms in [0, 1) read from the key's own bits (no extra threefry call).
+
+    Under gymnax auto-reset, ``reset_env`` runs on every step, and a ``jax.random`` draw was
+    half of a step's cost. The keys passed here come out of ``jax.random.split``, whose
+    output words are already uniform pseudo-random bits, so they are used directly
+    (mantissa trick: 23 high bits -> [1, 2) -> minus 1).
+    """
+    bits = jax.random.key_data(key).reshape(-1)[:2].astype(jnp.uint32)
+    mant = (bits >> jnp.uint32(9)) | jnp.uint32(0x3F800000)
+    return jax.lax.bitcast_convert_type(mant, jnp.float32) - 1.0
 
 
 _INT_FIELDS = ("max_holding", "max_steps_in_episode")
