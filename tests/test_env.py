@@ -1,0 +1,332 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tpfl_jax.env.compat import TradingEnvV3
+from tpfl_jax.env.stats import EXIT_END, EXIT_MANUAL, EXIT_SL, EXIT_TIME, EXIT_TP, tp_stats
+from tpfl_jax.env.trading import TradingEnv, decode_action, encode_action
+from tpfl_jax.market.types import MarketData, make_market_data
+
+N_BARS = 24
+
+
+def bars_market(overrides=None, trend=0.0):
+    """Flat bars at 100 with vol_unit 1.0; ``overrides`` maps bar -> (o, h, l, c)."""
+    ohlc = np.full((N_BARS, 4), 100.0, np.float32)
+    for b, v in (overrides or {}).items():
+        ohlc[b] = v
+    f = lambda a: jnp.asarray(a[None, :], jnp.float32)  # noqa: E731
+    return MarketData(open=f(ohlc[:, 0]), high=f(ohlc[:, 1]), low=f(ohlc[:, 2]),
+                      close=f(ohlc[:, 3]), volume=f(np.full(N_BARS, 1e6)),
+                      vol_unit=f(np.ones(N_BARS)), regime=jnp.zeros((1, N_BARS), jnp.int32),
+                      trend=f(np.full(N_BARS, trend)), symbol_id=jnp.zeros((1,), jnp.int32))
+
+
+ENV = TradingEnv(window=2, n_tp=2, premature_horizon=3)
+
+
+def params_for(market, **kw):
+    base = dict(tp_mults=(1.0, 2.0), sl_mult=1.0, fee_bps=0.0, half_spread_bps=0.0,
+                max_holding=5, max_steps_in_episode=10)
+    return ENV.make_params(market, **{**base, **kw})
+
+
+def run(market, actions, start=2, **kw):
+    """Step from decision bar ``start`` with the given actions; returns per-step outputs."""
+    params = params_for(market, **kw)
+    _, state = ENV.reset(jax.random.key(0), params)
+    state = state.replace(bar=jnp.int32(start), path=jnp.int32(0))
+    out = []
+    for i, a in enumerate(actions):
+        obs, state, rew, term, trunc, info = ENV.step(jax.random.key(i), state, a, params)
+        out.append(dict(reward=float(rew), term=bool(term), trunc=bool(trunc),
+                        trade={k: np.asarray(v).item() for k, v in info["trade"].items()},
+                        terms={k: float(v) for k, v in info["reward_terms"].items()},
+                        state=state))
+    return out
+
+
+LONG1, LONG2, SHORT1 = encode_action(1, 0, 2), encode_action(1, 1, 2), encode_action(-1, 0, 2)
+
+
+def test_action_codec():
+    for side, k in [(0, 0), (1, 0), (1, 1), (-1, 0), (-1, 1)]:
+        a = encode_action(side, k, 2)
+        s, kk = decode_action(a, 2)
+        assert int(s) == side and (side == 0 or int(kk) == k)
+    assert ENV.action_space().n == 5
+    with pytest.raises(ValueError, match="tp_index"):
+        encode_action(1, 2, 2)
+
+
+def test_long_tp_hit_intrabar_pays_bonus():
+    m = bars_market({3: (100, 101.5, 99.5, 101)})
+    (s,) = run(m, [LONG1], tp_reward_weight=2.0)
+    t = s["trade"]
+    assert t["closed"] and t["exit_reason"] == EXIT_TP and t["hit"]
+    assert t["entry_price"] == 100 and t["exit_price"] == pytest.approx(101)
+    assert t["pnl"] == pytest.approx(100.0) and t["r_realised"] == pytest.approx(1.0)
+    assert t["r_planned"] == pytest.approx(1.0) and t["tp_zone_accuracy"] == 1.0
+    assert s["terms"]["tp_bonus"] == pytest.approx(1.0 * 5.0 * 2.0)
+
+
+def test_short_mirrored():
+    m = bars_market({3: (100, 100.5, 98.9, 99.2)})
+    (s,) = run(m, [SHORT1])
+    t = s["trade"]
+    assert t["side"] == -1 and t["exit_reason"] == EXIT_TP and t["exit_price"] == pytest.approx(99)
+    assert t["pnl"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("sl_first,reason,price", [(True, EXIT_SL, 99.0), (False, EXIT_TP, 101.0)])
+def test_tp_and_sl_same_bar(sl_first, reason, price):
+    m = bars_market({3: (100, 101.5, 98.5, 100)})
+    (s,) = run(m, [LONG1], sl_first=sl_first)
+    assert s["trade"]["exit_reason"] == reason
+    assert s["trade"]["exit_price"] == pytest.approx(price)
+    if reason == EXIT_SL:  # conservative: the bar's high does not count as excursion
+        assert s["trade"]["tp_zone_accuracy"] == 0.0
+
+
+@pytest.mark.parametrize("gap_open,reason", [(102.0, EXIT_TP), (98.0, EXIT_SL)])
+def test_gap_fills_at_open(gap_open, reason):
+    m = bars_market({4: (gap_open, gap_open + 0.2, gap_open - 0.2, gap_open)})
+    s1, s2 = run(m, [LONG1, LONG1])
+    assert not s1["trade"]["closed"]
+    assert s2["trade"]["exit_reason"] == reason
+    assert s2["trade"]["exit_price"] == pytest.approx(gap_open)
+
+
+def test_time_barrier():
+    out = run(bars_market(), [LONG2, LONG2, LONG2], max_holding=2)
+    assert not out[0]["trade"]["closed"]
+    assert out[1]["trade"]["exit_reason"] == EXIT_TIME
+    assert out[1]["trade"]["exit_bar"] == 4
+
+
+def test_manual_exit_and_premature_flag():
+    m = bars_market({4: (100.5, 100.6, 100.4, 100.5), 6: (100, 102.5, 100, 100)})
+    s1, s2 = run(m, [LONG2, 0])
+    t = s2["trade"]
+    assert t["exit_reason"] == EXIT_MANUAL and t["exit_price"] == pytest.approx(100.5)
+    assert t["premature"]  # price reached TP (102) within 3 bars after the exit
+    assert 0 < t["tp_zone_accuracy"] < 1 and s2["terms"]["tp_bonus"] > 0
+    # the opposite side also closes (and does not reverse on the same step)
+    s1, s2 = run(m, [LONG2, SHORT1])
+    assert s2["trade"]["exit_reason"] == EXIT_MANUAL and int(s2["state"].side) == 0
+
+
+def test_not_premature_when_tp_never_reached():
+    s1, s2 = run(bars_market(), [LONG2, 0])
+    assert s2["trade"]["exit_reason"] == EXIT_MANUAL and not s2["trade"]["premature"]
+
+
+def test_end_exit_on_truncation():
+    s1, s2 = run(bars_market(), [LONG2, LONG2], max_steps_in_episode=2, max_holding=10)
+    assert s2["trunc"] and s2["trade"]["exit_reason"] == EXIT_END
+
+
+def test_costs_charged_on_both_sides():
+    m = bars_market({3: (100, 101.5, 99.5, 101)})
+    (s,) = run(m, [LONG1], fee_bps=5.0, half_spread_bps=2.0)
+    units = 10_000 / 100
+    cost = units * 100 * 7e-4 + units * 101 * 7e-4
+    assert s["trade"]["pnl"] == pytest.approx(units * 1.0 - cost, rel=1e-5)
+    equity = float(s["state"].equity)
+    assert equity == pytest.approx(10_000 + units - cost, rel=1e-6)
+
+
+def test_ruin_terminates():
+    m = bars_market({4: (45, 45, 45, 45)})
+    s1, s2 = run(m, [LONG2, LONG2], position_size=1.0, sl_mult=60.0)
+    assert s2["term"]
+
+
+def test_regime_alignment_term():
+    (s,) = run(bars_market(trend=1.0), [LONG2])
+    assert s["terms"]["alignment"] > 0
+    (s,) = run(bars_market(trend=1.0), [encode_action(-1, 1, 2)])
+    assert s["terms"]["alignment"] < 0
+
+
+def test_validation_errors_name_the_field():
+    m = bars_market()
+    with pytest.raises(ValueError, match="n_bars"):
+        ENV.make_params(m, tp_mults=(1.0, 2.0), max_steps_in_episode=100)
+    with pytest.raises(ValueError, match="tp_mults"):
+        ENV.make_params(m, tp_mults=(1.0, 2.0, 3.0), max_steps_in_episode=10)
+    with pytest.raises(ValueError, match="sl_mult"):
+        ENV.make_params(m, tp_mults=(1.0, 2.0), sl_mult=0.0, max_steps_in_episode=10)
+
+
+# ---------------------------------------------------------------- random rollouts
+def gbm_market(seed=0, n_paths=4, n_bars=400, sub=8):
+    rng = np.random.default_rng(seed)
+    r = rng.normal(0, 0.01 / np.sqrt(sub), (n_paths, n_bars, sub))
+    lp = np.log(100) + np.cumsum(r.reshape(n_paths, -1), 1).reshape(n_paths, n_bars, sub)
+    trend = np.sign(rng.normal(size=(n_paths, n_bars)))
+    return make_market_data(np.exp(lp[..., 0]), np.exp(lp.max(-1)), np.exp(lp.min(-1)),
+                            np.exp(lp[..., -1]), volume=np.full((n_paths, n_bars), 1e6),
+                            trend=trend)
+
+
+RENV = TradingEnv(window=8, n_tp=3)
+
+
+def rollout(params, key, actions):
+    """Scan the env over a fixed action sequence ``[T, N]`` from N resets."""
+    n = actions.shape[1]
+    _, st = jax.vmap(RENV.reset, (0, None))(jax.random.split(key, n), params)
+
+    def f(st, xs):
+        k, a = xs
+        obs, st, r, te, tr, info = jax.vmap(RENV.step, (0, 0, 0, None))(
+            jax.random.split(k, n), st, a, params)
+        return st, (obs, r, info)
+
+    keys = jax.random.split(jax.random.fold_in(key, 1), actions.shape[0])
+    return jax.lax.scan(f, st, (keys, actions))[1]
+
+
+def random_actions(seed, t=120, n=16):
+    return jax.random.randint(jax.random.key(seed), (t, n), 0, RENV.num_actions)
+
+
+def test_weight_change_never_retraces():
+    params = RENV.make_params(gbm_market(), tp_mults=(0.5, 1.0, 2.0),
+                              max_steps_in_episode=100)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def total(p):
+        return rollout(p, jax.random.key(0), random_actions(0))[1].sum()
+
+    for w in [0.0, 0.5, 1.0, 2.0, 5.0]:
+        total(params.replace(tp_reward_weight=jnp.float32(w)))
+    # new market data of the same shape does not retrace either
+    total(params.replace(market=gbm_market(seed=1)))
+
+
+def test_vmap_over_eight_weights():
+    params = RENV.make_params(gbm_market(), tp_mults=(0.5, 1.0, 2.0),
+                              max_steps_in_episode=100)
+    weights = jnp.linspace(0.0, 3.5, 8)
+    batched = params.replace(tp_reward_weight=weights)
+    axes = jax.tree.map(lambda _: None, params).replace(tp_reward_weight=0)
+    acts = random_actions(3)
+    obs, rew, info = jax.jit(jax.vmap(lambda p: rollout(p, jax.random.key(0), acts),
+                                      in_axes=(axes,)))(batched)
+    totals = np.asarray(rew.sum(axis=(1, 2)))
+    assert len(np.unique(np.round(totals, 3))) == 8
+    assert np.all(np.diff(totals) > 0)  # more weight, more bonus, same trades
+    tr = info["trade"]
+    assert int(tr["closed"].sum()) > 8 * 10  # plenty of TP closes in the rollout
+    for k, v in tr.items():
+        assert np.array_equal(np.asarray(v[0]), np.asarray(v[-1])), k
+    np.testing.assert_array_equal(np.asarray(obs[0]), np.asarray(obs[-1]))
+    bonus = np.asarray(info["reward_terms"]["tp_bonus"])
+    others = np.asarray(rew) - bonus
+    np.testing.assert_allclose(others[0], others[-1], rtol=1e-5, atol=1e-5)
+
+
+def test_bonus_only_on_close_steps_and_stats():
+    params = RENV.make_params(gbm_market(), tp_mults=(0.5, 1.0, 2.0),
+                              max_steps_in_episode=100, tp_reward_weight=1.5)
+    _, _, info = jax.jit(rollout)(params, jax.random.key(1), random_actions(1))
+    closed = np.asarray(info["trade"]["closed"])
+    bonus = np.asarray(info["reward_terms"]["tp_bonus"])
+    acc = np.asarray(info["trade"]["tp_zone_accuracy"])
+    assert closed.any() and (~closed).any()
+    assert np.all(bonus[~closed] == 0.0)
+    np.testing.assert_allclose(bonus[closed], acc[closed] * 5.0 * 1.5, rtol=1e-5)
+    hit = np.asarray(info["trade"]["hit"])
+    assert np.all(acc[hit] == 1.0) and np.all((acc >= 0) & (acc <= 1))
+    st = tp_stats(info["trade"], min_attempts=1)
+    assert float(st.total_attempts) == closed.sum()
+    assert float(st.tp_hit_rate) == pytest.approx(hit.sum() / closed.sum(), rel=1e-5)
+
+
+def test_no_look_ahead():
+    """Rewards and observations up to bar t+1 do not change when bars after t+1 change."""
+    m = gbm_market(n_paths=1, n_bars=300)
+    env = TradingEnv(window=8, n_tp=3)
+    params = env.make_params(m, tp_mults=(0.5, 1.0, 2.0), max_steps_in_episode=200)
+    _, st0 = env.reset(jax.random.key(0), params)
+    st0 = st0.replace(bar=jnp.int32(20), path=jnp.int32(0))
+    acts = np.asarray(random_actions(5, t=150, n=1))[:, 0]
+
+    def episode(p):
+        def f(st, xs):
+            k, a = xs
+            obs, st, r, te, tr, info = env.step(k, st, a, p)
+            return st, (obs, r)
+        ks = jax.random.split(jax.random.key(9), len(acts))
+        return jax.lax.scan(f, st0, (ks, acts))[1]
+
+    cut = 20 + 80  # bar t+1 = 100: steps 0..79 process bars 21..100
+    other = gbm_market(seed=7, n_paths=1, n_bars=300)
+    mix = lambda a, b: jnp.concatenate([a[:, : cut + 1], b[:, cut + 1:]], axis=1)  # noqa: E731
+    o, h, lo, c = (mix(getattr(m, f), getattr(other, f) * (m.close[:, cut] / other.close[:, cut]))
+                   for f in ("open", "high", "low", "close"))
+    h = jnp.maximum(h, jnp.maximum(o, c))
+    lo = jnp.minimum(lo, jnp.minimum(o, c))
+    m2 = make_market_data(o, h, lo, c, volume=m.volume, trend=mix(m.trend, other.trend))
+    obs1, r1 = jax.jit(episode)(params)
+    obs2, r2 = jax.jit(episode)(params.replace(market=m2))
+    n = cut - 20
+    np.testing.assert_array_equal(np.asarray(r1[:n]), np.asarray(r2[:n]))
+    np.testing.assert_array_equal(np.asarray(obs1[:n]), np.asarray(obs2[:n]))
+    assert not np.array_equal(np.asarray(r1[n:]), np.asarray(r2[n:]))
+
+
+def test_gymnax_wrappers():
+    from gymnax.wrappers.purerl import LogWrapper
+
+    params = RENV.make_params(gbm_market(), tp_mults=(0.5, 1.0, 2.0), max_steps_in_episode=50)
+    env = LogWrapper(RENV)
+    obs, st = env.reset(jax.random.key(0), params)
+    for i in range(60):
+        obs, st, r, te, tr, info = env.step(jax.random.key(i), st, 1, params)
+    assert obs.shape == RENV.observation_space(params).shape
+    assert float(info["returned_episode_returns"]) != 0.0
+
+
+def test_compat_matches_pure_env_step_for_step():
+    m = gbm_market()
+    cfg = dict(window=8, n_tp=3, tp_mults=(0.5, 1.0, 2.0), max_steps_in_episode=40, seed=3)
+    v3 = TradingEnvV3(cfg, market_data_provider=lambda: m, tp_reward_weight=2.0)
+    params = RENV.make_params(m, tp_mults=(0.5, 1.0, 2.0), max_steps_in_episode=40,
+                              tp_reward_weight=2.0)
+    key = jax.random.key(3)
+    key, sub = jax.random.split(key)
+    obs_p, st = RENV.reset(sub, params)
+    obs_c = v3.reset()
+    np.testing.assert_array_equal(obs_c, np.asarray(obs_p))
+    acts = np.asarray(random_actions(2, t=40, n=1))[:, 0]
+    for a in acts:
+        key, sub = jax.random.split(key)
+        obs_p, st, r_p, te, tr, info = RENV.step(sub, st, int(a), params)
+        obs_c, r_c, te_c, tr_c, info_c = v3.step(int(a))
+        assert r_c == float(r_p) and te_c == bool(te) and tr_c == bool(tr)
+        expect = info["final_observation"] if (te or tr) else obs_p
+        np.testing.assert_array_equal(obs_c, np.asarray(expect))
+        assert info_c["trade"]["closed"] == bool(info["trade"]["closed"])
+        if te_c or tr_c:
+            break
+    assert tr_c  # the episode ran to its truncation
+    v3.tp_reward_weight = 0.5
+    assert v3.tp_reward_weight == 0.5
+
+
+def test_compat_rejects_bad_input():
+    with pytest.raises(ValueError, match="unknown keys"):
+        TradingEnvV3({"windw": 3}, market_data_provider=gbm_market())
+    with pytest.raises(TypeError, match="market_data_provider"):
+        TradingEnvV3({}, market_data_provider=42)
+    v3 = TradingEnvV3({"window": 8, "max_steps_in_episode": 20},
+                      market_data_provider=gbm_market())
+    v3.reset()
+    with pytest.raises(ValueError, match="action"):
+        v3.step(99)

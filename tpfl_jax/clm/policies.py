@@ -1,0 +1,333 @@
+"""TP reward-weight policies: pure jnp ``(stats, state, params) -> (weight, state, code)``.
+
+Every policy is jit- and vmap-able and shares one ``PolicyState`` / ``PolicyParams`` structure, so
+``apply_policy`` can run any mix of policies in one ``vmap`` (``params.policy_id`` selects the
+branch through ``lax.switch``). ``decide_weight`` is the host-side wrapper (tracker feedback dict
+in, Python float and a human-readable reason out); it never runs inside jit.
+
+Policies (``POLICY_NAMES``; the seed's table is ``seed_table``):
+
+* ``seed_table``: hit < hit_low and R >= r_good -> w_increase (2.0); hit > hit_high and R < r_good
+  -> w_decrease (0.5); hit_low <= hit <= hit_high and R < r_good -> w_moderate (1.2); otherwise
+  w_default (1.0); invalid stats (no feedback) -> w_default.
+* ``ema``: ``w <- w + ema_alpha * (target - w)`` toward the table's target (w_default when invalid).
+* ``vol_scaled``: the table with the hit-rate band [hit_low, hit_high] widened (or narrowed) around
+  its centre by ``s = clip((volatility / vol_ref) ** vol_exponent, vol_scale_min, vol_scale_max)``:
+  noisier symbols need a more extreme hit rate before the weight moves. Unknown volatility (0) ->
+  ``s = 1``, i.e. exactly ``seed_table``.
+* ``gated``: moves to the table's target only when the whole Wilson interval (``z``) of the hit rate
+  lies in the same table region as the point estimate (R held at its estimate); otherwise, and for
+  invalid stats, keeps the previous weight.
+* ``continuous``: ``w = clip(2 ** (cont_slope * (centre - hit)), w_min, w_max)`` with centre the
+  middle of the hit-rate band (defaults: 2.0 at 0.45, 1.0 at 0.575, 0.5 at 0.70); invalid ->
+  w_default. Uses the hit rate only.
+
+Comparisons run in float32 (the dtype of ``TPStats``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from tpfl_jax.env.stats import TPStats, make_tp_stats
+
+POLICY_NAMES = ("seed_table", "ema", "vol_scaled", "gated", "continuous")
+
+# reason codes
+REASON_NO_DATA = 0          # invalid stats (no feedback)
+REASON_LOW_HIT_GOOD_R = 1   # -> w_increase
+REASON_HIGH_HIT_LOW_R = 2   # -> w_decrease
+REASON_OK_HIT_LOW_R = 3     # -> w_moderate
+REASON_OPTIMAL = 4          # hit in band, R good -> w_default
+REASON_NO_RULE = 5          # low hit & low R, or high hit & good R -> w_default
+REASON_INCONCLUSIVE = 6     # gated: interval straddles a threshold, weight held
+REASON_CONTINUOUS = 7       # continuous mapping
+REASON_NAMES = ("no_data", "low_hit_good_r", "high_hit_low_r", "ok_hit_low_r", "optimal",
+                "no_rule", "inconclusive", "continuous")
+
+
+@struct.dataclass
+class PolicyParams:
+    """Parameters of every policy (all traced leaves; build with ``make_policy_params``)."""
+
+    policy_id: Any = 0
+    hit_low: Any = 0.45
+    hit_high: Any = 0.70
+    r_good: Any = 1.2
+    w_increase: Any = 2.0
+    w_decrease: Any = 0.5
+    w_moderate: Any = 1.2
+    w_default: Any = 1.0
+    ema_alpha: Any = 0.3
+    vol_ref: Any = 0.01
+    vol_exponent: Any = 1.0
+    vol_scale_min: Any = 0.5
+    vol_scale_max: Any = 2.0
+    z: Any = 1.96
+    cont_slope: Any = 8.0
+    w_min: Any = 0.5
+    w_max: Any = 2.0
+
+
+PARAM_FIELDS = tuple(f.name for f in dataclasses.fields(PolicyParams) if f.name != "policy_id")
+
+
+@struct.dataclass
+class PolicyState:
+    """Policy memory: the weight in force and the number of updates."""
+
+    weight: jax.Array
+    n_updates: jax.Array
+
+
+def init_policy_state(weight: float = 1.0) -> PolicyState:
+    """Initial state holding ``weight``."""
+    if not (isinstance(weight, (int, float)) and np.isfinite(weight) and weight >= 0):
+        raise ValueError(f"init_policy_state: weight = {weight!r}; expected a finite number >= 0")
+    return PolicyState(weight=jnp.float32(weight), n_updates=jnp.int32(0))
+
+
+def make_policy_params(policy: str = "seed_table", **overrides: float) -> PolicyParams:
+    """``PolicyParams`` for ``policy`` with float32 leaves; validates names and values."""
+    if policy not in POLICY_NAMES:
+        raise ValueError(f"make_policy_params: policy = {policy!r}; expected one of {POLICY_NAMES}")
+    unknown = set(overrides) - set(PARAM_FIELDS)
+    if unknown:
+        raise ValueError(f"make_policy_params: unknown parameter(s) {sorted(unknown)}; "
+                         f"expected a subset of {PARAM_FIELDS}")
+    vals = {f: getattr(PolicyParams(), f) for f in PARAM_FIELDS} | overrides
+    for k, v in vals.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+            raise ValueError(f"make_policy_params: {k} = {v!r}; expected a finite number")
+    checks = [
+        (0.0 <= vals["hit_low"] < vals["hit_high"] <= 1.0, "0 <= hit_low < hit_high <= 1"),
+        (vals["r_good"] > 0, "r_good > 0"),
+        (min(vals[k] for k in ("w_increase", "w_decrease", "w_moderate", "w_default")) >= 0,
+         "weights >= 0"),
+        (0.0 < vals["ema_alpha"] <= 1.0, "0 < ema_alpha <= 1"),
+        (vals["vol_ref"] > 0, "vol_ref > 0"),
+        (0.0 < vals["vol_scale_min"] <= 1.0 <= vals["vol_scale_max"],
+         "0 < vol_scale_min <= 1 <= vol_scale_max"),
+        (vals["z"] > 0, "z > 0"),
+        (0.0 <= vals["w_min"] <= vals["w_max"], "0 <= w_min <= w_max"),
+    ]
+    for ok, text in checks:
+        if not ok:
+            raise ValueError(f"make_policy_params: expected {text}; got {overrides}")
+    return PolicyParams(policy_id=jnp.int32(POLICY_NAMES.index(policy)),
+                        **{k: jnp.float32(v) for k, v in vals.items()})
+
+
+def _f32(x) -> jax.Array:
+    return jnp.asarray(x, jnp.float32)
+
+
+def _table(hit, r, lo, hi, p: PolicyParams) -> tuple[jax.Array, jax.Array]:
+    """The seed decision table with hit-rate band [lo, hi]: (target weight, reason code)."""
+    hit, r = _f32(hit), _f32(r)
+    good_r = r >= p.r_good
+    inc = (hit < lo) & good_r
+    dec = (hit > hi) & ~good_r
+    mod = (hit >= lo) & (hit <= hi) & ~good_r
+    opt = (hit >= lo) & (hit <= hi) & good_r
+    code = jnp.select([inc, dec, mod, opt],
+                      [REASON_LOW_HIT_GOOD_R, REASON_HIGH_HIT_LOW_R, REASON_OK_HIT_LOW_R,
+                       REASON_OPTIMAL], REASON_NO_RULE).astype(jnp.int32)
+    w = jnp.select([inc, dec, mod], [p.w_increase, p.w_decrease, p.w_moderate], p.w_default)
+    return _f32(w), code
+
+
+def _out(valid, w, code, fallback_w, state: PolicyState):
+    w = jnp.where(valid, w, fallback_w).astype(jnp.float32)
+    code = jnp.where(valid, code, REASON_NO_DATA).astype(jnp.int32)
+    return w, PolicyState(weight=w, n_updates=state.n_updates + 1), code
+
+
+def seed_table(stats: TPStats, state: PolicyState, params: PolicyParams):
+    """The seed's decision table (w_default for invalid stats)."""
+    w, code = _table(stats.tp_hit_rate, stats.avg_r_multiple, params.hit_low, params.hit_high,
+                     params)
+    return _out(stats.valid, w, code, params.w_default, state)
+
+
+def ema(stats: TPStats, state: PolicyState, params: PolicyParams):
+    """Exponential move from the previous weight toward the table's target."""
+    target, code = _table(stats.tp_hit_rate, stats.avg_r_multiple, params.hit_low,
+                          params.hit_high, params)
+    target = jnp.where(stats.valid, target, params.w_default)
+    w = state.weight + params.ema_alpha * (target - state.weight)
+    return _out(True, w, jnp.where(stats.valid, code, REASON_NO_DATA), w, state)
+
+
+def vol_scale(volatility, params: PolicyParams) -> jax.Array:
+    """Band scale factor ``s`` of ``vol_scaled`` (1 when volatility <= 0)."""
+    vol = _f32(volatility)
+    ratio = jnp.where(vol > 0, vol, params.vol_ref) / params.vol_ref
+    return jnp.clip(ratio ** params.vol_exponent, params.vol_scale_min, params.vol_scale_max)
+
+
+def vol_scaled(stats: TPStats, state: PolicyState, params: PolicyParams):
+    """The table with the hit-rate band scaled around its centre by the symbol's volatility."""
+    s = vol_scale(stats.volatility, params)
+    centre = 0.5 * (params.hit_low + params.hit_high)
+    half = 0.5 * (params.hit_high - params.hit_low) * s
+    lo = jnp.where(s == 1.0, params.hit_low, jnp.clip(centre - half, 0.0, 1.0))
+    hi = jnp.where(s == 1.0, params.hit_high, jnp.clip(centre + half, 0.0, 1.0))
+    w, code = _table(stats.tp_hit_rate, stats.avg_r_multiple, lo, hi, params)
+    return _out(stats.valid, w, code, params.w_default, state)
+
+
+def wilson_interval(hits, attempts, z) -> tuple[jax.Array, jax.Array]:
+    """Wilson score interval of a binomial proportion (``(0, 1)`` at zero attempts)."""
+    n = jnp.maximum(_f32(attempts), 1.0)
+    p = jnp.where(_f32(attempts) > 0, _f32(hits) / n, 0.5)
+    z2 = _f32(z) ** 2
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2.0 * n)) / denom
+    half = _f32(z) * jnp.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n)) / denom
+    lo = jnp.where(_f32(attempts) > 0, jnp.clip(centre - half, 0.0, 1.0), 0.0)
+    hi = jnp.where(_f32(attempts) > 0, jnp.clip(centre + half, 0.0, 1.0), 1.0)
+    return lo, hi
+
+
+def gated(stats: TPStats, state: PolicyState, params: PolicyParams):
+    """The table's target only when the hit rate's Wilson interval clears the thresholds."""
+    lo_ci, hi_ci = wilson_interval(stats.total_hits, stats.total_attempts, params.z)
+    args = (stats.avg_r_multiple, params.hit_low, params.hit_high, params)
+    w, code = _table(stats.tp_hit_rate, *args)
+    _, code_lo = _table(lo_ci, *args)
+    _, code_hi = _table(hi_ci, *args)
+    conclusive = (code_lo == code) & (code_hi == code)
+    w = jnp.where(conclusive, w, state.weight)
+    code = jnp.where(conclusive, code, REASON_INCONCLUSIVE)
+    return _out(stats.valid, w, code, state.weight, state)
+
+
+def continuous(stats: TPStats, state: PolicyState, params: PolicyParams):
+    """Smooth decreasing map of the hit rate, clipped to [w_min, w_max]."""
+    centre = 0.5 * (params.hit_low + params.hit_high)
+    w = jnp.clip(2.0 ** (params.cont_slope * (centre - _f32(stats.tp_hit_rate))),
+                 params.w_min, params.w_max)
+    return _out(stats.valid, w, REASON_CONTINUOUS, params.w_default, state)
+
+
+PolicyFn = Callable[[TPStats, PolicyState, PolicyParams],
+                    tuple[jax.Array, PolicyState, jax.Array]]
+POLICIES: dict[str, PolicyFn] = {
+    "seed_table": seed_table, "ema": ema, "vol_scaled": vol_scaled, "gated": gated,
+    "continuous": continuous,
+}
+assert tuple(POLICIES) == POLICY_NAMES
+
+
+def apply_policy(stats: TPStats, state: PolicyState, params: PolicyParams):
+    """Run the policy selected by ``params.policy_id`` (``lax.switch``; vmap over any leaf)."""
+    branches = [POLICIES[name] for name in POLICY_NAMES]
+    idx = jnp.clip(jnp.asarray(params.policy_id, jnp.int32), 0, len(branches) - 1)
+    return jax.lax.switch(idx, branches, stats, state, params)
+
+
+_apply_jit = jax.jit(apply_policy)
+
+
+# -- host side -------------------------------------------------------------------------------
+class PolicyDecision(NamedTuple):
+    """Host result of ``decide_weight``."""
+
+    weight: float
+    state: PolicyState
+    code: int
+    reason: str
+
+
+def host_float(x: Any) -> float:
+    """A float32 scalar as the Python float of its shortest decimal (1.2f -> 1.2)."""
+    return float(np.format_float_positional(np.float32(x), unique=True, trim="0"))
+
+
+def stats_from_feedback(feedback: Mapping[str, Any] | None, volatility: float = 0.0) -> TPStats:
+    """``TPStats`` from a tracker feedback dict (``None`` -> invalid stats).
+
+    Needs ``tp_hit_rate``, ``avg_r_multiple``, ``total_attempts``; ``total_hits`` defaults to
+    ``round(hit_rate * attempts)`` and ``premature_exit_rate`` to 0.
+    """
+    if feedback is None:
+        return make_tp_stats(0, 0, 0.0, 0, min_attempts=1, volatility=volatility)
+    missing = {"tp_hit_rate", "avg_r_multiple", "total_attempts"} - set(feedback)
+    if missing:
+        raise ValueError(f"stats_from_feedback: missing key(s) {sorted(missing)}")
+
+    def num(key, lo=None, hi=None):
+        v = feedback[key]
+        ok = (not isinstance(v, bool) and isinstance(v, (int, float, np.number))
+              and np.isfinite(v) and (lo is None or v >= lo) and (hi is None or v <= hi))
+        if not ok:
+            rng = f" in [{lo}, {hi}]" if hi is not None else (f" >= {lo}" if lo is not None else "")
+            raise ValueError(f"stats_from_feedback: {key} = {v!r}; expected a finite number{rng}")
+        return float(v)
+
+    attempts = num("total_attempts", 0)
+    hit = num("tp_hit_rate", 0, 1)
+    r = num("avg_r_multiple")
+    hits = num("total_hits", 0, attempts) if "total_hits" in feedback else round(hit * attempts)
+    prem = num("premature_exit_rate", 0, 1) if "premature_exit_rate" in feedback else 0.0
+    vol = float(volatility)
+    if not (np.isfinite(vol) and vol >= 0):
+        raise ValueError(f"stats_from_feedback: volatility = {volatility!r}; expected >= 0")
+    return TPStats(
+        total_attempts=_f32(attempts), total_hits=_f32(hits), tp_hit_rate=_f32(hit),
+        avg_r_multiple=_f32(r), actual_r=_f32(feedback.get("actual_r_multiple", r)),
+        premature_exit_rate=_f32(prem), valid=jnp.asarray(attempts > 0), volatility=_f32(vol))
+
+
+def reason_text(code: int, hit: float | None, r: float | None, weight: float,
+                policy: str = "seed_table") -> str:
+    """Human-readable reason for a reason code (``hit``/``r`` as fractions / R multiples)."""
+    texts = {
+        REASON_NO_DATA: "Insufficient TP data - {keep} TP weight {w:.2f}",
+        REASON_LOW_HIT_GOOD_R: "Low hit rate ({hit:.1%}) but good R ({r:.2f}) - increasing TP "
+                               "weight",
+        REASON_HIGH_HIT_LOW_R: "High hit rate ({hit:.1%}) but low R ({r:.2f}) - decreasing TP "
+                               "weight",
+        REASON_OK_HIT_LOW_R: "Hit rate ok ({hit:.1%}) but low R ({r:.2f}) - moderate TP weight "
+                             "increase",
+        REASON_OPTIMAL: "Optimal TP performance: hit rate {hit:.1%}, R {r:.2f} - default TP "
+                        "weight",
+        REASON_NO_RULE: "Hit rate {hit:.1%} with R {r:.2f} matches no adjustment rule - default "
+                        "TP weight",
+        REASON_INCONCLUSIVE: "Hit rate {hit:.1%} interval straddles a threshold - holding TP "
+                             "weight {w:.2f}",
+        REASON_CONTINUOUS: "Hit rate {hit:.1%} mapped continuously to TP weight {w:.2f}",
+    }
+    if code not in texts:
+        raise ValueError(f"reason_text: code = {code!r}; expected one of {sorted(texts)}")
+    keep = "default" if policy in ("seed_table", "vol_scaled", "continuous") else "keeping"
+    text = texts[code].format(hit=hit if hit is not None else float("nan"),
+                              r=r if r is not None else float("nan"), w=weight, keep=keep)
+    if policy != "seed_table" and code in (1, 2, 3, 4, 5):
+        text += f" [{policy}: weight {weight:.2f}]"
+    return text
+
+
+def decide_weight(feedback: Mapping[str, Any] | None, policy: str = "seed_table",
+                  state: PolicyState | None = None, params: PolicyParams | None = None,
+                  volatility: float = 0.0) -> PolicyDecision:
+    """Host wrapper: tracker feedback dict (or ``None``) -> weight, new state, code, reason."""
+    if policy not in POLICY_NAMES:
+        raise ValueError(f"decide_weight: policy = {policy!r}; expected one of {POLICY_NAMES}")
+    params = make_policy_params(policy) if params is None else params.replace(
+        policy_id=jnp.int32(POLICY_NAMES.index(policy)))
+    state = init_policy_state() if state is None else state
+    stats = stats_from_feedback(feedback, volatility)
+    w, new_state, code = _apply_jit(stats, state, params)
+    weight, code = host_float(w), int(code)
+    hit = None if feedback is None else float(feedback["tp_hit_rate"])
+    r = None if feedback is None else float(feedback["avg_r_multiple"])
+    return PolicyDecision(weight, new_state, code, reason_text(code, hit, r, weight, policy))

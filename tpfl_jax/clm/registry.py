@@ -1,0 +1,342 @@
+"""Model registry on SQLite (the tracker's file works too) with orbax checkpoints.
+
+Tables: ``model_versions`` (params and metrics as JSON, lineage via ``parent_id``, checkpoint
+path), ``model_status_history`` (every status change with its reason) and ``training_jobs``.
+At most one version per (model type, symbol key) is in production (a partial unique index).
+Every state change is one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tpfl_jax.clm.models import (
+    ModelStatus,
+    ModelType,
+    ModelVersion,
+    TrainingJob,
+    TriggerReason,
+    symbol_key,
+)
+from tpfl_jax.tracking.sqlite import SqliteStore
+
+SCHEMA_COMPONENT = "registry"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS model_versions (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_type      TEXT    NOT NULL,
+    symbol          TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    status          TEXT    NOT NULL,
+    params_json     TEXT    NOT NULL,
+    metrics_json    TEXT    NOT NULL,
+    parent_id       INTEGER REFERENCES model_versions (id),
+    checkpoint_path TEXT,
+    job_id          TEXT,
+    trigger_reason  TEXT,
+    created_at_ns   INTEGER NOT NULL,
+    UNIQUE (model_type, symbol, version)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS model_versions_one_production
+    ON model_versions (model_type, symbol) WHERE status = 'production';
+CREATE TABLE IF NOT EXISTS model_status_history (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    version_id  INTEGER NOT NULL REFERENCES model_versions (id),
+    from_status TEXT,
+    to_status   TEXT    NOT NULL,
+    reason      TEXT    NOT NULL,
+    at_ns       INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS training_jobs (
+    job_id         TEXT PRIMARY KEY,
+    model_type     TEXT NOT NULL,
+    symbol         TEXT NOT NULL,
+    trigger_reason TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    params_json    TEXT NOT NULL,
+    version_id     INTEGER REFERENCES model_versions (id),
+    error          TEXT,
+    updated_at_ns  INTEGER NOT NULL
+)
+"""
+
+# allowed status transitions (from -> to)
+TRANSITIONS: dict[ModelStatus, tuple[ModelStatus, ...]] = {
+    ModelStatus.CANDIDATE: (ModelStatus.SHADOW, ModelStatus.PRODUCTION, ModelStatus.REJECTED),
+    ModelStatus.SHADOW: (ModelStatus.PRODUCTION, ModelStatus.REJECTED, ModelStatus.RETIRED),
+    ModelStatus.PRODUCTION: (ModelStatus.RETIRED,),
+    ModelStatus.RETIRED: (ModelStatus.PRODUCTION,),
+    ModelStatus.REJECTED: (),
+}
+JOB_STATUSES = ("running", "completed", "failed")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Enum):
+        return o.value
+    if isinstance(o, datetime):
+        return o.isoformat()
+    if hasattr(o, "__array__"):  # jax arrays
+        return np.asarray(o).tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def to_json(value: dict[str, Any], what: str) -> str:
+    """``value`` as JSON (numpy/jax scalars and arrays, enums, datetimes converted)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} = {value!r}; expected a dict")
+    try:
+        return json.dumps(value, default=_json_default, sort_keys=True)
+    except TypeError as e:
+        raise ValueError(f"{what}: {e}; expected JSON-serialisable values") from None
+
+
+class ModelRegistry(SqliteStore):
+    """Versions, params, metrics, status history, lineage and checkpoints of CLM models."""
+
+    def __init__(self, path: str | os.PathLike[str] = ":memory:", *,
+                 checkpoint_dir: str | os.PathLike[str] | None = None,
+                 synchronous: str = "FULL", timeout: float = 30.0) -> None:
+        super().__init__(path, synchronous=synchronous, timeout=timeout)
+        self._ensure_schema(SCHEMA_COMPONENT, SCHEMA_VERSION, _SCHEMA)
+        if checkpoint_dir is None:
+            base = Path("outputs") if self.path == ":memory:" else Path(self.path).parent
+            checkpoint_dir = base / "checkpoints"
+        self.checkpoint_dir = Path(checkpoint_dir).absolute()
+
+    # -- reads -------------------------------------------------------------------------------
+    _COLS = ("id, model_type, symbol, version, status, params_json, metrics_json, parent_id, "
+             "checkpoint_path, job_id, trigger_reason, created_at_ns")
+
+    @staticmethod
+    def _row(r: tuple) -> ModelVersion:
+        return ModelVersion(
+            version_id=r[0], model_type=ModelType(r[1]), symbol=r[2], version=r[3],
+            status=ModelStatus(r[4]), params=json.loads(r[5]), metrics=json.loads(r[6]),
+            parent_id=r[7], checkpoint_path=r[8], job_id=r[9],
+            trigger_reason=TriggerReason(r[10]) if r[10] is not None else None,
+            created_at=datetime.fromtimestamp(r[11] / 1e9, UTC))
+
+    def get(self, version_id: int) -> ModelVersion:
+        """The version with id ``version_id`` (``KeyError`` if unknown)."""
+        rows = self._query(f"SELECT {self._COLS} FROM model_versions WHERE id = ?", (version_id,))
+        if not rows:
+            raise KeyError(f"model version {version_id!r} is not registered")
+        return self._row(rows[0])
+
+    def get_production(self, model_type: ModelType | str,
+                       symbol: str | list[str] | None) -> ModelVersion | None:
+        """The production version of (model type, symbols), or ``None``."""
+        rows = self._query(f"SELECT {self._COLS} FROM model_versions WHERE model_type = ? AND "
+                           "symbol = ? AND status = 'production'",
+                           (ModelType(model_type).value, symbol_key(symbol)))
+        return self._row(rows[0]) if rows else None
+
+    def list_versions(self, model_type: ModelType | str | None = None,
+                      symbol: str | list[str] | None = None,
+                      status: ModelStatus | str | None = None) -> list[ModelVersion]:
+        """Registered versions (optionally filtered), oldest first."""
+        conds, params = [], []
+        if model_type is not None:
+            conds.append("model_type = ?")
+            params.append(ModelType(model_type).value)
+        if symbol is not None:
+            conds.append("symbol = ?")
+            params.append(symbol_key(symbol))
+        if status is not None:
+            conds.append("status = ?")
+            params.append(ModelStatus(status).value)
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        return [self._row(r) for r in
+                self._query(f"SELECT {self._COLS} FROM model_versions{where} ORDER BY id", params)]
+
+    def history(self, version_id: int) -> list[dict[str, Any]]:
+        """Status changes of a version, oldest first."""
+        self.get(version_id)
+        rows = self._query("SELECT from_status, to_status, reason, at_ns FROM "
+                           "model_status_history WHERE version_id = ? ORDER BY id", (version_id,))
+        return [{"from": f, "to": t, "reason": r, "at": datetime.fromtimestamp(a / 1e9, UTC)}
+                for f, t, r, a in rows]
+
+    def lineage(self, version_id: int) -> list[ModelVersion]:
+        """The version and its ancestors (``parent_id`` chain), newest first."""
+        out, seen = [], set()
+        vid: int | None = version_id
+        while vid is not None and vid not in seen:
+            seen.add(vid)
+            v = self.get(vid)
+            out.append(v)
+            vid = v.parent_id
+        return out
+
+    # -- writes ------------------------------------------------------------------------------
+    def register(self, model_type: ModelType | str, symbol: str | list[str] | None,
+                 params: dict[str, Any], metrics: dict[str, float], *,
+                 parent_id: int | None | str = "production",
+                 checkpoint_path: str | None = None, job_id: str | None = None,
+                 trigger_reason: TriggerReason | str | None = None,
+                 reason: str = "registered") -> ModelVersion:
+        """Register a new candidate version (version number = last + 1).
+
+        ``parent_id`` defaults to the current production version of the same key (lineage).
+        """
+        mt, key = ModelType(model_type).value, symbol_key(symbol)
+        params_json = to_json(params, "register: params")
+        metrics_json = to_json(metrics, "register: metrics")
+        for k, v in metrics.items():
+            if isinstance(v, float) and math.isnan(v):
+                raise ValueError(f"register: metrics[{k!r}] is NaN; expected a number")
+        trig = TriggerReason(trigger_reason).value if trigger_reason is not None else None
+        now = time.time_ns()
+        with self._transaction() as cur:
+            if parent_id == "production":
+                row = cur.execute("SELECT id FROM model_versions WHERE model_type = ? AND "
+                                  "symbol = ? AND status = 'production'", (mt, key)).fetchone()
+                parent_id = row[0] if row else None
+            elif parent_id is not None and cur.execute(
+                    "SELECT 1 FROM model_versions WHERE id = ?", (parent_id,)).fetchone() is None:
+                raise ValueError(f"register: parent_id = {parent_id!r} is not registered")
+            version = cur.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM model_versions "
+                                  "WHERE model_type = ? AND symbol = ?", (mt, key)).fetchone()[0]
+            cur.execute("INSERT INTO model_versions (model_type, symbol, version, status, "
+                        "params_json, metrics_json, parent_id, checkpoint_path, job_id, "
+                        "trigger_reason, created_at_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (mt, key, version, ModelStatus.CANDIDATE.value, params_json,
+                         metrics_json, parent_id, checkpoint_path, job_id, trig, now))
+            vid = cur.lastrowid
+            cur.execute("INSERT INTO model_status_history (version_id, from_status, to_status, "
+                        "reason, at_ns) VALUES (?, NULL, ?, ?, ?)",
+                        (vid, ModelStatus.CANDIDATE.value, reason, now))
+        return self.get(vid)
+
+    def _set(self, cur, version_id: int, to: ModelStatus, reason: str) -> None:
+        row = cur.execute("SELECT status FROM model_versions WHERE id = ?",
+                          (version_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"model version {version_id!r} is not registered")
+        frm = ModelStatus(row[0])
+        if to not in TRANSITIONS[frm]:
+            raise ValueError(f"model version {version_id}: cannot go from {frm.value!r} to "
+                             f"{to.value!r}; allowed: {[s.value for s in TRANSITIONS[frm]]}")
+        cur.execute("UPDATE model_versions SET status = ? WHERE id = ?", (to.value, version_id))
+        cur.execute("INSERT INTO model_status_history (version_id, from_status, to_status, "
+                    "reason, at_ns) VALUES (?, ?, ?, ?, ?)",
+                    (version_id, frm.value, to.value, reason, time.time_ns()))
+
+    def set_status(self, version_id: int, status: ModelStatus | str, reason: str) -> ModelVersion:
+        """Move a version to ``status`` (see ``TRANSITIONS``; use ``promote`` for production)."""
+        status = ModelStatus(status)
+        if status is ModelStatus.PRODUCTION:
+            return self.promote(version_id, reason)
+        with self._transaction() as cur:
+            self._set(cur, version_id, status, reason)
+        return self.get(version_id)
+
+    def promote(self, version_id: int, reason: str = "promoted") -> ModelVersion:
+        """Make a version production, retiring the current production version of its key."""
+        v = self.get(version_id)
+        with self._transaction() as cur:
+            row = cur.execute("SELECT id FROM model_versions WHERE model_type = ? AND symbol = ? "
+                              "AND status = 'production'",
+                              (v.model_type.value, v.symbol)).fetchone()
+            if row is not None and row[0] != version_id:
+                self._set(cur, row[0], ModelStatus.RETIRED, f"replaced by version {version_id}")
+            self._set(cur, version_id, ModelStatus.PRODUCTION, reason)
+        return self.get(version_id)
+
+    def reject(self, version_id: int, reason: str) -> ModelVersion:
+        """Mark a candidate/shadow version rejected."""
+        return self.set_status(version_id, ModelStatus.REJECTED, reason)
+
+    def rollback(self, model_type: ModelType | str, symbol: str | list[str] | None,
+                 reason: str = "rollback") -> ModelVersion:
+        """Retire the production version and restore the one in production before it."""
+        mt, key = ModelType(model_type).value, symbol_key(symbol)
+        with self._transaction() as cur:
+            row = cur.execute("SELECT id FROM model_versions WHERE model_type = ? AND symbol = ? "
+                              "AND status = 'production'", (mt, key)).fetchone()
+            if row is None:
+                raise ValueError(f"rollback: no production version of {mt}/{key}")
+            current = row[0]
+            prev = cur.execute(
+                "SELECT h.version_id FROM model_status_history h JOIN model_versions v "
+                "ON v.id = h.version_id WHERE v.model_type = ? AND v.symbol = ? AND "
+                "h.to_status = 'production' AND v.status = 'retired' AND v.id != ? "
+                "ORDER BY h.id DESC LIMIT 1", (mt, key, current)).fetchone()
+            if prev is None:
+                raise ValueError(f"rollback: {mt}/{key} has no earlier production version")
+            self._set(cur, current, ModelStatus.RETIRED, f"{reason}: rolled back to {prev[0]}")
+            self._set(cur, prev[0], ModelStatus.PRODUCTION, f"{reason}: restored")
+        return self.get(prev[0])
+
+    def record_job(self, job: TrainingJob, status: str, *, version_id: int | None = None,
+                   error: str | None = None) -> None:
+        """Insert or update a training job's row (status, params as run, result version)."""
+        if status not in JOB_STATUSES:
+            raise ValueError(f"record_job: status = {status!r}; expected one of {JOB_STATUSES}")
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO training_jobs (job_id, model_type, symbol, trigger_reason, status, "
+                "params_json, version_id, error, updated_at_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (job_id) DO UPDATE SET status = excluded.status, "
+                "params_json = excluded.params_json, version_id = excluded.version_id, "
+                "error = excluded.error, updated_at_ns = excluded.updated_at_ns",
+                (job.job_id, job.model_type.value, job.symbol_key, job.trigger_reason.value,
+                 status, to_json(job.training_params, "record_job: training_params"),
+                 version_id, error, time.time_ns()))
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        """A training job's row as a dict (``KeyError`` if unknown)."""
+        rows = self._query("SELECT job_id, model_type, symbol, trigger_reason, status, "
+                           "params_json, version_id, error FROM training_jobs WHERE job_id = ?",
+                           (job_id,))
+        if not rows:
+            raise KeyError(f"training job {job_id!r} is not recorded")
+        r = rows[0]
+        return {"job_id": r[0], "model_type": r[1], "symbol": r[2], "trigger_reason": r[3],
+                "status": r[4], "training_params": json.loads(r[5]), "version_id": r[6],
+                "error": r[7]}
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self, version_id: int, pytree: Any) -> str:
+        """Save ``pytree`` with orbax under ``checkpoint_dir`` and record its path."""
+        import orbax.checkpoint as ocp
+
+        v = self.get(version_id)
+        safe = v.symbol.replace("*", "ALL").replace(",", "+")
+        path = self.checkpoint_dir / f"{v.model_type.value}_{safe}_v{v.version}"
+        with ocp.CheckpointManager(path) as mgr:
+            mgr.save(0, args=ocp.args.StandardSave(pytree))
+            mgr.wait_until_finished()
+        with self._transaction() as cur:
+            cur.execute("UPDATE model_versions SET checkpoint_path = ? WHERE id = ?",
+                        (str(path), version_id))
+        return str(path)
+
+    def load_checkpoint(self, version_id: int, target: Any) -> Any:
+        """Restore a version's checkpoint into a pytree shaped like ``target``."""
+        import orbax.checkpoint as ocp
+
+        v = self.get(version_id)
+        if v.checkpoint_path is None:
+            raise ValueError(f"load_checkpoint: version {version_id} has no checkpoint")
+        with ocp.CheckpointManager(v.checkpoint_path) as mgr:
+            step = mgr.latest_step()
+            if step is None:
+                raise ValueError(f"load_checkpoint: no checkpoint under {v.checkpoint_path}")
+            return mgr.restore(step, args=ocp.args.StandardRestore(target))

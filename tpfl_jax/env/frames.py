@@ -1,0 +1,47 @@
+"""Host-side tables of closed trades (pandas). Never called under jit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+import pandas as pd
+
+from tpfl_jax.env.stats import EXIT_REASONS, TRADE_KEYS
+
+
+def trades_frame(trade: dict[str, Any]) -> pd.DataFrame:
+    """One row per closed trade from a batch of ``info["trade"]`` dicts (any leading axes).
+
+    ``exit_reason`` becomes its name from ``EXIT_REASONS``; rows keep the batch order.
+    """
+    host = jax.device_get(trade)
+    missing = [k for k in TRADE_KEYS if k not in host]
+    if missing:
+        raise ValueError(f"trades_frame: info['trade'] lacks keys {missing}")
+    closed = np.asarray(host["closed"]).reshape(-1).astype(bool)
+    cols = {k: np.asarray(host[k]).reshape(-1)[closed] for k in TRADE_KEYS if k != "closed"}
+    df = pd.DataFrame(cols)
+    df["exit_reason"] = pd.Categorical.from_codes(df["exit_reason"].astype(int),
+                                                  categories=list(EXIT_REASONS))
+    return df.reset_index(drop=True)
+
+
+def exit_reason_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-exit-reason counts, share, hit rate, mean R, mean TP accuracy, premature rate, PnL."""
+    g = df.groupby("exit_reason", observed=True)
+    table = pd.DataFrame({
+        "trades": g.size(),
+        "share": g.size() / max(len(df), 1),
+        "mean_r": g["r_realised"].mean(),
+        "mean_tp_accuracy": g["tp_zone_accuracy"].mean(),
+        "premature_rate": g["premature"].mean(),
+        "total_pnl": g["pnl"].sum(),
+    })
+    total = pd.DataFrame({
+        "trades": [len(df)], "share": [1.0], "mean_r": [df["r_realised"].mean()],
+        "mean_tp_accuracy": [df["tp_zone_accuracy"].mean()],
+        "premature_rate": [df["premature"].mean()], "total_pnl": [df["pnl"].sum()],
+    }, index=["all"])
+    return pd.concat([table, total])

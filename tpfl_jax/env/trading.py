@@ -1,0 +1,443 @@
+"""``TradingEnv``: a pure-functional gymnax environment for TP/SL trading on OHLC bars.
+
+Time and fills: the agent acts on bar t's close; orders fill at bar t+1's open; bar t+1 is then
+resolved by the shared exit resolver (``exits.resolve_bar``). Observations at t use bars <= t
+only. Market paths are ``EnvParams`` leaves (never closed over), and ``tp_reward_weight`` and
+every reward/cost coefficient are traced leaves: new data of the same shape or a new weight
+never recompiles, and a batch of weights runs under one ``vmap``.
+
+Actions (``Discrete(1 + 2 * n_tp)``): 0 = flat; ``1..n_tp`` = long with TP ``tp_mults[k]``;
+``n_tp+1..2*n_tp`` = short with TP ``tp_mults[k]``. TP and SL distances are multiples of the
+volatility unit at the decision bar, so the planned R-multiple is ``tp_mult / sl_mult``.
+While a trade is open, the same side keeps it (its TP is not changed); flat or the opposite
+side closes it at the next open (``manual``). Decision: a reversal does not open the new side
+on the same step, so at most one trade closes per step and ``info["trade"]`` is one record.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from gymnax.environments import environment, spaces
+
+from tpfl_jax.env.exits import reached_level, resolve_bar, tp_zone_accuracy
+from tpfl_jax.env.stats import EXIT_END, EXIT_MANUAL, EXIT_NONE, EXIT_TIME, EXIT_TP
+from tpfl_jax.market.types import MarketData, make_market_data
+from tpfl_jax.reward import RewardCoefs, reward_terms
+
+DEFAULT_TP_MULTS = (0.5, 1.0, 1.5, 2.0, 3.0)
+N_POSITION_FEATURES = 10
+
+
+@struct.dataclass
+class EnvState(environment.EnvState):
+    """Episode state. Prices are the path's raw prices; equity is in currency."""
+
+    time: jax.Array          # steps taken in this episode
+    bar: jax.Array           # index of the last closed bar (the decision bar)
+    path: jax.Array          # market path of this episode
+    equity: jax.Array        # marked to the close of ``bar``
+    peak_equity: jax.Array
+    side: jax.Array          # int32 +1 / -1 / 0 (flat)
+    units: jax.Array
+    entry_price: jax.Array
+    tp_price: jax.Array
+    sl_price: jax.Array
+    tp_mult: jax.Array
+    risk: jax.Array          # initial risk in currency (units x entry-to-SL distance)
+    entry_cost: jax.Array
+    mfe: jax.Array
+    mae: jax.Array
+    bars_held: jax.Array
+    entry_bar: jax.Array
+
+
+@struct.dataclass(kw_only=True)
+class EnvParams(environment.EnvParams):
+    """Everything here is a traced leaf (``tp_mults`` has the static length ``n_tp``)."""
+
+    market: MarketData
+    tp_reward_weight: Any = 1.0
+    coefs: RewardCoefs = struct.field(default_factory=RewardCoefs)
+    tp_mults: Any = struct.field(default_factory=lambda: jnp.asarray(DEFAULT_TP_MULTS))
+    sl_mult: Any = 1.0
+    fee_bps: Any = 5.0            # per side, on notional
+    half_spread_bps: Any = 2.0    # per side, on notional
+    impact_coef: Any = 0.0        # square-root impact: coef * bar vol * sqrt(units / volume)
+    position_size: Any = 1.0      # notional as a fraction of equity
+    initial_equity: Any = 10_000.0
+    ruin_floor: Any = 0.5         # terminate when equity < floor * initial equity
+    max_holding: Any = 20         # time barrier, bars
+    sl_first: Any = True          # TP and SL in one bar: SL first (conservative)
+    max_steps_in_episode: Any = 200
+
+
+def _zero_trade() -> dict[str, jax.Array]:
+    f = jnp.float32(0.0)
+    i = jnp.int32(0)
+    return {
+        "closed": jnp.bool_(False), "exit_reason": i, "side": i,
+        "entry_price": f, "exit_price": f, "tp_price": f, "sl_price": f, "tp_mult": f,
+        "r_planned": f, "r_realised": f, "pnl": f, "mfe": f, "mae": f,
+        "tp_zone_accuracy": f, "hit": jnp.bool_(False), "premature": jnp.bool_(False),
+        "entry_bar": i, "exit_bar": i, "path": i, "symbol_id": i,
+    }
+
+
+class TradingEnv(environment.Environment[EnvState, EnvParams]):
+    """TP/SL trading on OHLC paths (gymnax API).
+
+    Static configuration (changes the compiled program): ``window`` (bars of returns in the
+    observation), ``n_tp`` (size of the TP grid), ``premature_horizon`` (bars looked at after
+    a manual/time exit to flag it premature; analytics only, never observed).
+    """
+
+    def __init__(self, window: int = 16, n_tp: int = len(DEFAULT_TP_MULTS),
+                 premature_horizon: int = 10):
+        super().__init__()
+        if window < 2 or n_tp < 1 or premature_horizon < 1:
+            raise ValueError(
+                f"TradingEnv: need window >= 2, n_tp >= 1, premature_horizon >= 1; "
+                f"got window={window}, n_tp={n_tp}, premature_horizon={premature_horizon}")
+        self.window = int(window)
+        self.n_tp = int(n_tp)
+        self.premature_horizon = int(premature_horizon)
+
+    # ------------------------------------------------------------------ params
+    def make_params(self, market: MarketData, **kwargs: Any) -> EnvParams:
+        """``EnvParams`` for ``market``, validated on the host (errors name the field)."""
+        params = canonicalize(EnvParams(market=market, **kwargs))
+        self.validate_params(params)
+        return params
+
+    def validate_params(self, params: EnvParams) -> None:
+        """Host-side checks of shapes and ranges; raises ``ValueError`` naming the field."""
+        m = params.market
+        need = self.window + int(np.max(np.asarray(params.max_steps_in_episode))) + 2
+        if m.close.ndim != 2:
+            raise ValueError(f"EnvParams.market.close: expected [n_paths, n_bars], "
+                             f"got shape {m.close.shape}")
+        if m.n_bars < need:
+            raise ValueError(
+                f"EnvParams.market: n_bars={m.n_bars} is too short; need >= window "
+                f"({self.window}) + max_steps_in_episode + 2 = {need}")
+        if np.shape(params.tp_mults)[-1:] != (self.n_tp,):
+            raise ValueError(f"EnvParams.tp_mults: expected length n_tp={self.n_tp}, "
+                             f"got shape {np.shape(params.tp_mults)}")
+        checks = {
+            "tp_mults": np.all(np.asarray(params.tp_mults) > 0),
+            "sl_mult": np.all(np.asarray(params.sl_mult) > 0),
+            "max_holding": np.all(np.asarray(params.max_holding) >= 1),
+            "max_steps_in_episode": np.all(np.asarray(params.max_steps_in_episode) >= 1),
+            "position_size": np.all(np.asarray(params.position_size) > 0),
+            "initial_equity": np.all(np.asarray(params.initial_equity) > 0),
+            "fee_bps": np.all(np.asarray(params.fee_bps) >= 0),
+            "half_spread_bps": np.all(np.asarray(params.half_spread_bps) >= 0),
+            "impact_coef": np.all(np.asarray(params.impact_coef) >= 0),
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"EnvParams.{name}: expected a positive value "
+                                 f"(>= 0 for costs), got {getattr(params, name)}")
+        if not np.all(np.asarray(m.vol_unit) > 0):
+            raise ValueError("EnvParams.market.vol_unit: expected > 0 on every bar "
+                             "(a bar with high == low and an unchanged close everywhere "
+                             "before it has no volatility unit)")
+
+    @property
+    def default_params(self) -> EnvParams:
+        return self.make_params(default_market(), tp_mults=DEFAULT_TP_MULTS[: self.n_tp]
+                                if self.n_tp <= len(DEFAULT_TP_MULTS)
+                                else np.linspace(0.5, 3.0, self.n_tp))
+
+    # ------------------------------------------------------------------ dynamics
+    def _cost(self, params: EnvParams, notional, units, bar_vol, volume):
+        """Fee + half-spread (+ square-root impact) for one side, in currency."""
+        linear = notional * (params.fee_bps + params.half_spread_bps) * 1e-4
+        impact = params.impact_coef * bar_vol * jnp.sqrt(
+            units / jnp.maximum(volume, 1e-12)) * notional
+        return linear + jnp.where(volume > 0, impact, 0.0)
+
+    def step_env(self, key: jax.Array, state: EnvState, action: int | jax.Array,
+                 params: EnvParams) -> tuple[jax.Array, EnvState, jax.Array, jax.Array, dict]:
+        m = params.market
+        p, t = state.path, state.bar
+        nb = t + 1
+        o, h, lo, c = m.open[p, nb], m.high[p, nb], m.low[p, nb], m.close[p, nb]
+        c_prev = m.close[p, t]
+        vu_t = m.vol_unit[p, t]
+        bar_vol = vu_t / c_prev            # one bar's volatility as a fraction of price
+        volume = m.volume[p, nb]
+
+        action = jnp.asarray(action, jnp.int32)
+        want = jnp.where(action == 0, 0, jnp.where(action <= self.n_tp, 1, -1))
+        k = jnp.clip(jnp.where(want > 0, action - 1, action - 1 - self.n_tp), 0, self.n_tp - 1)
+
+        held = state.side != 0
+        s_old = state.side.astype(jnp.float32)
+
+        # --- existing trade: resting TP/SL orders (gaps fill at the open), then manual close
+        old = resolve_bar(s_old, state.entry_price, state.tp_price, state.sl_price,
+                          o, h, lo, params.sl_first, check_gap=True)
+        manual = held & ~old.gap & (want != state.side)
+        # --- new trade at the open (only from flat at the decision bar)
+        opens = ~held & (want != 0)
+        s_new = want.astype(jnp.float32)
+        tp_mult = params.tp_mults[k]
+        units_new = state.equity * params.position_size / o
+        tp_new = o + s_new * tp_mult * vu_t
+        sl_new = o - s_new * params.sl_mult * vu_t
+        cost_in_new = self._cost(params, units_new * o, units_new, bar_vol, volume)
+        new = resolve_bar(s_new, o, tp_new, sl_new, o, h, lo, params.sl_first, check_gap=False)
+
+        # --- the trade live during bar t+1 (if any) and its bar outcome
+        live = (held & ~manual) | opens        # manual exits happen at the open
+        side = jnp.where(opens, s_new, s_old)
+        entry = jnp.where(opens, o, state.entry_price)
+        tp = jnp.where(opens, tp_new, state.tp_price)
+        sl = jnp.where(opens, sl_new, state.sl_price)
+        units = jnp.where(opens, units_new, state.units)
+        tpm = jnp.where(opens, tp_mult, state.tp_mult)
+        entry_cost = jnp.where(opens, cost_in_new, state.entry_cost)
+        risk = jnp.where(opens, units_new * params.sl_mult * vu_t, state.risk)
+        entry_bar = jnp.where(opens, nb, state.entry_bar)
+        bar = jax.tree.map(lambda a, b: jnp.where(opens, a, b), new, old)
+        mfe = jnp.where(opens, 0.0, state.mfe)
+        mae = jnp.where(opens, 0.0, state.mae)
+        mfe = jnp.where(live, jnp.maximum(mfe, bar.fav), mfe)
+        mae = jnp.where(live, jnp.maximum(mae, bar.adv), mae)
+        # manual exit at the open: the open is the last price the trade saw
+        mfe = jnp.where(manual, jnp.maximum(mfe, jnp.maximum(s_old * (o - entry), 0.0)), mfe)
+        mae = jnp.where(manual, jnp.maximum(mae, jnp.maximum(s_old * (entry - o), 0.0)), mae)
+        bars_held = jnp.where(opens, 1, jnp.where(live, state.bars_held + 1, 0))
+
+        new_time = state.time + 1
+        truncating = new_time >= params.max_steps_in_episode
+        bar_exit = live & bar.exited
+        time_exit = live & ~bar_exit & (bars_held >= params.max_holding)
+        end_exit = live & ~bar_exit & ~time_exit & truncating
+        closes = manual | bar_exit | time_exit | end_exit
+        exit_price = jnp.where(manual, o, jnp.where(bar_exit, bar.price, c))
+        reason = jnp.where(manual, EXIT_MANUAL, jnp.where(
+            bar_exit, bar.reason, jnp.where(time_exit, EXIT_TIME,
+                                            jnp.where(end_exit, EXIT_END, EXIT_NONE))))
+        reason = reason.astype(jnp.int32)
+
+        # --- mark to market over the bar, costs included
+        p_start = jnp.where(opens, o, c_prev)
+        p_end = jnp.where(closes, exit_price, c)
+        in_market = live | manual
+        price_pnl = jnp.where(in_market, side * units * (p_end - p_start), 0.0)
+        cost_out = jnp.where(closes, self._cost(params, units * exit_price, units, bar_vol,
+                                                volume), 0.0)
+        step_pnl = price_pnl - jnp.where(opens, cost_in_new, 0.0) - cost_out
+        equity = state.equity + step_pnl
+        peak = jnp.maximum(state.peak_equity, equity)
+        drawdown = 1.0 - equity / peak
+
+        # --- trade record
+        trade_pnl = side * units * (exit_price - entry) - entry_cost - cost_out
+        hit = reason == EXIT_TP
+        tp_dist = jnp.abs(tp - entry)
+        acc = jnp.where(closes, tp_zone_accuracy(hit, mfe, tp_dist), 0.0)
+        h_idx = jnp.arange(self.premature_horizon)
+        first = nb + jnp.where(manual, 0, 1)   # a manual exit leaves the rest of bar t+1
+        idx = first + h_idx
+        safe = jnp.minimum(idx, m.n_bars - 1)
+        later = reached_level(side, tp, m.high[p, safe], m.low[p, safe], idx < m.n_bars)
+        premature = closes & ((reason == EXIT_MANUAL) | (reason == EXIT_TIME)) & later
+        trade = {
+            "closed": closes, "exit_reason": reason, "side": side.astype(jnp.int32),
+            "entry_price": entry, "exit_price": exit_price, "tp_price": tp, "sl_price": sl,
+            "tp_mult": tpm, "r_planned": tpm / params.sl_mult,
+            "r_realised": trade_pnl / jnp.maximum(risk, 1e-12), "pnl": trade_pnl,
+            "mfe": mfe, "mae": mae, "tp_zone_accuracy": acc, "hit": closes & hit,
+            "premature": premature, "entry_bar": entry_bar.astype(jnp.int32),
+            "exit_bar": nb.astype(jnp.int32), "path": p.astype(jnp.int32),
+            "symbol_id": m.symbol_id[p].astype(jnp.int32),
+        }
+        trade = jax.tree.map(lambda x, z: jnp.where(closes, x, z).astype(z.dtype),
+                             trade, _zero_trade())
+
+        # --- reward (seed contract; coefficients from params)
+        still_open = live & ~closes
+        terms = reward_terms(
+            pnl_delta=step_pnl / state.equity,
+            drawdown=drawdown,
+            position_size=jnp.where(still_open, params.position_size, 0.0),
+            regime_alignment=jnp.where(in_market, side * m.trend[p, nb], 0.0),
+            volatility=bar_vol,
+            tp_zone_accuracy=acc,
+            tp_reward_weight=params.tp_reward_weight,
+            coefs=params.coefs,
+        )
+        reward = (terms["pnl"] + terms["drawdown_penalty"] + terms["size_penalty"]
+                  + terms["alignment"] + terms["tp_bonus"])
+
+        f0 = jnp.float32(0.0)
+        keep = lambda x, zero: jnp.where(still_open, x, zero)  # noqa: E731
+        new_state = EnvState(
+            time=new_time, bar=nb, path=p, equity=equity, peak_equity=peak,
+            side=keep(side, f0).astype(jnp.int32), units=keep(units, f0),
+            entry_price=keep(entry, f0), tp_price=keep(tp, f0), sl_price=keep(sl, f0),
+            tp_mult=keep(tpm, f0), risk=keep(risk, f0), entry_cost=keep(entry_cost, f0),
+            mfe=keep(mfe, f0), mae=keep(mae, f0),
+            bars_held=keep(bars_held, 0).astype(jnp.int32),
+            entry_bar=keep(entry_bar, 0).astype(jnp.int32),
+        )
+        terminated = self.is_terminated(new_state, params)
+        info = {"trade": trade, "reward_terms": terms, "equity": equity}
+        return self.get_obs(new_state, params), new_state, reward.astype(jnp.float32), \
+            terminated, info
+
+    def step(self, key: jax.Array, state: EnvState, action: int | jax.Array,
+             params: EnvParams | None = None):
+        """gymnax ``Environment.step`` (auto-reset, ``final_observation``, both flags).
+
+        Same contract as the base class; the transition is deterministic, so ``key`` goes to
+        the reset directly instead of being split first (one threefry call less per step).
+        """
+        return _step(self, key, state, action,
+                     self.default_params if params is None else params)
+
+    def reset_env(self, key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
+        m = params.market
+        # One threefry call for both draws and float range reduction (reset runs on every
+        # step under auto-reset; integer modulo does not vectorise on CPU).
+        u = jax.random.uniform(key, (2,))
+        path = jnp.minimum((u[0] * m.n_paths).astype(jnp.int32), m.n_paths - 1)
+        # the episode reads bars start-window .. start+max_steps (inclusive)
+        n_starts = jnp.maximum(m.n_bars - params.max_steps_in_episode - 1 - self.window, 1)
+        start = self.window + jnp.minimum((u[1] * n_starts).astype(jnp.int32), n_starts - 1)
+        f0 = jnp.float32(0.0)
+        eq = jnp.asarray(params.initial_equity, jnp.float32)
+        state = EnvState(
+            time=jnp.int32(0), bar=start.astype(jnp.int32), path=path.astype(jnp.int32),
+            equity=eq, peak_equity=eq, side=jnp.int32(0), units=f0, entry_price=f0,
+            tp_price=f0, sl_price=f0, tp_mult=f0, risk=f0, entry_cost=f0, mfe=f0, mae=f0,
+            bars_held=jnp.int32(0), entry_bar=jnp.int32(0),
+        )
+        return self.get_obs(state, params), state
+
+    def get_obs(self, state: EnvState, params: EnvParams | None = None,
+                key: jax.Array | None = None) -> jax.Array:
+        """Features of bars <= ``state.bar`` and of the open trade (float32 vector)."""
+        m = params.market
+        p, t = state.path, state.bar
+        w = self.window
+        closes = jax.lax.dynamic_slice(m.close, (p, t - w), (1, w + 1))[0]
+        c = closes[-1]
+        vu = m.vol_unit[p, t]
+        rets = jnp.diff(closes) / vu    # close-to-close moves in volatility units
+        s = state.side.astype(jnp.float32)
+        held = state.side != 0
+        in_vu = lambda x: jnp.where(held, x / vu, 0.0)  # noqa: E731
+        pos = jnp.stack([
+            (m.high[p, t] - m.low[p, t]) / vu,
+            (c - jnp.mean(closes)) / vu,
+            s,
+            state.bars_held / params.max_holding,
+            in_vu(s * (c - state.entry_price)),
+            in_vu(s * (state.tp_price - c)),
+            in_vu(s * (c - state.sl_price)),
+            in_vu(state.mfe),
+            1.0 - state.equity / state.peak_equity,
+            state.equity / params.initial_equity - 1.0,
+        ])
+        return jnp.concatenate([rets, pos]).astype(jnp.float32)
+
+    def is_terminated(self, state: EnvState, params: EnvParams) -> jax.Array:
+        """Ruin: equity below ``ruin_floor`` x initial equity."""
+        return state.equity < params.ruin_floor * params.initial_equity
+
+    # ------------------------------------------------------------------ spaces
+    @property
+    def name(self) -> str:
+        return "TradingEnv-v0"
+
+    @property
+    def num_actions(self) -> int:
+        return 1 + 2 * self.n_tp
+
+    def action_space(self, params: EnvParams | None = None) -> spaces.Discrete:
+        return spaces.Discrete(self.num_actions)
+
+    def observation_space(self, params: EnvParams | None = None) -> spaces.Box:
+        n = self.window + N_POSITION_FEATURES
+        return spaces.Box(-jnp.inf, jnp.inf, (n,), jnp.float32)
+
+    def state_space(self, params: EnvParams) -> spaces.Dict:
+        return spaces.Dict({
+            "time": spaces.Discrete(int(params.max_steps_in_episode)),
+            "bar": spaces.Discrete(params.market.n_bars),
+            "path": spaces.Discrete(params.market.n_paths),
+            "side": spaces.Discrete(3),
+        })
+
+
+_INT_FIELDS = ("max_holding", "max_steps_in_episode")
+_BOOL_FIELDS = ("sl_first",)
+
+
+def canonicalize(params: EnvParams) -> EnvParams:
+    """Cast every leaf to a fixed dtype (float32 / int32 / bool arrays).
+
+    Weakly typed Python scalars and strongly typed arrays are different jit cache keys, so
+    params built here and updated with ``jnp.float32`` values (or through this function)
+    never retrace.
+    """
+    def cast(name, v):
+        dt = jnp.int32 if name in _INT_FIELDS else jnp.bool_ if name in _BOOL_FIELDS \
+            else jnp.float32
+        return jnp.asarray(v, dt)
+
+    fields = {n: cast(n, getattr(params, n)) for n in EnvParams.__dataclass_fields__
+              if n not in ("market", "coefs")}
+    coefs = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), params.coefs)
+    return params.replace(coefs=coefs, **fields)
+
+
+def decode_action(action, n_tp: int):
+    """``(side, tp_index)`` of a discrete action: side in {0, +1, -1}."""
+    a = jnp.asarray(action)
+    side = jnp.where(a == 0, 0, jnp.where(a <= n_tp, 1, -1))
+    k = jnp.where(side > 0, a - 1, jnp.where(side < 0, a - 1 - n_tp, 0))
+    return side, k
+
+
+def encode_action(side: int, tp_index: int, n_tp: int) -> int:
+    """Inverse of ``decode_action`` (host ints)."""
+    if side == 0:
+        return 0
+    if not 0 <= tp_index < n_tp:
+        raise ValueError(f"tp_index: expected 0 <= tp_index < {n_tp}, got {tp_index}")
+    return 1 + tp_index if side > 0 else 1 + n_tp + tp_index
+
+
+@partial(jax.jit, static_argnums=0)
+def _step(env: TradingEnv, key, state, action, params):
+    obs_st, state_st, reward, terminated, info = env.step_env(key, state, action, params)
+    truncated = env.is_truncated(state_st, params)
+    done = jnp.logical_or(terminated, truncated)
+    obs_re, state_re = env.reset_env(key, params)
+    state = jax.tree.map(lambda x, y: jax.lax.select(done, x, y), state_re, state_st)
+    obs = jax.lax.select(done, obs_re, obs_st)
+    info = {**info, "terminated": terminated, "truncated": truncated,
+            "final_observation": obs_st}
+    return obs, state, reward, terminated, truncated, info
+
+
+def default_market(n_paths: int = 8, n_bars: int = 512, seed: int = 0) -> MarketData:
+    """A small regime-switching synthetic market (deterministic) for defaults and demos."""
+    from tpfl_jax.market import synthetic  # local import: synthetic is optional at import time
+
+    return synthetic.generate("regime", jax.random.key(seed), n_paths=n_paths, n_bars=n_bars)
+
+
+__all__ = ["EnvParams", "EnvState", "TradingEnv", "canonicalize", "decode_action", "encode_action",
+           "default_market", "make_market_data"]
