@@ -105,3 +105,154 @@ def backtest_metrics(trades: pd.DataFrame) -> dict[str, float]:
         "max_drawdown": float((np.maximum.accumulate(equity) - equity).max()),
         "total_r": float(r.sum()),
     }
+
+
+# --------------------------------------------------------------------------- real adapters
+MarketSource = Any  # MarketData, or a callable (job) -> MarketData, or None (synthetic)
+
+
+def _symbol_seed(job: TrainingJob, salt: int) -> int:
+    import zlib
+
+    return zlib.crc32(f"{job.symbol_key}:{salt}".encode()) & 0x7FFFFFFF
+
+
+def _market_for(source: MarketSource, job: TrainingJob, salt: int, n_paths: int, n_bars: int):
+    """The job's market: ``source(job)``, ``source`` itself, or a synthetic regime market
+    seeded by the job's symbols (``salt`` separates training from held-out data)."""
+    import jax
+
+    from tpfl_jax.market import synthetic
+    from tpfl_jax.market.types import MarketData
+
+    if source is None:
+        return synthetic.generate("regime", jax.random.key(_symbol_seed(job, salt)),
+                                  n_paths=n_paths, n_bars=n_bars)
+    data = source(job) if callable(source) else source
+    if not isinstance(data, MarketData):
+        raise TypeError(f"market source returned {type(data).__name__}; expected MarketData")
+    return data
+
+
+def _job_weight(job: TrainingJob) -> float:
+    w = job.training_params.get("tp_reward_weight", 1.0)
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w < 0:
+        raise ValueError(f"TrainingJob.training_params['tp_reward_weight'] = {w!r}; "
+                         "expected a finite number >= 0")
+    return float(w)
+
+
+class PPOTrainingAdapter:
+    """Trains the Flax PPO on ``TradingEnv`` with the job's ``tp_reward_weight``.
+
+    ``job.training_params`` keys that name ``PPOConfig`` fields (e.g. ``lr``,
+    ``total_timesteps``) override ``ppo_config``; keys under ``env_params`` override
+    ``env_kwargs``. Training runs in a worker thread so the event loop stays free.
+    """
+
+    def __init__(self, ppo_config: Any = None, *, market: MarketSource = None,
+                 env_static: dict[str, int] | None = None, env_kwargs: dict[str, Any] | None = None,
+                 n_paths: int = 16, n_bars: int = 1024, seed: int = 0):
+        from tpfl_jax.agents.ppo import PPOConfig
+
+        self.ppo_config = PPOConfig() if ppo_config is None else ppo_config
+        self.market = market
+        self.env_static = dict(env_static or {})
+        self.env_kwargs = dict(env_kwargs or {})
+        self.n_paths, self.n_bars, self.seed = n_paths, n_bars, seed
+
+    def fetch_training_data(self, job: TrainingJob) -> Any:
+        """The training ``MarketData`` of the job."""
+        return _market_for(self.market, job, 0, self.n_paths, self.n_bars)
+
+    def job_config(self, job: TrainingJob) -> Any:
+        """``PPOConfig`` with the job's overrides applied."""
+        import dataclasses
+
+        names = {f.name for f in dataclasses.fields(self.ppo_config)}
+        over = {k: v for k, v in job.training_params.items() if k in names}
+        return dataclasses.replace(self.ppo_config, **over)
+
+    def _train_sync(self, job: TrainingJob, data: Any) -> TrainedModel:
+        import jax
+
+        from tpfl_jax.agents.ppo import make_train
+        from tpfl_jax.env.trading import TradingEnv
+
+        weight = _job_weight(job)
+        cfg = self.job_config(job)
+        env = TradingEnv(**self.env_static)
+        env_kwargs = {**self.env_kwargs, **job.training_params.get("env_params", {})}
+        env_params = env.make_params(data, tp_reward_weight=weight, **env_kwargs)
+        result = jax.jit(make_train(cfg, env))(jax.random.key(self.seed), env_params)
+        metrics = {k: np.asarray(v) for k, v in jax.device_get(result.metrics).items()}
+        ret = metrics.get("episode_return", np.zeros(1))
+        finite = ret[np.isfinite(ret)]
+        summary = {"final_episode_return": float(finite[-1]) if finite.size else float("nan"),
+                   "num_updates": float(cfg.num_updates)}
+        for k in ("tp_hit_rate", "mean_r", "trades"):
+            if k in metrics:
+                summary[f"final_{k}"] = float(metrics[k][-1])
+        import dataclasses
+
+        config = {"ppo": dataclasses.asdict(cfg), "env_static": self.env_static,
+                  "env_kwargs": {k: np.asarray(v).tolist() for k, v in env_kwargs.items()},
+                  "tp_reward_weight": weight, "seed": self.seed}
+        params = {"network": jax.device_get(result.params)}
+        rms = getattr(result.runner_state, "obs_rms", None)
+        if cfg.normalize_obs and rms is not None:
+            params["obs_rms"] = jax.device_get(rms)
+        return TrainedModel(params=params, metrics=summary, config=config)
+
+    async def train(self, job: TrainingJob, data: Any) -> TrainedModel:
+        """Train in a worker thread; returns the network params and summary metrics."""
+        import asyncio
+
+        return await asyncio.to_thread(self._train_sync, job, data)
+
+
+class PPOBacktestAdapter:
+    """Evaluates a ``PPOTrainingAdapter`` model on held-out market data through the env (and
+    so the shared exit resolver), and records the closed trades into the tracker."""
+
+    def __init__(self, *, market: MarketSource = None, tracker: Any = None,
+                 strategy_id: str = "RL_V3", n_episodes: int = 64, n_paths: int = 16,
+                 n_bars: int = 1024, seed: int = 1, deterministic: bool = True):
+        self.market = market
+        self.tracker = tracker
+        self.strategy_id = strategy_id
+        self.n_episodes, self.n_paths, self.n_bars = n_episodes, n_paths, n_bars
+        self.seed, self.deterministic = seed, deterministic
+
+    def _backtest_sync(self, job: TrainingJob, model: TrainedModel) -> BacktestResult:
+        import jax
+
+        from tpfl_jax.agents.evaluate import evaluate
+        from tpfl_jax.agents.ppo import PPOConfig
+        from tpfl_jax.env.trading import TradingEnv
+
+        cfg = PPOConfig(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in model.config["ppo"].items()})
+        env = TradingEnv(**model.config.get("env_static", {}))
+        data = _market_for(self.market, job, 1, self.n_paths, self.n_bars)
+        env_params = env.make_params(data, tp_reward_weight=model.config["tp_reward_weight"],
+                                     **model.config.get("env_kwargs", {}))
+        ev = evaluate(model.params["network"], env, env_params, jax.random.key(self.seed),
+                      self.n_episodes, deterministic=self.deterministic, config=cfg,
+                      obs_rms=model.params.get("obs_rms"))
+        trades = ev.trades
+        if self.tracker is not None and len(trades):
+            symbols = job.symbols or ["ALL"]
+            self.tracker.record_trades(
+                trades, strategy_id=job.training_params.get("strategy_id", self.strategy_id),
+                symbol={i: s for i, s in enumerate(symbols)} if len(symbols) > 1 else symbols[0],
+                tp_reward_weight=model.config["tp_reward_weight"])
+        metrics = backtest_metrics(trades)
+        metrics["mean_episode_return"] = float(np.mean(ev.returns))
+        return BacktestResult(metrics, trades)
+
+    async def backtest(self, job: TrainingJob, model: TrainedModel) -> BacktestResult:
+        """Backtest in a worker thread."""
+        import asyncio
+
+        return await asyncio.to_thread(self._backtest_sync, job, model)
