@@ -227,7 +227,8 @@ class LoopResult:
     after the cycle's deployment; stats: the deployment's ``TPStats``; deploy: ``DEPLOY_KEYS``
     metrics; train: per-update training curves ``[..., U]`` (``TRAIN_CURVE_KEYS``); trades: the
     deploy steps' trade records ``[..., T, deploy_envs]`` (only with ``keep_trades``) and
-    ``trade_active`` (the env's episode was still running at that step).
+    ``trade_active`` (the env's episode was still running at that step). params / obs_rms: the
+    final network parameters and observation statistics (leading axes ``[P, S]``).
     """
 
     weight: jax.Array
@@ -236,6 +237,8 @@ class LoopResult:
     stats: TPStats
     deploy: dict[str, jax.Array]
     train: dict[str, jax.Array]
+    params: Any = None
+    obs_rms: Any = None
     trades: dict[str, jax.Array] | None = None
     trade_active: jax.Array | None = None
 
@@ -374,10 +377,10 @@ def make_loop(config: LoopConfig, ppo_config: PPOConfig, env: Any, markets: Mark
             return (rs.params, rs.obs_rms, rs.ret_rms, pstate), y
 
         carry0 = (rs0.params, rs0.obs_rms, rs0.ret_rms, pstate0)
-        _, (w, w_next, code, stats, dep, curves, out) = jax.lax.scan(
+        (net, obs_rms, _, _), (w, w_next, code, stats, dep, curves, out) = jax.lax.scan(
             cycle, carry0, jnp.arange(config.num_cycles, dtype=jnp.int32))
         return LoopResult(weight=w, next_weight=w_next, reason=code, stats=stats, deploy=dep,
-                          train=curves, trades=out.get("trade"),
+                          train=curves, params=net, obs_rms=obs_rms, trades=out.get("trade"),
                           trade_active=out.get("active"))
 
     def batched(keys: jax.Array, policies: LoopPolicy, source: Any, env_params: Any,
