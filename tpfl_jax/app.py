@@ -268,10 +268,7 @@ def run_train(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.D
     test_params = env_params.replace(market=test_m)
     for i, wt in enumerate(weights):
         for s in range(n_s):
-            p = jax.tree.map(lambda x, i=i, s=s: x[i, s] if n_s > 1 or len(weights) > 1
-                             else x[0], params)
-            if len(weights) == 1 and n_s == 1:
-                p = jax.tree.map(lambda x: x[0], params)
+            p = jax.tree.map(lambda x, i=i, s=s: x[i, s], params)   # params are [K, S, ...]
             ev = evaluate(p, obj.env, test_params.replace(tp_reward_weight=wt),
                           jax.random.key(c.seed + 1000 + s), c.train.eval_episodes,
                           config=obj.ppo)
