@@ -1,0 +1,152 @@
+"""Closed loop on device: one compile for every policy x seed, stats, OOS split, host agreement."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tpfl_jax.agents.ppo import PPOConfig
+from tpfl_jax.env.stats import tp_stats
+from tpfl_jax.env.trading import TradingEnv
+from tpfl_jax.loop import (
+    LOOP_POLICY_KINDS,
+    LoopConfig,
+    WalkForwardMarkets,
+    check_inputs,
+    loop_policy_step,
+    make_loop,
+    make_loop_policy,
+    seed_keys,
+    stack_policies,
+)
+from tpfl_jax.market.types import make_market_data
+from tpfl_jax.replay import all_deploy_trades, replay_weights
+
+KINDS = ("fixed", "fixed", "seed_table", "ema", "vol_scaled", "gated", "continuous")
+INIT_W = (0.5, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+# vol_scaled thresholds scaled around the traded volatility so the branch matters
+OVERRIDES = ({}, {}, {}, {"ema_alpha": 0.5}, {"vol_ref": 0.005}, {"z": 1.0}, {})
+N_SEEDS, N_CYCLES, MIN_ATTEMPTS = 2, 3, 10
+
+
+def gbm_market(n_paths: int, n_bars: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, (n_paths, n_bars)), 1))
+    open_ = np.concatenate([close[:, :1], close[:, :-1]], 1)
+    high = np.maximum(open_, close) * (1 + np.abs(rng.normal(0, 0.004, close.shape)))
+    low = np.minimum(open_, close) * (1 - np.abs(rng.normal(0, 0.004, close.shape)))
+    return make_market_data(open_, high, low, close, volume=np.full(close.shape, 1e6))
+
+
+def policies(init_w=INIT_W):
+    return stack_policies([make_loop_policy(k, w, **o)
+                           for k, w, o in zip(KINDS, init_w, OVERRIDES, strict=True)])
+
+
+@pytest.fixture(scope="module")
+def small():
+    """One small loop, compiled once behind ``chex.assert_max_traces(n=1)``."""
+    env = TradingEnv()
+    data = gbm_market(6, 560)
+    ep = env.make_params(data, max_steps_in_episode=40)
+    markets = WalkForwardMarkets(train_bars=240, deploy_bars=100, window=env.window)
+    cfg = LoopConfig(num_cycles=N_CYCLES, deploy_envs=12, keep_trades=True,
+                     min_attempts=MIN_ATTEMPTS, deterministic=False)
+    pc = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 2, widths=(16,),
+                   update_epochs=1, num_minibatches=2)
+    loop = make_loop(cfg, pc, env, markets, ep)
+    check_inputs(loop, data, env, ep)
+    chex.clear_trace_counter()
+    run = jax.jit(chex.assert_max_traces(loop.batched, n=1))
+    res = jax.device_get(run(seed_keys(0, N_SEEDS), policies(), data, ep, pc.hparams()))
+    return dict(env=env, data=data, ep=ep, loop=loop, run=run, pc=pc, res=res)
+
+
+def test_shapes_and_fixed_policies(small):
+    res = small["res"]
+    p, s, c = len(KINDS), N_SEEDS, N_CYCLES
+    assert res.weight.shape == (p, s, c) and res.next_weight.shape == (p, s, c)
+    assert res.stats.tp_hit_rate.shape == (p, s, c)
+    assert all(v.shape == (p, s, c) for v in res.deploy.values())
+    assert res.train["loss"].shape == (p, s, c, small["pc"].num_updates)
+    assert np.all(res.train["finite"])
+    np.testing.assert_array_equal(res.weight[0], 0.5)
+    np.testing.assert_array_equal(res.weight[1], 2.0)
+    # the weight trained with in cycle c+1 is the decision after cycle c
+    np.testing.assert_array_equal(res.weight[:, :, 1:], res.next_weight[:, :, :-1])
+    np.testing.assert_array_equal(res.weight[2:, :, 0], 1.0)
+    # feedback policies moved the weight somewhere (the data gives them valid stats)
+    assert np.all(res.stats.valid)
+    assert np.any(res.next_weight[2:] != 1.0)
+
+
+def test_one_compile_for_new_seeds_and_policy_values(small):
+    res2 = small["run"](seed_keys(7, N_SEEDS), policies((0.7, 1.5, 1.0, 0.8, 1.0, 1.2, 1.0)),
+                        small["data"], small["ep"], small["pc"].hparams())
+    np.testing.assert_array_equal(np.asarray(res2.weight)[1], 1.5)
+    assert not np.allclose(np.asarray(res2.deploy["pnl"]), small["res"].deploy["pnl"])
+
+
+def test_device_stats_match_tp_stats_of_kept_trades(small):
+    res = small["res"]
+    for p in (0, 4):
+        for s in range(N_SEEDS):
+            for c in range(N_CYCLES):
+                tr = jax.tree.map(lambda x, p=p, s=s, c=c: x[p, s, c], res.trades)
+                tr = dict(tr, closed=tr["closed"] & res.trade_active[p, s, c])
+                ref = tp_stats(tr, min_attempts=MIN_ATTEMPTS)
+                for f in ("total_attempts", "total_hits", "tp_hit_rate", "avg_r_multiple",
+                          "actual_r", "premature_exit_rate", "valid"):
+                    np.testing.assert_allclose(getattr(res.stats, f)[p, s, c],
+                                               getattr(ref, f), rtol=1e-5, err_msg=f)
+                assert res.deploy["trades"][p, s, c] == pytest.approx(
+                    float(ref.total_attempts) / 12)
+
+
+def test_host_replay_through_tracker_and_orchestrator_agrees(small):
+    host = replay_weights(small["res"], KINDS, OVERRIDES, INIT_W, min_attempts=MIN_ATTEMPTS)
+    np.testing.assert_allclose(host, small["res"].next_weight, rtol=0, atol=1e-6)
+    df = all_deploy_trades(small["res"], [f"{k}{i}" for i, k in enumerate(KINDS)])
+    assert len(df) == int(small["res"].stats.total_attempts.sum())
+    assert {"policy", "seed", "cycle", "tp_reward_weight", "r_realised"} <= set(df.columns)
+
+
+def test_walk_forward_deploy_window_is_out_of_sample():
+    data = gbm_market(2, 600)
+    mk = WalkForwardMarkets(train_bars=200, deploy_bars=100, window=16)
+    key = jax.random.key(0)
+    for c in range(3):
+        tr, dep = mk.cycle_markets(data, key, jnp.int32(c))
+        start = c * 100
+        np.testing.assert_array_equal(tr.close, data.close[:, start:start + 200])
+        np.testing.assert_array_equal(dep.close, data.close[:, start + 184:start + 300])
+        # episodes start at bar >= window of the deploy slice: after every training bar
+        assert start + 184 + 16 == start + 200
+    with pytest.raises(ValueError, match="cycles need"):
+        env = TradingEnv()
+        loop = make_loop(LoopConfig(num_cycles=5), PPOConfig(num_envs=2, num_steps=8,
+                                                            total_timesteps=16), env, mk,
+                         env.make_params(data, max_steps_in_episode=40))
+        check_inputs(loop, data, env, env.make_params(data, max_steps_in_episode=40))
+
+
+def test_fixed_policy_and_validation():
+    from tpfl_jax.clm.policies import PolicyState
+    from tpfl_jax.env.stats import make_tp_stats
+
+    stats = make_tp_stats(20, 6, 10.0, 0)  # hit 0.3, estimated R 3.33 -> table says 2.0
+    st = PolicyState(jnp.float32(0.5), jnp.int32(0))
+    w, _, code = loop_policy_step(stats, st, make_loop_policy("fixed", 0.5))
+    assert float(w) == 0.5 and int(code) == -1
+    w, _, _ = loop_policy_step(stats, st, make_loop_policy("seed_table"))
+    assert float(w) == 2.0
+    assert LOOP_POLICY_KINDS[0] == "fixed"
+    with pytest.raises(ValueError, match="kind"):
+        make_loop_policy("nope")
+    with pytest.raises(ValueError, match="initial_weight"):
+        make_loop_policy("fixed", -1.0)
+    with pytest.raises(ValueError, match="num_cycles"):
+        LoopConfig(num_cycles=0)

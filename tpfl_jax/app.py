@@ -1,0 +1,392 @@
+"""Hydra entry points: ``tpfl-loop``, ``tpfl-train``, ``tpfl-clm``, ``tpfl-report``.
+
+Configs live in the repository's ``configs/`` (schema: ``tpfl_jax.config.Config``). Every run
+writes into its Hydra output dir: ``config_resolved.yaml``, ``metrics.jsonl``, ``summary.csv``,
+trades (parquet), checkpoints (orbax), PNG plots and ``report.md``. The JAX persistent
+compilation cache lives in the run's (or sweep's) dir, so multirun jobs of one shape compile
+once. ``python -m tpfl_jax.app {loop,train,clm,report} [overrides]`` works without installing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from tpfl_jax.config import Config, to_container, to_objects
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+
+# --------------------------------------------------------------------------- helpers
+def _out_dir() -> tuple[Path, Path]:
+    """(run output dir, compile-cache dir) of the current Hydra job."""
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    from hydra.types import RunMode
+
+    root = Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else out
+    return out, root / ".jax_cache"
+
+
+def setup_jax(cache_dir: Path | None) -> None:
+    """Enable the persistent compilation cache in ``cache_dir`` (None: leave it off)."""
+    import logging
+
+    import jax
+
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _write_config(cfg: DictConfig, out: Path) -> None:
+    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def _jsonable(v: Any) -> Any:
+    v = np.asarray(v)
+    if v.ndim:
+        return [_jsonable(x) for x in v]
+    x = v.item()
+    return None if isinstance(x, float) and not np.isfinite(x) else x
+
+
+def build_market(c: Config, env: Any, env_kwargs: dict[str, Any], loop_cfg: Any):
+    """(markets spec, traced source argument, env params template) of the config."""
+    import jax
+
+    from tpfl_jax.loop import SyntheticMarkets, WalkForwardMarkets
+
+    m = c.market
+    if m.source == "synthetic":
+        spec = SyntheticMarkets(kind=m.kind, train_paths=m.train_paths,
+                                deploy_paths=m.deploy_paths, n_bars=m.n_bars,
+                                substeps=m.substeps)
+        try:
+            source = spec.source(**dict(m.params))
+        except ValueError as e:
+            raise ValueError(f"config.market.params: {e}") from None
+        template, _ = spec.cycle_markets(source, jax.random.key(c.seed), 0)
+    elif m.source == "csv":
+        from tpfl_jax.market.data import read_ohlcv, to_windows
+
+        if not m.path:
+            raise ValueError("config.market.path: required for market.source=csv")
+        frame = read_ohlcv(m.path)
+        source = to_windows(frame, len(frame))
+        spec = WalkForwardMarkets(train_bars=m.train_bars, deploy_bars=m.deploy_bars,
+                                  window=env.window)
+        template = source
+    else:
+        raise ValueError(f"config.market.source = {m.source!r}; expected 'synthetic' or 'csv'")
+    try:
+        env_params = env.make_params(template, **env_kwargs)
+    except ValueError as e:
+        raise ValueError(f"config.env / config.market: {e}") from None
+    return spec, source, env_params
+
+
+# --------------------------------------------------------------------------- tpfl-loop
+def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.DataFrame:
+    """The closed-loop experiment; writes every artefact to ``out``; returns the policy table."""
+    from tqdm.auto import tqdm
+
+    c = to_container(cfg)          # typed dataclasses: nothing below sees a DictConfig
+    obj = to_objects(c)
+    out.mkdir(parents=True, exist_ok=True)
+    setup_jax(cache_dir)
+    import jax
+    import orbax.checkpoint as ocp
+
+    from tpfl_jax import report
+    from tpfl_jax.loop import (
+        DEPLOY_KEYS,
+        check_inputs,
+        make_loop,
+        make_loop_policy,
+        seed_keys,
+        stack_policies,
+    )
+
+    bar = tqdm(total=5, desc="tpfl-loop", disable=not c.progress, unit="phase")
+    bar.set_postfix_str("markets")
+    spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
+    loop = make_loop(obj.loop, obj.ppo, obj.env, spec, env_params)
+    check_inputs(loop, source, obj.env, env_params)
+    policies = stack_policies([make_loop_policy(k, w, **p) for k, w, p in zip(
+        obj.policy_kinds, obj.initial_weights, obj.policy_params, strict=True)])
+    args = (seed_keys(obj.seed, obj.num_seeds), policies, source, env_params, obj.ppo.hparams())
+    bar.update(1)
+    bar.set_postfix_str("compile")
+    t0 = time.perf_counter()
+    compiled = loop.run.lower(*args).compile()
+    t_compile = time.perf_counter() - t0
+    bar.update(1)
+    n_p, n_s, n_c = len(obj.policy_names), obj.num_seeds, obj.loop.num_cycles
+    bar.set_postfix_str(f"run {n_p} policies x {n_s} seeds x {n_c} cycles")
+    t0 = time.perf_counter()
+    res = jax.block_until_ready(compiled(*args))
+    t_run = time.perf_counter() - t0
+    res = jax.device_get(res)
+    bar.update(1)
+    bar.set_postfix_str("artefacts")
+    if not np.all(res.train["finite"]):
+        p, s, cy, u = np.argwhere(~np.asarray(res.train["finite"]))[0]
+        raise FloatingPointError(f"tpfl-loop: non-finite PPO loss/params (policy "
+                                 f"{obj.policy_names[p]}, seed {s}, cycle {cy}, update {u + 1})")
+
+    rows = []
+    names = obj.policy_names
+    with (out / "metrics.jsonl").open("w") as f:
+        for p in range(n_p):
+            for s in range(n_s):
+                for cy in range(n_c):
+                    row = {"policy": names[p], "seed": s, "cycle": cy,
+                           "weight": float(res.weight[p, s, cy]),
+                           "next_weight": float(res.next_weight[p, s, cy]),
+                           "reason": int(res.reason[p, s, cy])}
+                    for fld in ("total_attempts", "total_hits", "tp_hit_rate", "avg_r_multiple",
+                                "actual_r", "premature_exit_rate", "valid", "volatility"):
+                        row[f"stats_{fld}"] = _jsonable(getattr(res.stats, fld)[p, s, cy])
+                    for k in DEPLOY_KEYS:
+                        row[f"deploy_{k}"] = _jsonable(res.deploy[k][p, s, cy])
+                    for k, v in res.train.items():
+                        curve = np.asarray(v[p, s, cy], float)
+                        row[f"train_{k}"] = _jsonable(np.nanmean(curve[len(curve) // 2:])
+                                                      if np.isfinite(curve).any() else np.nan)
+                    f.write(json.dumps(row) + "\n")
+                    rows.append(row)
+    cycles = pd.DataFrame(rows)
+    cycles.to_csv(out / "cycles.csv", index=False)
+    last = cycles[cycles["cycle"] == n_c - 1].set_index(["policy", "seed"])
+    allc = cycles.groupby(["policy", "seed"], sort=False)
+    summary = pd.DataFrame({
+        "final_pnl": last["deploy_pnl"], "final_sharpe": last["deploy_sharpe"],
+        "oos_pnl": allc["deploy_pnl"].mean(), "oos_sharpe": allc["deploy_sharpe"].mean(),
+        "hit_rate": allc["deploy_hit_rate"].mean(), "actual_r": allc["deploy_actual_r"].mean(),
+        "final_weight": last["weight"],
+    }).reset_index()
+    summary.to_csv(out / "summary.csv", index=False)
+
+    if obj.loop.keep_trades:
+        from tpfl_jax.replay import all_deploy_trades
+
+        all_deploy_trades(res, names).to_parquet(out / "trades.parquet")
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save((out / "checkpoints" / "final").absolute(),
+              {"params": res.params, "obs_rms": res.obs_rms})
+    ckpt.wait_until_finished()
+
+    table = report.policy_table(summary)
+    table.to_csv(out / "policy_table.csv", index=False)
+    plots = report.plot_loop(out, cycles)
+    curves = {n: np.asarray(res.train["episode_return"][p]).reshape(n_s, -1)
+              for p, n in enumerate(names)}
+    plots.append(report.plot_curves(out / "learning_curves.png", curves, "episode_return",
+                                    "Training episode return per policy (cycles concatenated)"))
+    report.write_report(out, table, f"tpfl-loop: {c.experiment} ({n_p} policies x {n_s} seeds "
+                        f"x {n_c} cycles)", plots)
+    (out / "timing.json").write_text(json.dumps({"compile_s": t_compile, "run_s": t_run}))
+    bar.update(1)
+    bar.close()
+    pd.set_option("display.width", 160)
+    show = table[["policy", "final_pnl", "final_pnl_ci95", "final_sharpe", "final_sharpe_ci95",
+                  "hit_rate", "actual_r", "final_weight"]]
+    print(f"\ncompile {t_compile:.1f}s, run {t_run:.1f}s "
+          f"({n_p} policies x {n_s} seeds x {n_c} cycles)")
+    print(show.to_string(float_format=lambda x: f"{x:.4g}"))
+    print(f"plots and report: {out}")
+    return table
+
+
+# --------------------------------------------------------------------------- tpfl-train
+def run_train(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.DataFrame:
+    """Train one weight (runner: progress, metrics.jsonl, orbax checkpoints, resume) or a list
+    of weights as one vmapped batch; evaluates each on held-out paths."""
+    c = to_container(cfg)
+    obj = to_objects(c)
+    out.mkdir(parents=True, exist_ok=True)
+    setup_jax(cache_dir)
+    import jax
+    import jax.numpy as jnp
+    import orbax.checkpoint as ocp
+
+    from tpfl_jax import report
+    from tpfl_jax.agents.evaluate import evaluate
+    from tpfl_jax.agents.ppo import make_train
+    from tpfl_jax.agents.runner import Runner
+
+    spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
+    train_m, test_m = spec.cycle_markets(source, jax.random.key(c.seed), 0)
+    weights = [float(w) for w in c.train.weights]
+    n_s = c.train.num_seeds
+    base = env_params.replace(market=train_m)
+    if len(weights) == 1:
+        runner = Runner(obj.ppo, obj.env, base.replace(tp_reward_weight=jnp.float32(weights[0])),
+                        out, seed=c.seed, num_seeds=n_s, chunk_updates=c.train.chunk_updates,
+                        checkpoint_every=c.train.chunk_updates, progress=c.progress)
+        r = runner.run()
+        runner.close()
+        params = jax.tree.map(lambda x: x[None], r.runner_state.params)
+        curves = {f"w={weights[0]}": np.asarray(r.metrics["episode_return"], float).T}
+    else:
+        w = jnp.asarray(weights, jnp.float32)
+        eps = jax.vmap(lambda x: base.replace(tp_reward_weight=x))(w)
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(c.seed), i))(jnp.arange(n_s))
+        train = make_train(obj.ppo, obj.env, base)
+        fn = jax.jit(jax.vmap(jax.vmap(train, (0, None)), (None, 0)))
+        print(f"training {len(weights)} weights x {n_s} seeds as one program ...", flush=True)
+        t0 = time.perf_counter()
+        result = jax.device_get(jax.block_until_ready(fn(keys, eps)))
+        print(f"done in {time.perf_counter() - t0:.1f}s (compile included)")
+        params = result.runner_state.params
+        m = result.metrics
+        with (out / "metrics.jsonl").open("w") as f:
+            for i, wt in enumerate(weights):
+                for u in range(obj.ppo.num_updates):
+                    row = {"weight": wt, "update": u + 1}
+                    row.update({k: _jsonable(v[i, :, u]) for k, v in m.items()})
+                    f.write(json.dumps(row) + "\n")
+        curves = {f"w={wt}": np.asarray(m["episode_return"][i], float)
+                  for i, wt in enumerate(weights)}
+        ckpt = ocp.StandardCheckpointer()
+        ckpt.save((out / "checkpoints" / "final").absolute(), {"params": params})
+        ckpt.wait_until_finished()
+    rows, trades = [], []
+    test_params = env_params.replace(market=test_m)
+    for i, wt in enumerate(weights):
+        for s in range(n_s):
+            p = jax.tree.map(lambda x, i=i, s=s: x[i, s], params)   # params are [K, S, ...]
+            ev = evaluate(p, obj.env, test_params.replace(tp_reward_weight=wt),
+                          jax.random.key(c.seed + 1000 + s), c.train.eval_episodes,
+                          config=obj.ppo)
+            df = ev.trades
+            rows.append({"policy": f"fixed_{wt}", "seed": s, "weight": wt,
+                         "eval_return": float(np.mean(ev.returns)), "trades": len(df),
+                         "hit_rate": float((df["exit_reason"] == "tp").mean()) if len(df) else 0,
+                         "actual_r": float(df["r_realised"].mean()) if len(df) else 0.0,
+                         "final_pnl": float(df["pnl"].sum() / c.train.eval_episodes),
+                         "final_sharpe": float(df["r_realised"].mean() / df["r_realised"].std())
+                         if len(df) > 1 else 0.0})
+            trades.append(df.assign(weight=wt, seed=s))
+    summary = pd.DataFrame(rows)
+    summary.to_csv(out / "summary.csv", index=False)
+    pd.concat(trades, ignore_index=True).to_parquet(out / "trades.parquet")
+    plot = report.plot_curves(out / "learning_curves.png", curves, "episode_return",
+                              "Training episode return per tp_reward_weight")
+    table = report.policy_table(summary)
+    report.write_report(out, table, f"tpfl-train: weights {weights}", [plot])
+    _write_config(cfg, out)
+    print(table.to_string(float_format=lambda x: f"{x:.4g}"))
+    print(f"plots and report: {out}")
+    return table
+
+
+# --------------------------------------------------------------------------- tpfl-clm
+def run_clm(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> dict[str, Any]:
+    """One ``TrainingJob`` through ``ClmOrchestrator`` (SQLite tracker + registry in ``out``)."""
+    import asyncio
+
+    c = to_container(cfg)
+    obj = to_objects(c)
+    out.mkdir(parents=True, exist_ok=True)
+    setup_jax(cache_dir)
+    from tpfl_jax.clm.adapters import PPOBacktestAdapter, PPOTrainingAdapter
+    from tpfl_jax.clm.models import ModelType, TrainingJob, TriggerReason
+    from tpfl_jax.clm.orchestrator import ClmOrchestrator
+    from tpfl_jax.clm.registry import ModelRegistry
+    from tpfl_jax.tracking.tracker import TPPerformanceTracker
+
+    db = out / c.clm.db
+    tracker = TPPerformanceTracker(db)
+    registry = ModelRegistry(db)
+    env_kwargs = {k: v for k, v in obj.env_kwargs.items() if k != "tp_reward_weight"}
+    env_static = {"window": obj.env.window, "n_tp": obj.env.n_tp,
+                  "premature_horizon": obj.env.premature_horizon}
+    m = c.market
+    if m.source != "synthetic" or m.kind != "regime":
+        raise ValueError("tpfl-clm: the PPO adapters generate synthetic regime markets per "
+                         "symbol; use market=regime")
+    train_ad = PPOTrainingAdapter(obj.ppo, env_static=env_static, env_kwargs=env_kwargs,
+                                  n_paths=m.train_paths, n_bars=m.n_bars, seed=c.seed)
+    bt_ad = PPOBacktestAdapter(tracker=tracker, strategy_id=c.clm.strategy_id,
+                               n_episodes=c.clm.backtest_episodes, n_paths=m.deploy_paths,
+                               n_bars=m.n_bars, seed=c.seed + 1)
+    orch = ClmOrchestrator(registry, train_ad, bt_ad, {
+        "strategy_id": c.clm.strategy_id, "policy": c.clm.policy,
+        "min_attempts": c.clm.min_attempts}, tracker=tracker)
+    job = TrainingJob(ModelType.RL_V3, c.clm.symbol, TriggerReason(c.clm.trigger),
+                      {"strategy_id": c.clm.strategy_id})
+    result = asyncio.run(orch.handle_training_job(job))
+    info = {"decision": result.decision, "version": result.version.version,
+            "tp_reward_weight": job.training_params.get("tp_reward_weight"),
+            "tp_feedback_reason": job.training_params.get("tp_feedback_reason"),
+            "metrics": result.metrics, "reasons": result.reasons}
+    (out / "metrics.jsonl").write_text(json.dumps(info, default=float) + "\n")
+    tracker.trades(c.clm.strategy_id).to_parquet(out / "trades.parquet")
+    _write_config(cfg, out)
+    print(json.dumps(info, indent=1, default=float))
+    tracker.close()
+    registry.close()
+    return info
+
+
+# --------------------------------------------------------------------------- hydra mains
+def _hydra_job(fn):
+    def main(cfg: DictConfig) -> Any:
+        out, cache = _out_dir()
+        _write_config(cfg, out)
+        result = fn(cfg, out, cache if cfg.compile_cache else None)
+        if isinstance(result, pd.DataFrame) and len(result):
+            return float(result["final_pnl"].iloc[0])   # objective for sweepers
+        return None
+    main.__name__ = fn.__name__
+    main.__doc__ = fn.__doc__
+    return hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(main)
+
+
+loop_main = _hydra_job(run_loop)
+train_main = _hydra_job(run_train)
+clm_main = _hydra_job(run_clm)
+
+
+def report_main(argv: list[str] | None = None) -> None:
+    """``tpfl-report DIR``: collect a run or multirun dir into tables, plots and report.md."""
+    import argparse
+
+    from tpfl_jax.report import format_table, report_dir
+
+    ap = argparse.ArgumentParser(prog="tpfl-report", description=report_main.__doc__)
+    ap.add_argument("path")
+    a = ap.parse_args(argv)
+    table, path = report_dir(a.path)
+    print(format_table(table))
+    print(f"report: {path / 'report.md'}")
+
+
+COMMANDS = {"loop": loop_main, "train": train_main, "clm": clm_main, "report": report_main}
+
+
+def main() -> None:
+    """``python -m tpfl_jax.app {loop,train,clm,report} [args]``."""
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: python -m tpfl_jax.app {{{','.join(COMMANDS)}}} [overrides]")
+    cmd = sys.argv.pop(1)
+    sys.argv[0] = f"tpfl-{cmd}"
+    COMMANDS[cmd]()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Hydra structured configs (registered in the ConfigStore) and their conversion to frozen
+objects before anything touches JAX.
+
+The YAML files under the repository's ``configs/`` fill these schemas: ``config.yaml`` starts
+its defaults list with ``base_config`` (the :class:`Config` schema), so a misspelt key or a
+value of the wrong type fails at compose time with Hydra's error naming the key, before any
+compile. ``to_objects`` turns the composed ``DictConfig`` into frozen dataclasses / pytrees;
+no ``DictConfig`` is ever passed into jitted code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+@dataclass
+class EnvConfig:
+    """``TradingEnv`` static settings and ``EnvParams`` values (see ``env/trading.py``)."""
+
+    window: int = 16
+    premature_horizon: int = 10
+    tp_mults: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0, 3.0])
+    sl_mult: float = 1.0
+    fee_bps: float = 5.0
+    half_spread_bps: float = 2.0
+    impact_coef: float = 0.0
+    position_size: float = 1.0
+    initial_equity: float = 10_000.0
+    ruin_floor: float = 0.5
+    max_holding: int = 20
+    sl_first: bool = True
+    max_steps_in_episode: int = 100
+    tp_reward_weight: float = 1.0
+
+
+@dataclass
+class MarketConfig:
+    """Market source. ``source=synthetic``: fresh ``kind`` paths every cycle (``params``
+    override the generator's defaults). ``source=csv``: an OHLCV file (``path``) cut into
+    walk-forward train/deploy windows of ``train_bars`` / ``deploy_bars``."""
+
+    source: str = "synthetic"
+    kind: str = "regime"
+    params: dict[str, Any] = field(default_factory=dict)
+    train_paths: int = 16
+    deploy_paths: int = 16
+    n_bars: int = 300
+    substeps: int = 8
+    path: str | None = None
+    train_bars: int = 400
+    deploy_bars: int = 200
+
+
+@dataclass
+class PPOSection:
+    """``agents.ppo.PPOConfig`` fields; ``total_timesteps`` is the budget of one training job
+    (one loop cycle)."""
+
+    num_envs: int = 16
+    num_steps: int = 64
+    total_timesteps: int = 8192
+    update_epochs: int = 2
+    num_minibatches: int = 4
+    widths: list[int] = field(default_factory=lambda: [32, 32])
+    activation: str = "tanh"
+    shared_torso: bool = False
+    init_log_std: float = 0.0
+    anneal_lr: bool = True
+    normalize_obs: bool = False
+    normalize_reward: bool = False
+    normalize_advantages: bool = True
+    clip_value_loss: bool = True
+    obs_clip: float = 10.0
+    adam_eps: float = 1e-5
+    lr: float = 3e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+
+
+@dataclass
+class PolicySpec:
+    """One weight policy of the comparison: ``kind`` in ``loop.LOOP_POLICY_KINDS``."""
+
+    name: str = MISSING
+    kind: str = MISSING
+    initial_weight: float = 1.0
+    params: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PolicySet:
+    """The policies compared in one program (vmapped)."""
+
+    policies: list[PolicySpec] = field(default_factory=list)
+
+
+@dataclass
+class LoopSection:
+    """``loop.LoopConfig`` plus seeds."""
+
+    num_cycles: int = 5
+    num_seeds: int = 3
+    deploy_envs: int = 32
+    deterministic: bool = True
+    min_attempts: int = 10
+    r_source: str = "estimated"
+    keep_trades: bool = True
+
+
+@dataclass
+class TrainSection:
+    """``tpfl-train``: weights trained as one vmapped batch (x ``num_seeds``)."""
+
+    weights: list[float] = field(default_factory=lambda: [1.0])
+    num_seeds: int = 1
+    chunk_updates: int = 10
+    eval_episodes: int = 64
+
+
+@dataclass
+class ClmSection:
+    """``tpfl-clm``: one ``TrainingJob`` through ``ClmOrchestrator``."""
+
+    symbol: str = "SYN"
+    trigger: str = "manual"
+    strategy_id: str = "RL_V3"
+    policy: str = "seed_table"
+    min_attempts: int = 10
+    backtest_episodes: int = 64
+    db: str = "tpfl.db"
+
+
+@dataclass
+class Config:
+    """Top-level schema (``base_config``)."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    market: MarketConfig = field(default_factory=MarketConfig)
+    ppo: PPOSection = field(default_factory=PPOSection)
+    policy: PolicySet = field(default_factory=PolicySet)
+    loop: LoopSection = field(default_factory=LoopSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    clm: ClmSection = field(default_factory=ClmSection)
+    experiment: str = "default"
+    seed: int = 0
+    compile_cache: bool = True
+    progress: bool = True
+
+
+def register_configs() -> None:
+    """Register the schemas in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+
+
+register_configs()
+
+
+# --------------------------------------------------------------------------- conversion
+@dataclass(frozen=True)
+class Objects:
+    """The frozen, JAX-ready view of a composed config."""
+
+    env: Any                       # TradingEnv
+    env_kwargs: dict[str, Any]     # EnvParams values (host scalars / tuples)
+    ppo: Any                       # PPOConfig
+    loop: Any                      # LoopConfig
+    policy_names: tuple[str, ...]
+    policy_kinds: tuple[str, ...]
+    policy_params: tuple[dict[str, float], ...]
+    initial_weights: tuple[float, ...]
+    num_seeds: int
+    seed: int
+
+
+def to_container(cfg: DictConfig | Config) -> Config:
+    """The composed config as the :class:`Config` dataclass (``OmegaConf.to_object``)."""
+    if isinstance(cfg, Config):
+        return cfg
+    obj = OmegaConf.to_object(cfg)
+    if not isinstance(obj, Config):
+        raise TypeError(f"config: expected the base_config schema, got {type(obj).__name__}")
+    return obj
+
+
+def to_objects(cfg: DictConfig | Config) -> Objects:
+    """Frozen env / PPO / loop objects of a config; bad values raise ``ValueError`` naming the
+    field (config.<group>.<key>)."""
+    from tpfl_jax.agents.ppo import PPOConfig
+    from tpfl_jax.env.trading import TradingEnv
+    from tpfl_jax.loop import LOOP_POLICY_KINDS, LoopConfig, make_loop_policy
+
+    c = to_container(cfg)
+    e = c.env
+    try:
+        env = TradingEnv(window=e.window, n_tp=len(e.tp_mults),
+                         premature_horizon=e.premature_horizon)
+    except ValueError as err:
+        raise ValueError(f"config.env: {err}") from None
+    env_kwargs = {k: getattr(e, k) for k in (
+        "sl_mult", "fee_bps", "half_spread_bps", "impact_coef", "position_size",
+        "initial_equity", "ruin_floor", "max_holding", "sl_first", "max_steps_in_episode",
+        "tp_reward_weight")}
+    env_kwargs["tp_mults"] = tuple(e.tp_mults)
+    try:
+        ppo = PPOConfig(**{**dataclasses.asdict(c.ppo), "widths": tuple(c.ppo.widths)})
+    except ValueError as err:
+        raise ValueError(f"config.ppo: {err}") from None
+    lp = c.loop
+    try:
+        loop = LoopConfig(num_cycles=lp.num_cycles, deploy_envs=lp.deploy_envs,
+                          deterministic=lp.deterministic, min_attempts=lp.min_attempts,
+                          r_source=lp.r_source, keep_trades=lp.keep_trades)
+    except ValueError as err:
+        raise ValueError(f"config.loop: {err}") from None
+    if lp.num_seeds < 1:
+        raise ValueError(f"config.loop.num_seeds = {lp.num_seeds}; expected >= 1")
+    specs = c.policy.policies
+    if not specs:
+        raise ValueError("config.policy.policies: empty; expected at least one policy")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"config.policy.policies: duplicate names {names}")
+    for i, s in enumerate(specs):
+        if s.kind not in LOOP_POLICY_KINDS:
+            raise ValueError(f"config.policy.policies[{i}].kind = {s.kind!r}; expected one of "
+                             f"{LOOP_POLICY_KINDS}")
+        try:
+            make_loop_policy(s.kind, s.initial_weight, **dict(s.params))
+        except ValueError as err:
+            raise ValueError(f"config.policy.policies[{i}] ({s.name}): {err}") from None
+    return Objects(env=env, env_kwargs=env_kwargs, ppo=ppo, loop=loop,
+                   policy_names=tuple(names), policy_kinds=tuple(s.kind for s in specs),
+                   policy_params=tuple(dict(s.params) for s in specs),
+                   initial_weights=tuple(float(s.initial_weight) for s in specs),
+                   num_seeds=int(lp.num_seeds), seed=int(c.seed))
