@@ -1,0 +1,431 @@
+"""PPO for any gymnax environment, as pure functions that jit and vmap.
+
+``make_ppo(config, env)`` returns :class:`PPO` with
+
+* ``init(rng, env_params, hparams=None) -> RunnerState``
+* ``update(runner_state, env_params) -> (RunnerState, metrics)``  (one PPO update)
+* ``run(runner_state, env_params, num_updates) -> (RunnerState, metrics[num_updates])``
+* ``train(rng, env_params, hparams=None) -> TrainResult``  (= init + ``run`` of all updates)
+
+Static shapes and counts live in the frozen :class:`PPOConfig`; float hyperparameters live in the
+traced :class:`PPOHParams` pytree (stored in the runner state), so
+``jax.vmap(jax.vmap(train, (0, None)), (None, 0))`` trains seeds x env_params in one compile and
+a learning-rate sweep vmaps over ``hparams`` leaves.
+
+Time limits: gymnax returns ``terminated`` and ``truncated`` separately and
+``info["final_observation"]`` (pre-reset). The TD target of step t uses
+``V(final_observation_t) * (1 - terminated_t)``, so a truncated step bootstraps and a terminated
+step is cut; the GAE recursion is cut on both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from tpfl_jax.agents.networks import ActorCritic, make_network, to_env_action
+
+Metrics = dict[str, jax.Array]
+
+
+# --------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO configuration. Ints/bools/strings are static; floats seed :class:`PPOHParams`."""
+
+    num_envs: int = 4
+    num_steps: int = 128
+    total_timesteps: int = 500_000
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    widths: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    shared_torso: bool = False
+    init_log_std: float = 0.0
+    anneal_lr: bool = True
+    normalize_obs: bool = False
+    normalize_reward: bool = False
+    normalize_advantages: bool = True
+    clip_value_loss: bool = True
+    obs_clip: float = 10.0
+    adam_eps: float = 1e-5
+    # traced float hyperparameters (defaults of PPOHParams)
+    lr: float = 2.5e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if self.num_updates < 1:
+            raise ValueError(f"total_timesteps={self.total_timesteps} < one batch "
+                             f"({self.num_envs} envs x {self.num_steps} steps)")
+        if self.batch_size % self.num_minibatches:
+            raise ValueError(f"batch {self.batch_size} not divisible by "
+                             f"num_minibatches={self.num_minibatches}")
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // self.batch_size
+
+    def hparams(self) -> PPOHParams:
+        """The float hyperparameters of this config as a traced pytree."""
+        return PPOHParams(**{f.name: jnp.asarray(getattr(self, f.name), jnp.float32)
+                             for f in fields(PPOHParams)})
+
+
+@struct.dataclass
+class PPOHParams:
+    """Float PPO hyperparameters as pytree leaves (traced; vmappable)."""
+
+    lr: jax.Array
+    gamma: jax.Array
+    gae_lambda: jax.Array
+    clip_eps: jax.Array
+    ent_coef: jax.Array
+    vf_coef: jax.Array
+    max_grad_norm: jax.Array
+
+
+# --------------------------------------------------------------------------- running stats
+@struct.dataclass
+class RunningMeanStd:
+    """Running mean/variance (parallel-merge update), a pure pytree."""
+
+    mean: jax.Array
+    var: jax.Array
+    count: jax.Array
+
+    @classmethod
+    def create(cls, shape: tuple[int, ...]) -> RunningMeanStd:
+        return cls(jnp.zeros(shape, jnp.float32), jnp.ones(shape, jnp.float32),
+                   jnp.asarray(1e-4, jnp.float32))
+
+    def update(self, x: jax.Array) -> RunningMeanStd:
+        """Merge a batch ``x`` of shape ``[B, *shape]``."""
+        x = x.astype(jnp.float32)
+        b_mean, b_var, b_n = x.mean(0), x.var(0), jnp.asarray(x.shape[0], jnp.float32)
+        delta = b_mean - self.mean
+        tot = self.count + b_n
+        mean = self.mean + delta * b_n / tot
+        m2 = self.var * self.count + b_var * b_n + delta**2 * self.count * b_n / tot
+        return RunningMeanStd(mean, m2 / tot, tot)
+
+    def normalize(self, x: jax.Array, clip: float = 10.0) -> jax.Array:
+        return jnp.clip((x - self.mean) / jnp.sqrt(self.var + 1e-8), -clip, clip)
+
+
+# --------------------------------------------------------------------------- state
+@struct.dataclass
+class RunnerState:
+    """Everything one PPO run carries between updates (checkpointed by the runner)."""
+
+    params: Any
+    opt_state: Any
+    env_state: Any
+    obs: jax.Array
+    rng: jax.Array
+    update_step: jax.Array
+    hparams: PPOHParams
+    obs_rms: RunningMeanStd
+    ret_rms: RunningMeanStd
+    disc_return: jax.Array
+    ep_return: jax.Array
+    ep_length: jax.Array
+
+
+@struct.dataclass
+class TrainResult:
+    """Final runner state and per-update metrics (each ``[num_updates]``)."""
+
+    runner_state: RunnerState
+    metrics: Metrics
+
+    @property
+    def params(self) -> Any:
+        return self.runner_state.params
+
+
+class Transition(NamedTuple):
+    obs: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    done: jax.Array
+    final_obs: jax.Array
+    raw_reward: jax.Array
+    ep_return: jax.Array
+    ep_length: jax.Array
+    info: dict[str, Any]
+
+
+class PPO(NamedTuple):
+    """The pure functions of one PPO configuration on one env."""
+
+    config: PPOConfig
+    network: ActorCritic
+    init: Any
+    update: Any
+    run: Any
+    train: Any
+
+
+# --------------------------------------------------------------------------- pieces
+def compute_gae(rewards: jax.Array, values: jax.Array, next_values: jax.Array,
+                terminated: jax.Array, dones: jax.Array, gamma: jax.Array | float,
+                gae_lambda: jax.Array | float) -> tuple[jax.Array, jax.Array]:
+    """GAE over the leading time axis; returns ``(advantages, value_targets)``.
+
+    ``next_values[t]`` is the value of the observation reached by step t *before* any
+    auto-reset; it is cut by ``terminated[t]`` (so a truncated step bootstraps), and the
+    recursion is cut by ``dones[t] = terminated | truncated``.
+    """
+    term = terminated.astype(jnp.float32)
+    done = dones.astype(jnp.float32)
+    deltas = rewards + gamma * next_values * (1.0 - term) - values
+
+    def body(gae, x):
+        delta, d = x
+        gae = delta + gamma * gae_lambda * (1.0 - d) * gae
+        return gae, gae
+
+    _, adv = jax.lax.scan(body, jnp.zeros_like(deltas[0]), (deltas, done), reverse=True)
+    return adv, adv + values
+
+
+def make_optimizer(config: PPOConfig, hp: PPOHParams) -> optax.GradientTransformation:
+    """Grad-norm clip + Adam; lr linearly annealed per update when ``config.anneal_lr``."""
+    per_update = config.num_minibatches * config.update_epochs
+    if config.anneal_lr:
+        def lr(count):
+            return hp.lr * (1.0 - (count // per_update) / config.num_updates)
+    else:
+        lr = hp.lr
+    return optax.chain(
+        optax.clip_by_global_norm(hp.max_grad_norm),
+        optax.inject_hyperparams(optax.adam)(learning_rate=lr, eps=config.adam_eps),
+    )
+
+
+def _as_typed_key(rng: jax.Array) -> jax.Array:
+    if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        return rng
+    return jax.random.wrap_key_data(rng)
+
+
+def _finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    n = mask.sum()
+    return jnp.where(n > 0, (x * mask).sum() / jnp.maximum(n, 1.0), jnp.nan)
+
+
+# --------------------------------------------------------------------------- make_ppo
+def make_ppo(config: PPOConfig, env: Any, env_params: Any = None) -> PPO:
+    """Build the pure PPO functions for ``env``.
+
+    ``env_params`` (default ``env.default_params``) is used only to read the static
+    observation/action spaces; the traced env params are passed to the functions.
+    """
+    space_params = env.default_params if env_params is None else env_params
+    network = make_network(env, space_params, config.widths, config.activation,
+                           config.shared_torso, config.init_log_std)
+    spec = network.spec
+    obs_shape = tuple(env.observation_space(space_params).shape)
+    n_envs = config.num_envs
+    v_reset = jax.vmap(env.reset, in_axes=(0, None))
+    v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+    def init(rng: jax.Array, env_params: Any, hparams: PPOHParams | None = None) -> RunnerState:
+        hp = config.hparams() if hparams is None else hparams
+        rng = _as_typed_key(rng)
+        rng, k_net, k_env = jax.random.split(rng, 3)
+        params = network.init(k_net, jnp.zeros((1, *obs_shape), jnp.float32))
+        opt_state = make_optimizer(config, hp).init(params)
+        obs, env_state = v_reset(jax.random.split(k_env, n_envs), env_params)
+        obs_rms = RunningMeanStd.create(obs_shape)
+        if config.normalize_obs:
+            obs_rms = obs_rms.update(obs)
+        zeros = jnp.zeros((n_envs,), jnp.float32)
+        return RunnerState(
+            params=params, opt_state=opt_state, env_state=env_state, obs=obs, rng=rng,
+            update_step=jnp.asarray(0, jnp.int32), hparams=hp, obs_rms=obs_rms,
+            ret_rms=RunningMeanStd.create(()), disc_return=zeros, ep_return=zeros,
+            ep_length=jnp.zeros((n_envs,), jnp.int32))
+
+    def _norm_obs(obs_rms: RunningMeanStd, obs: jax.Array) -> jax.Array:
+        if config.normalize_obs:
+            return obs_rms.normalize(obs, config.obs_clip)
+        return obs.astype(jnp.float32)
+
+    def _rollout(rs: RunnerState, env_params: Any) -> tuple[RunnerState, Transition]:
+        hp = rs.hparams
+
+        def step(rs: RunnerState, _):
+            rng, k_act, k_step = jax.random.split(rs.rng, 3)
+            obs_n = _norm_obs(rs.obs_rms, rs.obs)
+            dist, value = network.apply(rs.params, obs_n)
+            action = dist.sample(k_act)
+            log_prob = dist.log_prob(action)
+            next_obs, env_state, reward, term, trunc, info = v_step(
+                jax.random.split(k_step, n_envs), rs.env_state, to_env_action(spec, action),
+                env_params)
+            reward = reward.astype(jnp.float32)
+            done = jnp.logical_or(term, trunc)
+            final_obs = info.pop("final_observation")
+            for k in ("terminated", "truncated", "discount"):
+                info.pop(k, None)
+            obs_rms = rs.obs_rms.update(next_obs) if config.normalize_obs else rs.obs_rms
+            ep_return = rs.ep_return + reward
+            ep_length = rs.ep_length + 1
+            if config.normalize_reward:
+                disc = rs.disc_return * hp.gamma + reward
+                ret_rms = rs.ret_rms.update(disc)
+                train_reward = reward / jnp.sqrt(ret_rms.var + 1e-8)
+                disc = jnp.where(done, 0.0, disc)
+            else:
+                disc, ret_rms, train_reward = rs.disc_return, rs.ret_rms, reward
+            keep = {k: info[k] for k in ("trade", "reward_terms") if k in info}
+            tr = Transition(obs_n, action, log_prob, value, train_reward, term, done,
+                            _norm_obs(obs_rms, final_obs), reward, ep_return, ep_length, keep)
+            rs = rs.replace(
+                env_state=env_state, obs=next_obs, rng=rng, obs_rms=obs_rms, ret_rms=ret_rms,
+                disc_return=disc, ep_return=jnp.where(done, 0.0, ep_return),
+                ep_length=jnp.where(done, 0, ep_length))
+            return rs, tr
+
+        return jax.lax.scan(step, rs, None, length=config.num_steps)
+
+    def _loss(params, hp: PPOHParams, mb: dict[str, jax.Array]):
+        dist, value = network.apply(params, mb["obs"])
+        log_prob = dist.log_prob(mb["action"])
+        entropy = dist.entropy().mean()
+        v_old = mb["value"]
+        v_clipped = v_old + jnp.clip(value - v_old, -hp.clip_eps, hp.clip_eps)
+        v_l = jnp.square(value - mb["target"])
+        if config.clip_value_loss:
+            v_l = jnp.maximum(v_l, jnp.square(v_clipped - mb["target"]))
+        value_loss = 0.5 * v_l.mean()
+        adv = mb["adv"]
+        if config.normalize_advantages:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        log_ratio = log_prob - mb["log_prob"]
+        ratio = jnp.exp(log_ratio)
+        pg = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - hp.clip_eps, 1 + hp.clip_eps) * adv)
+        policy_loss = pg.mean()
+        total = policy_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy
+        aux = {
+            "policy_loss": policy_loss,
+            "value_loss": value_loss,
+            "entropy": entropy,
+            "approx_kl": ((ratio - 1.0) - log_ratio).mean(),
+            "clip_frac": (jnp.abs(ratio - 1.0) > hp.clip_eps).astype(jnp.float32).mean(),
+        }
+        return total, aux
+
+    def update(rs: RunnerState, env_params: Any) -> tuple[RunnerState, Metrics]:
+        """One PPO update: rollout, GAE, ``update_epochs`` x ``num_minibatches`` steps."""
+        hp = rs.hparams
+        tx = make_optimizer(config, hp)
+        rs, traj = _rollout(rs, env_params)
+        _, next_values = network.apply(rs.params, traj.final_obs)
+        adv, targets = compute_gae(traj.reward, traj.value, next_values, traj.terminated,
+                                   traj.done, hp.gamma, hp.gae_lambda)
+        batch = {"obs": traj.obs, "action": traj.action, "log_prob": traj.log_prob,
+                 "value": traj.value, "adv": adv, "target": targets}
+        batch = jax.tree.map(lambda x: x.reshape(config.batch_size, *x.shape[2:]), batch)
+
+        def minibatch_step(carry, mb):
+            params, opt_state = carry
+            (loss, aux), grads = jax.value_and_grad(_loss, has_aux=True)(params, hp, mb)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            return (params, opt_state), {"loss": loss, "grad_norm": optax.global_norm(grads),
+                                         **aux}
+
+        def epoch(carry, _):
+            params, opt_state, rng = carry
+            rng, k = jax.random.split(rng)
+            perm = jax.random.permutation(k, config.batch_size)
+            shuffled = jax.tree.map(
+                lambda x: x[perm].reshape(config.num_minibatches, config.minibatch_size,
+                                          *x.shape[1:]), batch)
+            (params, opt_state), stats = jax.lax.scan(minibatch_step, (params, opt_state),
+                                                      shuffled)
+            return (params, opt_state, rng), stats
+
+        lr_now = hp.lr * (1.0 - rs.update_step / config.num_updates) if config.anneal_lr else hp.lr
+        rng, k_epochs = jax.random.split(rs.rng)
+        (params, opt_state, _), stats = jax.lax.scan(
+            epoch, (rs.params, rs.opt_state, k_epochs), None, length=config.update_epochs)
+        step = rs.update_step + 1
+        rs = rs.replace(params=params, opt_state=opt_state, rng=rng, update_step=step)
+
+        done = traj.done.astype(jnp.float32)
+        metrics: Metrics = {k: v.mean() for k, v in stats.items()}
+        metrics.update({
+            "episode_return": _masked_mean(traj.ep_return, done),
+            "episode_length": _masked_mean(traj.ep_length.astype(jnp.float32), done),
+            "episodes": done.sum(),
+            "reward": traj.raw_reward.mean(),
+            "lr": lr_now,
+            "env_steps": step.astype(jnp.float32) * config.batch_size,
+            "finite": jnp.logical_and(jnp.all(jnp.isfinite(stats["loss"])), _finite(params)),
+        })
+        if "trade" in traj.info:
+            from tpfl_jax.env.stats import trade_summary
+
+            metrics.update({f"trade/{k}": v for k, v in
+                            trade_summary(traj.info["trade"]).items()})
+        if "reward_terms" in traj.info:
+            metrics.update({f"reward_terms/{k}": jnp.mean(v) for k, v in
+                            traj.info["reward_terms"].items()})
+        return rs, metrics
+
+    def run(rs: RunnerState, env_params: Any, num_updates: int) -> tuple[RunnerState, Metrics]:
+        """``num_updates`` (static) updates in one ``lax.scan``; metrics ``[num_updates]``."""
+        return jax.lax.scan(lambda s, _: update(s, env_params), rs, None, length=num_updates)
+
+    def train(rng: jax.Array, env_params: Any, hparams: PPOHParams | None = None) -> TrainResult:
+        """Full training run: ``init`` then ``config.num_updates`` updates."""
+        rs = init(rng, env_params, hparams)
+        rs, metrics = run(rs, env_params, config.num_updates)
+        return TrainResult(rs, metrics)
+
+    return PPO(config, network, init, update, run, train)
+
+
+def make_train(config: PPOConfig, env: Any, env_params: Any = None):
+    """Pure ``train(rng, env_params, hparams=None) -> TrainResult`` (jit/vmap-able)."""
+    return make_ppo(config, env, env_params).train
+
+
+def policy_action(network: ActorCritic, params: Any, obs: jax.Array, rng: jax.Array | None,
+                  obs_rms: RunningMeanStd | None = None, obs_clip: float = 10.0) -> jax.Array:
+    """Env-shaped action from the policy: the mode when ``rng`` is None, else a sample."""
+    x = obs.astype(jnp.float32) if obs_rms is None else obs_rms.normalize(obs, obs_clip)
+    dist, _ = network.apply(params, x)
+    a = dist.mode() if rng is None else dist.sample(rng)
+    return to_env_action(network.spec, a)
