@@ -63,6 +63,48 @@ def _jsonable(x: np.ndarray) -> Any:
     return [None if not math.isfinite(v) else float(v) for v in x.ravel()]
 
 
+class _Fns:
+    """Jitted init and per-chunk-length run functions of one (config, env, num_seeds)."""
+
+    def __init__(self, config: PPOConfig, env: Any, num_seeds: int | None, env_params: Any):
+        self.ppo = make_ppo(config, env, env_params)
+        self.env = env
+        self.num_seeds = num_seeds
+        init = self.ppo.init
+        if num_seeds is not None:
+            init = jax.vmap(init, in_axes=(0, None, None))
+        self.init = jax.jit(init)
+        self._runs: dict[int, Any] = {}
+
+    def run(self, n: int):
+        if n not in self._runs:
+            ppo = self.ppo
+
+            def run(rs, env_params):
+                return ppo.run(rs, env_params, n)
+
+            if self.num_seeds is not None:
+                def run_seeds(rs, env_params):
+                    rs, m = jax.vmap(run, in_axes=(0, None))(rs, env_params)
+                    return rs, jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), m)  # [n, seeds]
+                self._runs[n] = jax.jit(run_seeds)
+            else:
+                self._runs[n] = jax.jit(run)
+        return self._runs[n]
+
+
+_FNS: dict[tuple, _Fns] = {}
+
+
+def _compiled_fns(config: PPOConfig, env: Any, num_seeds: int | None, env_params: Any) -> _Fns:
+    """Share compiled functions between runners of the same config/env (spaces from the first
+    ``env_params`` seen; they must not change between runners of one env)."""
+    key = (config, id(env), num_seeds)
+    if key not in _FNS or _FNS[key].env is not env:
+        _FNS[key] = _Fns(config, env, num_seeds, env_params)
+    return _FNS[key]
+
+
 class Runner:
     """Train PPO with progress, metrics log, checkpoints and bit-exact resume.
 
@@ -84,16 +126,12 @@ class Runner:
         self.seed, self.hparams, self.num_seeds = seed, hparams, num_seeds
         self.chunk_updates, self.checkpoint_every = chunk_updates, checkpoint_every
         self.progress = progress
-        self.ppo = make_ppo(config, env, env_params)
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.manager = ocp.CheckpointManager(
             self.out_dir / "checkpoints",
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
-        init = self.ppo.init
-        if num_seeds is not None:
-            init = jax.vmap(init, in_axes=(0, None, None))
-        self._init = jax.jit(init)
-        self._runs: dict[int, Any] = {}
+        self._fns = _compiled_fns(config, env, num_seeds, env_params)
+        self.ppo = self._fns.ppo
 
     # ------------------------------------------------------------------ pieces
     def _rng(self) -> jax.Array:
@@ -103,22 +141,11 @@ class Runner:
         return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(self.num_seeds))
 
     def _run_fn(self, n: int):
-        if n not in self._runs:
-            def run(rs, env_params):
-                return self.ppo.run(rs, env_params, n)
-            if self.num_seeds is not None:
-                run = jax.vmap(run, in_axes=(0, None))
-                # metrics come back [seeds, n]: move the update axis first
-                inner = run
-                def run(rs, env_params):  # noqa: F811
-                    rs, m = inner(rs, env_params)
-                    return rs, jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), m)
-            self._runs[n] = jax.jit(run)
-        return self._runs[n]
+        return self._fns.run(n)
 
     def initial_state(self) -> RunnerState:
         """Fresh runner state for ``seed`` (and ``num_seeds``)."""
-        return self._init(self._rng(), self.env_params, self.hparams)
+        return self._fns.init(self._rng(), self.env_params, self.hparams)
 
     def restore(self) -> tuple[RunnerState, int]:
         """Latest checkpoint (or a fresh state) and its update index."""
