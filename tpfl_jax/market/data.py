@@ -1,0 +1,254 @@
+"""Real OHLCV data: CSV / parquet / DataFrame -> validated frame -> equal windows -> ``MarketData``.
+
+Validation rejects bad data with a ``ValueError`` that names the row (0-based data row, plus the
+file line for CSV, the index label and the timestamp) and the rule broken. Nothing is dropped,
+filled or reordered.
+
+Rows are 0-based positions in the data as read; a CSV's header is line 1, so row ``i`` is file
+line ``i + 2``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from tpfl_jax.market.types import DEFAULT_VOL_SPAN, MarketData, make_market_data
+
+PRICE_FIELDS = ("open", "high", "low", "close")
+OHLCV_FIELDS = (*PRICE_FIELDS, "volume")
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+_CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz", ".txt")
+
+
+class _Rows:
+    """Formats row references for error messages."""
+
+    def __init__(self, df: pd.DataFrame, ts: pd.Series, source: str,
+                 csv_lines: bool, ts_from_index: bool):
+        self.index, self.ts, self.source = df.index, ts, source
+        self.csv_lines, self.ts_from_index = csv_lines, ts_from_index
+        self.plain_index = isinstance(df.index, pd.RangeIndex) and df.index.start == 0 \
+            and df.index.step == 1
+
+    def __call__(self, pos: int) -> str:
+        parts = [f"row {pos}"]
+        if self.csv_lines:
+            parts.append(f"file line {pos + 2}")
+        if not self.ts_from_index and not self.plain_index:
+            parts.append(f"index {self.index[pos]!r}")
+        parts.append(f"timestamp {self.ts.iloc[pos]}")
+        return f"{self.source}: {parts[0]} ({', '.join(parts[1:])})"
+
+
+def _fail(rows: _Rows, bad: np.ndarray, rule: str | Callable[[int], str]) -> None:
+    """Raise for the first True in ``bad`` (a boolean array over rows), if any."""
+    hits = np.flatnonzero(bad)
+    if hits.size:
+        more = f" [first of {hits.size} rows breaking this rule]" if hits.size > 1 else ""
+        raise ValueError(f"{rows(int(hits[0]))}: {rule(int(hits[0])) if callable(rule) else rule}"
+                         f"{more}")
+
+
+def _resolve(df: pd.DataFrame, field: str, columns: Mapping[str, str | None],
+             source: str) -> str | None:
+    """Source column for ``field``: the mapping, else the exact name, else a unique
+    case-insensitive match; None if mapped to None (or timestamp not found: use the index)."""
+    present = [str(c) for c in df.columns]
+    if field in columns:
+        name = columns[field]
+        if name is None:
+            return None
+        if name not in df.columns:
+            raise ValueError(f"{source}: missing column {name!r} (mapped to {field!r}); "
+                             f"present columns: {present}")
+        return name
+    if field in df.columns:
+        return field
+    matches = [c for c in df.columns if str(c).lower() == field]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ValueError(f"{source}: column {field!r} is ambiguous, case-insensitive matches "
+                         f"{matches}; pass columns={{{field!r}: ...}}")
+    if field == "timestamp":
+        return None
+    raise ValueError(f"{source}: missing column {field!r}; present columns: {present} "
+                     f"(map names with columns={{{field!r}: 'YourName'}})")
+
+
+def _timestamps(raw: pd.Series, rows: _Rows) -> pd.Series:
+    """Timestamps: strings parsed to datetimes; numbers and datetimes kept as they are."""
+    if raw.dtype == object or pd.api.types.is_string_dtype(raw.dtype):
+        parsed = pd.to_datetime(raw, errors="coerce")
+        _fail(rows, (parsed.isna() & raw.notna()).to_numpy(),
+              lambda i: f"unparseable timestamp {raw.iloc[i]!r}")
+        return parsed
+    return raw
+
+
+def validate_ohlcv(df: pd.DataFrame, columns: Mapping[str, str | None] | None = None, *,
+                   source: str = "DataFrame", _csv_lines: bool = False) -> pd.DataFrame:
+    """Check an OHLCV frame and return it canonical: float64 open/high/low/close/volume, index
+    ``timestamp`` (a column or the index; see ``columns``).
+
+    ``columns`` maps a field (timestamp, open, high, low, close, volume) to the source column;
+    unmapped fields match by name, case-insensitively; ``{"volume": None}`` means no volume
+    (zeros), ``{"timestamp": None}`` means use the index. Raises ``ValueError`` naming the row and
+    the rule: missing column, non-numeric value, NaN/inf, missing or unparseable timestamp,
+    non-increasing timestamp, non-positive price, high < low, open/close outside [low, high],
+    negative volume.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
+    columns = dict(columns or {})
+    unknown = sorted(set(columns) - {"timestamp", *OHLCV_FIELDS})
+    if unknown:
+        raise ValueError(f"columns mapping has unknown fields {unknown}; "
+                         f"known: {['timestamp', *OHLCV_FIELDS]}")
+    names = {f: _resolve(df, f, columns, source) for f in ("timestamp", *OHLCV_FIELDS)}
+
+    ts_col = names["timestamp"]
+    raw_ts = pd.Series(df.index if ts_col is None else df[ts_col]).reset_index(drop=True)
+    rows = _Rows(df, raw_ts, source, _csv_lines, ts_from_index=ts_col is None)
+    ts = rows.ts = _timestamps(raw_ts.rename("timestamp"), rows)
+
+    out = {}
+    for field in OHLCV_FIELDS:
+        col = names[field]
+        if col is None:
+            out[field] = np.zeros(len(df))
+            continue
+        raw = df[col]
+        values = pd.to_numeric(raw, errors="coerce")
+        _fail(rows, (values.isna() & raw.notna()).to_numpy(),
+              lambda i, raw=raw, col=col, f=field: f"{f} (column {col!r}) value {raw.iloc[i]!r} "
+                                          "is not a number")
+        out[field] = values.to_numpy(dtype=np.float64, na_value=np.nan)
+
+    for field in OHLCV_FIELDS:
+        x = out[field]
+        _fail(rows, np.isnan(x), f"{field} is NaN (rule: no NaN/inf values)")
+        _fail(rows, np.isinf(x), lambda i, x=x, f=field: f"{f} is {x[i]} (rule: no NaN/inf values)")
+
+    _fail(rows, ts.isna().to_numpy(), "timestamp is missing (NaT/NaN)")
+    if len(ts) > 1:
+        not_after = ~(ts > ts.shift(1)).to_numpy(dtype=bool)
+        not_after[0] = False
+        _fail(rows, not_after, lambda i: f"timestamp is not after the previous row's "
+                                         f"({ts.iloc[i - 1]}) (rule: strictly increasing "
+                                         "timestamps)")
+
+    o, h, lo, c, v = (out[f] for f in OHLCV_FIELDS)
+    for field in PRICE_FIELDS:
+        x = out[field]
+        _fail(rows, x <= 0, lambda i, x=x, f=field: f"{f} = {x[i]} is not positive "
+                                                    "(rule: prices > 0)")
+    _fail(rows, h < lo, lambda i: f"high = {h[i]} < low = {lo[i]} (rule: high >= low)")
+    for field, x in (("open", o), ("close", c)):
+        _fail(rows, (x < lo) | (x > h),
+              lambda i, x=x, f=field: f"{f} = {x[i]} outside [low, high] = [{lo[i]}, {h[i]}] "
+                                      f"(rule: low <= {f} <= high)")
+    _fail(rows, v < 0, lambda i: f"volume = {v[i]} is negative (rule: volume >= 0)")
+
+    return pd.DataFrame(out, index=pd.Index(ts, name="timestamp"))
+
+
+def read_ohlcv(path: str | os.PathLike, columns: Mapping[str, str | None] | None = None, *,
+               file_format: Literal["csv", "parquet"] | None = None,
+               index_col: int | str | None = None) -> pd.DataFrame:
+    """Read a CSV or parquet file and return the validated canonical frame (``validate_ohlcv``).
+
+    The format comes from the suffix unless ``file_format`` is given. CSV: ``index_col`` is passed
+    to ``pandas.read_csv``; without it, an unnamed first column (what ``DataFrame.to_csv`` writes
+    for the index) is taken as the index.
+    """
+    path = os.fspath(path)
+    fmt = file_format or _format_of(path)
+    if fmt == "parquet":
+        df = pd.read_parquet(path)
+    elif fmt == "csv":
+        df = pd.read_csv(path, index_col=index_col)
+        if index_col is None and len(df.columns) and str(df.columns[0]).startswith("Unnamed: 0"):
+            df = df.set_index(df.columns[0]).rename_axis(None)
+    else:
+        raise ValueError(f"unknown file_format {fmt!r}; use 'csv' or 'parquet'")
+    return validate_ohlcv(df, columns, source=path, _csv_lines=fmt == "csv")
+
+
+def _format_of(path: str) -> str:
+    low = path.lower()
+    if low.endswith(_PARQUET_SUFFIXES):
+        return "parquet"
+    if low.endswith(_CSV_SUFFIXES):
+        return "csv"
+    raise ValueError(f"{path}: cannot tell the format from the suffix; pass file_format="
+                     "'csv' or 'parquet'")
+
+
+def window_starts(n_rows: int, window_len: int, stride: int | None = None,
+                  align: Literal["start", "end"] = "start") -> np.ndarray:
+    """First row of each window of ``window_len`` rows every ``stride`` rows (default: no overlap).
+
+    ``align="start"`` begins at row 0 (rows after the last full window are unused);
+    ``align="end"`` makes the last window end at the last row (leading rows are unused).
+    """
+    stride = window_len if stride is None else stride
+    if window_len < 1 or stride < 1:
+        raise ValueError(f"window_len and stride must be >= 1, got {window_len} and {stride}")
+    if n_rows < window_len:
+        raise ValueError(f"too few rows for one window: {n_rows} rows < window_len {window_len}")
+    if align not in ("start", "end"):
+        raise ValueError(f"align must be 'start' or 'end', got {align!r}")
+    starts = np.arange(0, n_rows - window_len + 1, stride)
+    if align == "end":
+        starts = starts + (n_rows - window_len - starts[-1])
+    return starts
+
+
+def to_windows(frame: pd.DataFrame, window_len: int, stride: int | None = None, *,
+               align: Literal["start", "end"] = "start", symbol_id: int = 0,
+               vol_span: int = DEFAULT_VOL_SPAN) -> MarketData:
+    """Cut a validated canonical frame into ``MarketData`` of shape ``[n_windows, window_len]``.
+
+    Windows are cut per ``window_starts``; ``vol_unit`` restarts at each window's first bar;
+    ``regime`` is -1 and ``trend`` 0 (unknown); every window gets ``symbol_id``.
+    """
+    missing = [f for f in OHLCV_FIELDS if f not in frame.columns]
+    if missing:
+        raise ValueError(f"to_windows needs a frame from validate_ohlcv/read_ohlcv; missing "
+                         f"columns {missing}, present: {[str(c) for c in frame.columns]}")
+    starts = window_starts(len(frame), window_len, stride, align)
+    idx = starts[:, None] + np.arange(window_len)[None, :]
+    cut = {f: frame[f].to_numpy(np.float64)[idx] for f in OHLCV_FIELDS}
+    return make_market_data(cut["open"], cut["high"], cut["low"], cut["close"],
+                            volume=cut["volume"], symbol_id=np.full(len(starts), symbol_id),
+                            vol_span=vol_span)
+
+
+def from_dataframe(df: pd.DataFrame, window_len: int, stride: int | None = None, *,
+                   columns: Mapping[str, str | None] | None = None,
+                   align: Literal["start", "end"] = "start", symbol_id: int = 0,
+                   vol_span: int = DEFAULT_VOL_SPAN) -> MarketData:
+    """Validate an in-memory OHLCV DataFrame and cut it into ``[n_windows, window_len]`` windows."""
+    frame = validate_ohlcv(df, columns)
+    return to_windows(frame, window_len, stride, align=align, symbol_id=symbol_id,
+                      vol_span=vol_span)
+
+
+def load_ohlcv(path: str | os.PathLike, window_len: int, stride: int | None = None, *,
+               columns: Mapping[str, str | None] | None = None,
+               file_format: Literal["csv", "parquet"] | None = None,
+               index_col: int | str | None = None, align: Literal["start", "end"] = "start",
+               symbol_id: int = 0, vol_span: int = DEFAULT_VOL_SPAN) -> MarketData:
+    """Read, validate and window a CSV / parquet OHLCV file (``read_ohlcv`` + ``to_windows``)."""
+    frame = read_ohlcv(path, columns, file_format=file_format, index_col=index_col)
+    try:
+        return to_windows(frame, window_len, stride, align=align, symbol_id=symbol_id,
+                          vol_span=vol_span)
+    except ValueError as e:
+        raise ValueError(f"{os.fspath(path)}: {e}") from None
