@@ -92,7 +92,7 @@ def _timestamps(raw: pd.Series, rows: _Rows) -> pd.Series:
 
 
 def validate_ohlcv(df: pd.DataFrame, columns: Mapping[str, str | None] | None = None, *,
-                   source: str = "DataFrame", _csv_lines: bool = False) -> pd.DataFrame:
+                   source: str = "DataFrame") -> pd.DataFrame:
     """Check an OHLCV frame and return it canonical: float64 open/high/low/close/volume, index
     ``timestamp`` (a column or the index; see ``columns``).
 
@@ -103,6 +103,11 @@ def validate_ohlcv(df: pd.DataFrame, columns: Mapping[str, str | None] | None = 
     non-increasing timestamp, non-positive price, high < low, open/close outside [low, high],
     negative volume.
     """
+    return _validate(df, columns, source, csv_lines=False)
+
+
+def _validate(df: pd.DataFrame, columns: Mapping[str, str | None] | None, source: str,
+              csv_lines: bool) -> pd.DataFrame:
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
     columns = dict(columns or {})
@@ -114,7 +119,7 @@ def validate_ohlcv(df: pd.DataFrame, columns: Mapping[str, str | None] | None = 
 
     ts_col = names["timestamp"]
     raw_ts = pd.Series(df.index if ts_col is None else df[ts_col]).reset_index(drop=True)
-    rows = _Rows(df, raw_ts, source, _csv_lines, ts_from_index=ts_col is None)
+    rows = _Rows(df, raw_ts, source, csv_lines, ts_from_index=ts_col is None)
     ts = rows.ts = _timestamps(raw_ts.rename("timestamp"), rows)
 
     out = {}
@@ -177,7 +182,7 @@ def read_ohlcv(path: str | os.PathLike, columns: Mapping[str, str | None] | None
             df = df.set_index(df.columns[0]).rename_axis(None)
     else:
         raise ValueError(f"unknown file_format {fmt!r}; use 'csv' or 'parquet'")
-    return validate_ohlcv(df, columns, source=path, _csv_lines=fmt == "csv")
+    return _validate(df, columns, path, csv_lines=fmt == "csv")
 
 
 def _format_of(path: str) -> str:
