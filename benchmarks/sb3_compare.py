@@ -65,8 +65,10 @@ def run_jax(cfg: PPOConfig, env: TradingEnv, params, seed: int):
     return out, compile_s, time.perf_counter() - t0
 
 
-def run_sb3(cfg: PPOConfig, make_env, seed: int):
+def run_sb3(cfg: PPOConfig, make_env, seed: int, threads: int):
     import torch
+
+    torch.set_num_threads(threads)
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -95,6 +97,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vmap-seeds", type=int, default=8,
                     help="extra row: this many seeds of the same JAX PPO in one program (0: off)")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="torch CPU threads for SB3 (1: SB3's advice for small MLPs on CPU)")
     ap.add_argument("--csv", default=None)
     args = ap.parse_args()
     if args.quick:
@@ -156,7 +160,7 @@ def main() -> None:
     for name, (desc, make_env) in makers.items():
         if name in args.skip:
             continue
-        model, run_s = run_sb3(cfg, make_env, args.seed)
+        model, run_s = run_sb3(cfg, make_env, args.seed, args.torch_threads)
         ret = eval_episodes(lambda o, m=model: int(m.predict(o, deterministic=True)[0]),
                             eval_env, starts)
         rows.append(dict(learner=name, env=desc, steps=steps, train_s=run_s, compile_s=0.0,
