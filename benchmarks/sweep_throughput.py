@@ -59,12 +59,12 @@ def main() -> None:
     out = jax.block_until_ready(sweep(s, args.weights, params))
     run_s = time.perf_counter() - t0
     sps = n_steps / run_s
-    ret = jax.device_get(out.metrics["episode_return"][..., -1]).mean(0)
+    ret = jax.device_get(out.metrics["reward"][..., -1]).mean(0)
     print(f"{s} seeds x {k} weights x {args.envs} envs, {cfg.num_updates} updates of "
           f"{cfg.num_steps} steps on {jax.device_count()} device(s): {n_steps:,} env steps in "
           f"{run_s:.2f} s = {sps:,.0f} env-steps/s training (first call incl. compile "
           f"{first_s:.1f} s)")
-    print("last-update mean episode return per weight:",
+    print("last-update mean step reward per weight:",
           {w: round(float(r), 2) for w, r in zip(args.weights, ret, strict=True)})
     write_csv([dict(envs=args.envs, seeds=s, weights=k, num_steps=cfg.num_steps,
                     updates=cfg.num_updates, devices=jax.device_count(), env_steps=n_steps,
