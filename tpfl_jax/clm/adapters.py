@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from tpfl_jax.clm.models import TrainingJob
-from tpfl_jax.env.stats import EXIT_TP
+from tpfl_jax.env.stats import EXIT_TP, TRADE_KEYS
 
 METRIC_KEYS = ("n_trades", "win_rate", "tp_hit_rate", "mean_r", "sharpe_ratio", "max_drawdown",
                "total_r")
@@ -240,7 +240,8 @@ class PPOBacktestAdapter:
         ev = evaluate(model.params["network"], env, env_params, jax.random.key(self.seed),
                       self.n_episodes, deterministic=self.deterministic, config=cfg,
                       obs_rms=model.params.get("obs_rms"))
-        trades = ev.trades
+        # the tracker takes the trade contract's columns (evaluate adds episode/step)
+        trades = ev.trades[[k for k in TRADE_KEYS if k in ev.trades.columns]]
         if self.tracker is not None and len(trades):
             symbols = job.symbols or ["ALL"]
             self.tracker.record_trades(
