@@ -131,7 +131,7 @@ def trading_single(weight: float, seed: int, total: int) -> None:
     """One configuration, as a separate process would run it (used for the sequential timing)."""
     t0 = time.perf_counter()
     env, params, cfg = trading_setup(total)
-    train = jax.jit(make_train(cfg, env))
+    train = jax.jit(make_train(cfg, env, params))
     out = jax.block_until_ready(train(jax.random.key(seed),
                                       params.replace(tp_reward_weight=jnp.float32(weight))))
     print(f"single {weight} {seed}: {time.perf_counter() - t0:.2f} s "
@@ -145,7 +145,7 @@ def trading_sweep(total: int, n_seq: int) -> None:
     w = jnp.asarray(WEIGHTS, jnp.float32)
     eps = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(WEIGHTS), *jnp.shape(x))), params)
     eps = eps.replace(tp_reward_weight=w)
-    sweep = jax.vmap(jax.vmap(make_train(cfg, env), (0, None)), (None, 0))
+    sweep = jax.vmap(jax.vmap(make_train(cfg, env, params), (0, None)), (None, 0))
     t_all = time.perf_counter()
     c, r, out = timed(sweep, jax.random.split(jax.random.key(0), 4), eps)
     wall = time.perf_counter() - t_all

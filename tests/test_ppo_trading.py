@@ -32,7 +32,7 @@ def test_weight_sweep_metrics_and_trades():
     weights = jnp.array([0.0, 2.0])
     eps = jax.tree.map(lambda x: jnp.broadcast_to(x, (2, *jnp.shape(x))), params)
     eps = eps.replace(tp_reward_weight=weights)
-    sweep = jax.jit(jax.vmap(jax.vmap(make_train(cfg, env), (0, None)), (None, 0)))
+    sweep = jax.jit(jax.vmap(jax.vmap(make_train(cfg, env, params), (0, None)), (None, 0)))
     out = sweep(jax.random.split(jax.random.key(0), 2), eps)
     m = out.metrics
     for k in ("trade/trades", "trade/tp_hit_rate", "trade/mean_r", "trade/premature_rate",
