@@ -289,3 +289,36 @@ def test_cartpole_short_budget_beats_random():
     # uniformly random CartPole policy: ~22 steps per episode
     assert trained > 120.0, trained
     assert ev.returns.mean() > 120.0, ev.returns
+
+
+def test_orthogonal_init_is_orthogonal_and_scaled():
+    from tpfl_jax.agents.networks import orthogonal_init
+
+    for shape in [(64, 64), (26, 64), (64, 11)]:
+        q = np.asarray(orthogonal_init(np.sqrt(2.0))(jax.random.key(0), shape)) / np.sqrt(2.0)
+        gram = q.T @ q if shape[0] >= shape[1] else q @ q.T
+        np.testing.assert_allclose(gram, np.eye(len(gram)), atol=1e-5)
+    a = orthogonal_init()(jax.random.key(1), (8, 8))
+    b = orthogonal_init()(jax.random.key(2), (8, 8))
+    assert not np.allclose(a, b)
+
+
+def test_wide_seed_vmap_finishes():
+    """Regression: vmapping train over many seeds used to deadlock XLA's CPU thread pool in
+    the LAPACK QR of flax's orthogonal init. Run in a subprocess so a hang fails, not blocks."""
+    import subprocess
+    import sys
+
+    code = (
+        "import jax, gymnax\n"
+        "from tpfl_jax.agents.ppo import PPOConfig, make_train\n"
+        "env, p = gymnax.make('CartPole-v1')\n"
+        "cfg = PPOConfig(num_envs=4, num_steps=16, total_timesteps=128, widths=(16, 16),"
+        " update_epochs=1, num_minibatches=2)\n"
+        "f = jax.jit(jax.vmap(make_train(cfg, env, p), (0, None)))\n"
+        "r = jax.block_until_ready(f(jax.random.split(jax.random.key(0), 16), p))\n"
+        "print('ok', r.metrics['loss'].shape)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ok (16, 2)" in out.stdout

@@ -17,6 +17,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from tpfl_jax.agents.ppo import PPOConfig
+
 
 @dataclass
 class EnvConfig:
@@ -56,34 +58,20 @@ class MarketConfig:
     deploy_bars: int = 200
 
 
-@dataclass
-class PPOSection:
-    """``agents.ppo.PPOConfig`` fields; ``total_timesteps`` is the budget of one training job
-    (one loop cycle)."""
+def _ppo_section() -> type:
+    """Hydra schema of ``agents.ppo.PPOConfig``, derived from it (same fields and defaults;
+    ``widths`` as a list) so the two cannot drift. ``total_timesteps`` is the budget of one
+    training job (one loop cycle); the ``ppo`` config group sets CPU/accelerator sizes."""
+    specs = []
+    for f in dataclasses.fields(PPOConfig):
+        if f.name == "widths":
+            specs.append((f.name, list[int], field(default_factory=lambda d=f.default: list(d))))
+        else:
+            specs.append((f.name, type(f.default), field(default=f.default)))
+    return dataclasses.make_dataclass("PPOSection", specs)
 
-    num_envs: int = 16
-    num_steps: int = 64
-    total_timesteps: int = 8192
-    update_epochs: int = 2
-    num_minibatches: int = 4
-    widths: list[int] = field(default_factory=lambda: [32, 32])
-    activation: str = "tanh"
-    shared_torso: bool = False
-    init_log_std: float = 0.0
-    anneal_lr: bool = True
-    normalize_obs: bool = False
-    normalize_reward: bool = False
-    normalize_advantages: bool = True
-    clip_value_loss: bool = True
-    obs_clip: float = 10.0
-    adam_eps: float = 1e-5
-    lr: float = 3e-4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_eps: float = 0.2
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
+
+PPOSection = _ppo_section()
 
 
 @dataclass
@@ -195,7 +183,6 @@ def to_container(cfg: DictConfig | Config) -> Config:
 def to_objects(cfg: DictConfig | Config) -> Objects:
     """Frozen env / PPO / loop objects of a config; bad values raise ``ValueError`` naming the
     field (config.<group>.<key>)."""
-    from tpfl_jax.agents.ppo import PPOConfig
     from tpfl_jax.env.trading import TradingEnv
     from tpfl_jax.loop import LOOP_POLICY_KINDS, LoopConfig, make_loop_policy
 

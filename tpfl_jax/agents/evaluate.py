@@ -12,6 +12,7 @@ import pandas as pd
 
 from tpfl_jax.agents.networks import ActorCritic, make_network
 from tpfl_jax.agents.ppo import PPOConfig, RunningMeanStd, policy_action
+from tpfl_jax.env.frames import trades_frame
 
 
 class EvalResult(NamedTuple):
@@ -54,30 +55,6 @@ def _make_rollout(env: Any, network: ActorCritic, n: int, max_steps: int, determ
     return jax.jit(rollout)
 
 
-def trades_frame(trade: dict[str, np.ndarray], mask: np.ndarray) -> pd.DataFrame:
-    """Closed trades of stacked ``info["trade"]`` (``[T, n]`` leaves) where ``mask`` is True.
-
-    One row per trade; columns ``episode``, ``step`` and ``TRADE_KEYS``, ``exit_reason`` as its
-    name from ``EXIT_REASONS``.
-    """
-    from tpfl_jax.env.stats import EXIT_REASONS, TRADE_KEYS
-
-    sel = np.asarray(trade["closed"], bool) & np.asarray(mask, bool)
-    t_idx, e_idx = np.nonzero(sel)
-    order = np.lexsort((t_idx, e_idx))
-    t_idx, e_idx = t_idx[order], e_idx[order]
-    cols: dict[str, Any] = {"episode": e_idx, "step": t_idx}
-    for k in TRADE_KEYS:
-        if k in trade:
-            cols[k] = np.asarray(trade[k])[t_idx, e_idx]
-    df = pd.DataFrame(cols)
-    if "exit_reason" in df:
-        df["exit_reason"] = pd.Categorical.from_codes(df["exit_reason"].astype(int),
-                                                      categories=list(EXIT_REASONS))
-        df["exit_reason"] = df["exit_reason"].astype(str)
-    return df
-
-
 def evaluate(params: Any, env: Any, env_params: Any, rng: jax.Array, n_episodes: int,
              deterministic: bool = True, config: PPOConfig | None = None,
              obs_rms: RunningMeanStd | None = None,
@@ -101,5 +78,8 @@ def evaluate(params: Any, env: Any, env_params: Any, rng: jax.Array, n_episodes:
     fn = _make_rollout(env, network, int(n_episodes), int(max_steps), bool(deterministic),
                        float(config.obs_clip))
     ret, length, _, out = jax.device_get(fn(params, env_params, rng, obs_rms))
-    trades = trades_frame(out["trade"], out["active"]) if "trade" in out else None
+    trades = None
+    if "trade" in out:  # one row per trade, ordered by episode then step
+        trades = trades_frame(out["trade"], out["active"], index_names=("step", "episode"))
+        trades = trades.sort_values(["episode", "step"], kind="stable", ignore_index=True)
     return EvalResult(np.asarray(ret), np.asarray(length), trades)

@@ -157,8 +157,33 @@ Distribution = Categorical | MultiCategorical | DiagGaussian
 
 
 # --------------------------------------------------------------------------- network
+def orthogonal_init(scale: float = 1.0, iterations: int = 40) -> Callable[..., jax.Array]:
+    """Orthogonal kernel initializer built from matmuls only (vmap-safe, no LAPACK).
+
+    The polar factor of a Gaussian matrix is Haar-distributed (what ``orthogonal`` draws);
+    it is computed by Newton-Schulz iterations ``X <- 1.5 X - 0.5 X X^T X`` from
+    ``A / ||A||_F``. flax's QR-based ``orthogonal`` calls LAPACK's batched QR, which under
+    ``vmap`` over seeds deadlocked XLA's CPU thread pool (jaxlib 0.10.2, OpenBLAS) and added
+    seconds of compile time.
+    """
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        n_in, n_out = int(np.prod(shape[:-1])), int(shape[-1])
+        tall = n_in >= n_out
+        a = jax.random.normal(key, (n_in, n_out) if tall else (n_out, n_in), jnp.float32)
+        x = a / jnp.linalg.norm(a)
+
+        def step(_, x):
+            return 1.5 * x - 0.5 * x @ (x.T @ x)
+
+        q = jax.lax.fori_loop(0, iterations, step, x)
+        q = q if tall else q.T
+        return (scale * q).reshape(shape).astype(dtype)
+
+    return init
+
+
 def _dense(features: int, scale: float, name: str | None = None) -> nn.Dense:
-    return nn.Dense(features, kernel_init=nn.initializers.orthogonal(scale),
+    return nn.Dense(features, kernel_init=orthogonal_init(scale),
                     bias_init=nn.initializers.zeros, name=name)
 
 
