@@ -152,7 +152,8 @@ def trading_sweep(total: int, n_seq: int) -> None:
     n = len(WEIGHTS) * 4
     print(f"trading sweep {len(WEIGHTS)} weights x 4 seeds x {steps} steps: compile {c:.1f} s, "
           f"run {r:.2f} s, {n * steps / r:,.0f} steps/s, wall {wall:.1f} s")
-    m = {k: np.asarray(v)[:, :, -5:].mean(axis=(1, 2)) for k, v in out.metrics.items()}
+    # last 5 updates (nan-mean: an update in which no episode ended has no episode return)
+    m = {k: np.nanmean(np.asarray(v)[:, :, -5:], axis=(1, 2)) for k, v in out.metrics.items()}
     print("weight | ep_return | trades/upd | tp_hit_rate | mean_tp_mult | mean_r | tp_zone_acc")
     for i, wt in enumerate(WEIGHTS):
         print(f"{wt:6.2f} | {m['episode_return'][i]:9.2f} | {m['trade/trades'][i]:10.1f} | "
