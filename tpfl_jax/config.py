@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from tpfl_jax.agents.ppo import PPOConfig
+from tpfl_jax.loop import LOOP_POLICY_KINDS, LoopConfig, make_loop_policy
 
 
 @dataclass
@@ -58,20 +59,23 @@ class MarketConfig:
     deploy_bars: int = 200
 
 
-def _ppo_section() -> type:
-    """Hydra schema of ``agents.ppo.PPOConfig``, derived from it (same fields and defaults;
-    ``widths`` as a list) so the two cannot drift. ``total_timesteps`` is the budget of one
-    training job (one loop cycle); the ``ppo`` config group sets CPU/accelerator sizes."""
+def _schema(cls: type, name: str, extra: tuple[tuple[str, type, Any], ...] = ()) -> type:
+    """Hydra schema derived from the frozen dataclass ``cls`` (same fields and defaults;
+    tuples as lists) plus ``extra`` ``(name, type, default)`` fields, so the two cannot drift."""
     specs = []
-    for f in dataclasses.fields(PPOConfig):
-        if f.name == "widths":
-            specs.append((f.name, list[int], field(default_factory=lambda d=f.default: list(d))))
+    for f in dataclasses.fields(cls):
+        if isinstance(f.default, tuple):
+            specs.append((f.name, list[type(f.default[0])],
+                          field(default_factory=lambda d=f.default: list(d))))
         else:
             specs.append((f.name, type(f.default), field(default=f.default)))
-    return dataclasses.make_dataclass("PPOSection", specs)
+    specs += [(n, t, field(default=d)) for n, t, d in extra]
+    return dataclasses.make_dataclass(name, specs)
 
 
-PPOSection = _ppo_section()
+# ``agents.ppo.PPOConfig``; ``total_timesteps`` is the budget of one training job (one loop
+# cycle); the ``ppo`` config group sets CPU/accelerator sizes.
+PPOSection = _schema(PPOConfig, "PPOSection")
 
 
 @dataclass
@@ -91,17 +95,8 @@ class PolicySet:
     policies: list[PolicySpec] = field(default_factory=list)
 
 
-@dataclass
-class LoopSection:
-    """``loop.LoopConfig`` plus seeds."""
-
-    num_cycles: int = 5
-    num_seeds: int = 3
-    deploy_envs: int = 32
-    deterministic: bool = True
-    min_attempts: int = 10
-    r_source: str = "estimated"
-    keep_trades: bool = True
+# ``loop.LoopConfig`` plus the number of seeds.
+LoopSection = _schema(LoopConfig, "LoopSection", (("num_seeds", int, 3),))
 
 
 @dataclass
@@ -184,7 +179,6 @@ def to_objects(cfg: DictConfig | Config) -> Objects:
     """Frozen env / PPO / loop objects of a config; bad values raise ``ValueError`` naming the
     field (config.<group>.<key>)."""
     from tpfl_jax.env.trading import TradingEnv
-    from tpfl_jax.loop import LOOP_POLICY_KINDS, LoopConfig, make_loop_policy
 
     c = to_container(cfg)
     e = c.env
@@ -204,9 +198,8 @@ def to_objects(cfg: DictConfig | Config) -> Objects:
         raise ValueError(f"config.ppo: {err}") from None
     lp = c.loop
     try:
-        loop = LoopConfig(num_cycles=lp.num_cycles, deploy_envs=lp.deploy_envs,
-                          deterministic=lp.deterministic, min_attempts=lp.min_attempts,
-                          r_source=lp.r_source, keep_trades=lp.keep_trades)
+        loop = LoopConfig(**{f.name: getattr(lp, f.name)
+                             for f in dataclasses.fields(LoopConfig)})
     except ValueError as err:
         raise ValueError(f"config.loop: {err}") from None
     if lp.num_seeds < 1:
