@@ -330,3 +330,20 @@ def test_compat_rejects_bad_input():
     v3.reset()
     with pytest.raises(ValueError, match="action"):
         v3.step(99)
+
+
+def test_gymnax_gymnasium_wrapper():
+    pytest.importorskip("gymnasium")
+    from gymnax.wrappers.gym import GymnaxToGymWrapper
+
+    params = RENV.make_params(gbm_market(), tp_mults=(0.5, 1.0, 2.0), max_steps_in_episode=20)
+    env = GymnaxToGymWrapper(RENV, params, seed=0)
+    assert env.action_space.n == RENV.num_actions
+    obs, _ = env.reset(seed=1)
+    assert env.observation_space.shape == np.shape(obs)
+    total, trades = 0.0, 0
+    for i in range(20):
+        obs, r, term, trunc, info = env.step(i % RENV.num_actions)
+        total += float(r)
+        trades += int(info["trade"]["closed"])
+    assert trunc and not term and trades > 0 and np.isfinite(total)
