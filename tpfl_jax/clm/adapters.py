@@ -12,6 +12,9 @@ held-out market data recording its trades into the tracker) need ``tpfl_jax.agen
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -112,8 +115,6 @@ MarketSource = Any  # MarketData, or a callable (job) -> MarketData, or None (sy
 
 
 def _symbol_seed(job: TrainingJob, salt: int) -> int:
-    import zlib
-
     return zlib.crc32(f"{job.symbol_key}:{salt}".encode()) & 0x7FFFFFFF
 
 
@@ -167,8 +168,6 @@ class PPOTrainingAdapter:
 
     def job_config(self, job: TrainingJob) -> Any:
         """``PPOConfig`` with the job's overrides applied."""
-        import dataclasses
-
         names = {f.name for f in dataclasses.fields(self.ppo_config)}
         over = {k: v for k, v in job.training_params.items() if k in names}
         return dataclasses.replace(self.ppo_config, **over)
@@ -193,8 +192,6 @@ class PPOTrainingAdapter:
         for k in ("tp_hit_rate", "mean_r", "trades"):
             if k in metrics:
                 summary[f"final_{k}"] = float(metrics[k][-1])
-        import dataclasses
-
         config = {"ppo": dataclasses.asdict(cfg), "env_static": self.env_static,
                   "env_kwargs": {k: np.asarray(v).tolist() for k, v in env_kwargs.items()},
                   "tp_reward_weight": weight, "seed": self.seed}
@@ -206,8 +203,6 @@ class PPOTrainingAdapter:
 
     async def train(self, job: TrainingJob, data: Any) -> TrainedModel:
         """Train in a worker thread; returns the network params and summary metrics."""
-        import asyncio
-
         return await asyncio.to_thread(self._train_sync, job, data)
 
 
@@ -254,6 +249,4 @@ class PPOBacktestAdapter:
 
     async def backtest(self, job: TrainingJob, model: TrainedModel) -> BacktestResult:
         """Backtest in a worker thread."""
-        import asyncio
-
         return await asyncio.to_thread(self._backtest_sync, job, model)

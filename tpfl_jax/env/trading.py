@@ -175,8 +175,8 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
         volume = m.volume[p, nb]
 
         action = jnp.asarray(action, jnp.int32)
-        want = jnp.where(action == 0, 0, jnp.where(action <= self.n_tp, 1, -1))
-        k = jnp.clip(jnp.where(want > 0, action - 1, action - 1 - self.n_tp), 0, self.n_tp - 1)
+        want, k = decode_action(action, self.n_tp)
+        k = jnp.clip(k, 0, self.n_tp - 1)
 
         held = state.side != 0
         s_old = state.side.astype(jnp.float32)
