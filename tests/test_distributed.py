@@ -132,3 +132,14 @@ def test_init_distributed_reports_missing_settings(monkeypatch):
     with pytest.raises(ValueError, match="process_id"):
         D.init_distributed(D.MeshConfig(num_processes=2, process_id=5,
                                         coordinator_address="10.0.0.1:1234"))
+
+
+def test_importing_the_apps_leaves_the_backend_uninitialised():
+    # jax.distributed.initialize() must run before the XLA backend starts; the Hydra apps call it
+    # after composing the config, so importing them (config schema included) must not start it.
+    code = ("import jax._src.xla_bridge as xb, tpfl_jax.app, tpfl_jax.distributed; "
+            "print(xb.backends_are_initialized())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "False"

@@ -51,6 +51,18 @@ def setup_jax(cache_dir: Path | None) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+def _checkpointer() -> Any:
+    """Orbax checkpointer for host arrays written by process 0 alone (multi-host: the others
+    take no part, so orbax must not wait for them at its barriers)."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    if jax.process_count() == 1:
+        return ocp.StandardCheckpointer()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=0, active_processes={0}))
+
+
 def _write_config(cfg: DictConfig, out: Path) -> None:
     (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
@@ -108,8 +120,8 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
     out.mkdir(parents=True, exist_ok=True)
     setup_jax(cache_dir)
     import jax
-    import orbax.checkpoint as ocp
 
+    from tpfl_jax import distributed as D
     from tpfl_jax import report
     from tpfl_jax.loop import (
         DEPLOY_KEYS,
@@ -131,16 +143,19 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
     bar.update(1)
     bar.set_postfix_str("compile")
     t0 = time.perf_counter()
-    compiled = loop.run.lower(*args).compile()
+    go = D.make_loop_sweep(loop, mesh_cfg=obj.mesh).aot(*args)   # policies x seeds, sharded
     t_compile = time.perf_counter() - t0
     bar.update(1)
     n_p, n_s, n_c = len(obj.policy_names), obj.num_seeds, obj.loop.num_cycles
     bar.set_postfix_str(f"run {n_p} policies x {n_s} seeds x {n_c} cycles")
     t0 = time.perf_counter()
-    res = jax.block_until_ready(compiled(*args))
+    res = jax.block_until_ready(go())
     t_run = time.perf_counter() - t0
-    res = jax.device_get(res)
+    res = D.gather(res)
     bar.update(1)
+    if jax.process_index() != 0:                 # multi-host: process 0 writes the artefacts
+        bar.close()
+        return pd.DataFrame()
     bar.set_postfix_str("artefacts")
     if not np.all(res.train["finite"]):
         p, s, cy, u = np.argwhere(~np.asarray(res.train["finite"]))[0]
@@ -184,7 +199,7 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
         from tpfl_jax.replay import all_deploy_trades
 
         all_deploy_trades(res, names).to_parquet(out / "trades.parquet")
-    ckpt = ocp.StandardCheckpointer()
+    ckpt = _checkpointer()
     ckpt.save((out / "checkpoints" / "final").absolute(),
               {"params": res.params, "obs_rms": res.obs_rms})
     ckpt.wait_until_finished()
@@ -213,19 +228,19 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
 
 # --------------------------------------------------------------------------- tpfl-train
 def run_train(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.DataFrame:
-    """Train one weight (runner: progress, metrics.jsonl, orbax checkpoints, resume) or a list
-    of weights as one vmapped batch; evaluates each on held-out paths."""
+    """Train one weight on one device (runner: progress, metrics.jsonl, orbax checkpoints,
+    resume) or else weights x seeds as one program sharded over ``config.mesh``; evaluates
+    each on held-out paths (process 0 writes the artefacts)."""
     c = to_container(cfg)
     obj = to_objects(c)
     out.mkdir(parents=True, exist_ok=True)
     setup_jax(cache_dir)
     import jax
     import jax.numpy as jnp
-    import orbax.checkpoint as ocp
 
+    from tpfl_jax import distributed as D
     from tpfl_jax import report
     from tpfl_jax.agents.evaluate import evaluate
-    from tpfl_jax.agents.ppo import make_train
     from tpfl_jax.agents.runner import Runner
 
     spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
@@ -233,7 +248,7 @@ def run_train(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.D
     weights = [float(w) for w in c.train.weights]
     n_s = c.train.num_seeds
     base = env_params.replace(market=train_m)
-    if len(weights) == 1:
+    if len(weights) == 1 and jax.device_count() == 1:
         runner = Runner(obj.ppo, obj.env, base.replace(tp_reward_weight=jnp.float32(weights[0])),
                         out, seed=c.seed, num_seeds=n_s, chunk_updates=c.train.chunk_updates,
                         checkpoint_every=c.train.chunk_updates, progress=c.progress)
@@ -242,15 +257,17 @@ def run_train(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.D
         params = jax.tree.map(lambda x: x[None], r.runner_state.params)
         curves = {f"w={weights[0]}": np.asarray(r.metrics["episode_return"], float).T}
     else:
-        w = jnp.asarray(weights, jnp.float32)
-        eps = jax.vmap(lambda x: base.replace(tp_reward_weight=x))(w)
-        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(c.seed), i))(jnp.arange(n_s))
-        train = make_train(obj.ppo, obj.env, base)
-        fn = jax.jit(jax.vmap(jax.vmap(train, (0, None)), (None, 0)))
-        print(f"training {len(weights)} weights x {n_s} seeds as one program ...", flush=True)
+        # weights x seeds as one program, sharded over config.mesh (every device by default)
+        sweep = D.make_ppo_sweep(obj.ppo, obj.env, mesh_cfg=obj.mesh, env_params=base)
+        keys = D.seed_keys(n_s, c.seed)
+        print(f"training {len(weights)} weights x {n_s} seeds as one program on "
+              f"{jax.device_count()} device(s) ...", flush=True)
         t0 = time.perf_counter()
-        result = jax.device_get(jax.block_until_ready(fn(keys, eps)))
+        result = D.gather(jax.block_until_ready(sweep(keys, weights, base)))
         print(f"done in {time.perf_counter() - t0:.1f}s (compile included)")
+        if jax.process_index() != 0:             # multi-host: process 0 writes the artefacts
+            return pd.DataFrame()
+        result = jax.tree.map(lambda x: np.swapaxes(x, 0, 1), result)   # [S, K] -> [K, S]
         params = result.runner_state.params
         m = result.metrics
         with (out / "metrics.jsonl").open("w") as f:
@@ -261,7 +278,7 @@ def run_train(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.D
                     f.write(json.dumps(row) + "\n")
         curves = {f"w={wt}": np.asarray(m["episode_return"][i], float)
                   for i, wt in enumerate(weights)}
-        ckpt = ocp.StandardCheckpointer()
+        ckpt = _checkpointer()
         ckpt.save((out / "checkpoints" / "final").absolute(), {"params": params})
         ckpt.wait_until_finished()
     rows, trades = [], []
@@ -346,8 +363,15 @@ def run_clm(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> dict[s
 # --------------------------------------------------------------------------- hydra mains
 def _hydra_job(fn):
     def main(cfg: DictConfig) -> Any:
+        import jax
+
+        from tpfl_jax.config import to_mesh_config
+        from tpfl_jax.distributed import init_distributed
+
+        init_distributed(to_mesh_config(cfg))    # no-op unless several processes (mesh group)
         out, cache = _out_dir()
-        _write_config(cfg, out)
+        if jax.process_index() == 0:
+            _write_config(cfg, out)
         result = fn(cfg, out, cache if cfg.compile_cache else None)
         if isinstance(result, pd.DataFrame) and len(result):
             return float(result["final_pnl"].iloc[0])   # objective for sweepers

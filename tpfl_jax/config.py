@@ -123,6 +123,24 @@ class ClmSection:
 
 
 @dataclass
+class MeshSection:
+    """``tpfl_jax.distributed.MeshConfig``: the device mesh the apps shard their batch of
+    configurations over (``-1`` in ``shape`` = every remaining device), the mesh axes the
+    flattened batch is split over (``batch_spec[0]``: an axis name or a list of names) and the
+    multi-host settings (null: the ``TPFL_*`` env vars, or SLURM / Open MPI detection)."""
+
+    shape: list[int] = field(default_factory=lambda: [-1])
+    axis_names: list[str] = field(default_factory=lambda: ["batch"])
+    batch_spec: list[Any] = field(default_factory=lambda: ["batch"])
+    on_indivisible: str = "error"
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    local_device_ids: list[int] | None = None
+    auto_detect: bool = True
+
+
+@dataclass
 class Config:
     """Top-level schema (``base_config``)."""
 
@@ -133,6 +151,7 @@ class Config:
     loop: LoopSection = field(default_factory=LoopSection)
     train: TrainSection = field(default_factory=TrainSection)
     clm: ClmSection = field(default_factory=ClmSection)
+    mesh: MeshSection = field(default_factory=MeshSection)
     experiment: str = "default"
     seed: int = 0
     compile_cache: bool = True
@@ -163,6 +182,7 @@ class Objects:
     initial_weights: tuple[float, ...]
     num_seeds: int
     seed: int
+    mesh: Any                      # distributed.MeshConfig
 
 
 def to_container(cfg: DictConfig | Config) -> Config:
@@ -218,8 +238,24 @@ def to_objects(cfg: DictConfig | Config) -> Objects:
             make_loop_policy(s.kind, s.initial_weight, **dict(s.params))
         except ValueError as err:
             raise ValueError(f"config.policy.policies[{i}] ({s.name}): {err}") from None
+    mesh = to_mesh_config(c)
     return Objects(env=env, env_kwargs=env_kwargs, ppo=ppo, loop=loop,
                    policy_names=tuple(names), policy_kinds=tuple(s.kind for s in specs),
                    policy_params=tuple(dict(s.params) for s in specs),
                    initial_weights=tuple(float(s.initial_weight) for s in specs),
-                   num_seeds=int(lp.num_seeds), seed=int(c.seed))
+                   num_seeds=int(lp.num_seeds), seed=int(c.seed), mesh=mesh)
+
+
+def to_mesh_config(cfg: DictConfig | Config) -> Any:
+    """The frozen ``distributed.MeshConfig`` of ``config.mesh`` (``ValueError`` names the field)."""
+    from tpfl_jax.distributed import MeshConfig
+
+    m = to_container(cfg).mesh
+    if len(m.batch_spec) != 1:
+        raise ValueError(f"config.mesh.batch_spec = {m.batch_spec}: the apps flatten their "
+                         f"configurations into one batch axis; expected one entry (a mesh axis "
+                         f"name or a list of names)")
+    try:
+        return MeshConfig.from_dict(dataclasses.asdict(m))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"config.mesh: {err}") from None

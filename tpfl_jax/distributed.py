@@ -14,7 +14,12 @@ batch axes are split over which mesh axes; everything else is ``jax.jit`` with `
 * :func:`init_distributed` -- ``jax.distributed.initialize()`` from config / env vars, a no-op
   for a single process;
 * :func:`make_ppo_sweep` / :func:`ppo_sweep` -- S seeds x K ``tp_reward_weight`` values of PPO on
-  one env, sharded.
+  one env, sharded (``tpfl-train``);
+* :func:`make_loop_sweep` -- the closed loop's P policies x S seeds, sharded (``tpfl-loop``).
+
+The Hydra apps read :class:`MeshConfig` from the ``mesh`` config group (``mesh=default``: every
+device on one axis; ``mesh=multihost``: a ``[hosts, devices]`` mesh) and call
+:func:`init_distributed` first, so the same command runs on 1 CPU, N GPUs or several hosts.
 
 Batches that do not divide the mesh: with ``on_indivisible="error"`` (default) a ``ValueError``
 names the batch size and the mesh axes; with ``"pad"`` the batch is padded at the end with copies
@@ -183,6 +188,11 @@ def _put(x: Any, sharding: NamedSharding) -> jax.Array:
     if jax.process_count() == 1:
         return jax.device_put(x, sharding)
     # multi-host: every process holds the same global value; each fills its own shards
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+        # typed keys: place the raw key data (one more trailing axis, unsplit), then re-wrap
+        spec = PartitionSpec(*sharding.spec, *([None] * (x.ndim + 1 - len(sharding.spec))))
+        data = _put(jax.random.key_data(x), NamedSharding(sharding.mesh, spec))
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
@@ -232,12 +242,19 @@ def unpad_batch(tree: Any, n: int, axis: int = 0) -> Any:
 
 
 def gather(tree: Any) -> Any:
-    """Host numpy copy of a (possibly multi-host) sharded pytree."""
+    """Host copy of a (possibly multi-host) sharded pytree: numpy arrays; typed PRNG keys stay
+    key arrays (on the local default device)."""
     if jax.process_count() == 1:
         return jax.device_get(tree)
     from jax.experimental import multihost_utils
 
-    return multihost_utils.process_allgather(tree, tiled=True)
+    def one(x: Any) -> Any:
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            data = multihost_utils.process_allgather(jax.random.key_data(x), tiled=True)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return multihost_utils.process_allgather(x, tiled=True)
+
+    return jax.tree.map(one, tree)
 
 
 # --------------------------------------------------------------------------- sharded vmap
@@ -250,12 +267,13 @@ def sharded_vmap(fn: Callable[..., Any], mesh: Mesh, in_axes: int | None | Seque
     batch axis and is split over the mesh; None: the argument is replicated, e.g. market data or
     static-shaped params shared by every configuration). Outputs are returned with their batch
     axis (``out_axes``) split the same way. The function is compiled once per input shape;
-    ``on_indivisible`` as in :class:`MeshConfig`.
+    ``on_indivisible`` as in :class:`MeshConfig`. ``call.aot(*args)`` places the arguments and
+    compiles ahead of time (to time compilation apart), returning ``run()``.
     """
     spec = (axis,)
     n_shards = axis_size(mesh, axis)
 
-    def call(*args: Any) -> Any:
+    def prepare(*args: Any) -> tuple[tuple[int | None, ...], list[Any], int, bool]:
         axes = [in_axes] * len(args) if not isinstance(in_axes, Sequence) else list(in_axes)
         if len(axes) != len(args):
             raise ValueError(f"sharded_vmap: {len(args)} arguments but in_axes={in_axes}")
@@ -279,8 +297,23 @@ def sharded_vmap(fn: Callable[..., Any], mesh: Mesh, in_axes: int | None | Seque
             if pad:
                 arg, _ = pad_batch(arg, n_shards, a)
             placed.append(shard_batch(arg, mesh, spec, offset=a))
-        out = _compiled(tuple(axes))(*placed)
+        return tuple(axes), placed, n, pad
+
+    def call(*args: Any) -> Any:
+        axes, placed, n, pad = prepare(*args)
+        out = _compiled(axes)(*placed)
         return unpad_batch(out, n, out_axes) if pad else out
+
+    def aot(*args: Any) -> Callable[[], Any]:
+        """Place ``args`` and compile now; the returned ``run()`` executes (and unpads)."""
+        axes, placed, n, pad = prepare(*args)
+        compiled = _compiled(axes).lower(*placed).compile()
+
+        def run() -> Any:
+            out = compiled(*placed)
+            return unpad_batch(out, n, out_axes) if pad else out
+
+        return run
 
     cache: dict[tuple[int | None, ...], Callable[..., Any]] = {}
 
@@ -294,6 +327,7 @@ def sharded_vmap(fn: Callable[..., Any], mesh: Mesh, in_axes: int | None | Seque
         return cache[axes]
 
     call.compiled = _compiled  # type: ignore[attr-defined]
+    call.aot = aot  # type: ignore[attr-defined]
     return call
 
 
@@ -401,6 +435,51 @@ def ppo_sweep(config: Any, env: Any, env_params: Any, seeds: int | jax.Array,
     return make_ppo_sweep(config, env, mesh, mesh_cfg, env_params)(seeds, weights, env_params)
 
 
+# --------------------------------------------------------------------------- closed loop
+def make_loop_sweep(loop: Any, mesh: Mesh | None = None,
+                    mesh_cfg: MeshConfig | None = None) -> Callable[..., Any]:
+    """``run(keys[S], policies[P], source, env_params, hparams)`` -> ``LoopResult [P, S, C]``.
+
+    The sharded form of ``loop.run`` (a :class:`tpfl_jax.loop.Loop`): the ``P*S`` policy x seed
+    configurations are flattened (policy-major) into one batch axis split over the mesh axes
+    ``mesh_cfg.batch_spec[0]``; market source, env params and PPO hyperparameters are
+    replicated. ``run.aot(...)`` compiles ahead of time and returns ``go()`` (same result).
+    """
+    mesh_cfg = MeshConfig() if mesh_cfg is None else mesh_cfg
+    mesh = make_mesh(mesh_cfg) if mesh is None else mesh
+    flat = sharded_vmap(loop.run_one, mesh, in_axes=(0, 0, None, None, None),
+                        axis=mesh_cfg.batch_spec[0], on_indivisible=mesh_cfg.on_indivisible)
+
+    def _flatten(keys: jax.Array, policies: Any) -> tuple[jax.Array, Any, int, int]:
+        s = keys.shape[0]
+        sizes = {np.shape(x)[0] for x in jax.tree.leaves(policies)}
+        if len(sizes) != 1:
+            raise ValueError(f"make_loop_sweep: policy leaves disagree on the policy axis: "
+                             f"{sorted(sizes)}")
+        p = sizes.pop()
+        fk = keys[jnp.tile(jnp.arange(s), p)]
+        fp = jax.tree.map(lambda x: jnp.repeat(jnp.asarray(x), s, axis=0), policies)
+        return fk, fp, p, s
+
+    def _unflatten(out: Any, p: int, s: int) -> Any:
+        return jax.tree.map(lambda x: x.reshape(p, s, *x.shape[1:]), out)
+
+    def run(keys: jax.Array, policies: Any, source: Any, env_params: Any, hparams: Any) -> Any:
+        fk, fp, p, s = _flatten(keys, policies)
+        return _unflatten(flat(fk, fp, source, env_params, hparams), p, s)
+
+    def aot(keys: jax.Array, policies: Any, source: Any, env_params: Any,
+            hparams: Any) -> Callable[[], Any]:
+        fk, fp, p, s = _flatten(keys, policies)
+        go = flat.aot(fk, fp, source, env_params, hparams)
+        return lambda: _unflatten(go(), p, s)
+
+    run.aot = aot  # type: ignore[attr-defined]
+    run.flat = flat  # type: ignore[attr-defined]  # the flat [P*S] sharded function
+    return run
+
+
 __all__ = ["MeshConfig", "axis_size", "batch_sharding", "check_divisible", "gather",
-           "init_distributed", "make_mesh", "make_ppo_sweep", "pad_batch", "ppo_sweep",
-           "replicate", "replicated", "seed_keys", "shard_batch", "sharded_vmap", "unpad_batch"]
+           "init_distributed", "make_loop_sweep", "make_mesh", "make_ppo_sweep", "pad_batch",
+           "ppo_sweep", "replicate", "replicated", "seed_keys", "shard_batch", "sharded_vmap",
+           "unpad_batch"]

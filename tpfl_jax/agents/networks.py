@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from gymnax.environments import spaces
 
 ActionKind = Literal["discrete", "multidiscrete", "continuous"]
 
@@ -31,8 +30,13 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-class MultiDiscrete(spaces.Space):
-    """Product of discrete spaces: action ``a[i] in [0, nvec[i])`` (gymnax has none)."""
+class MultiDiscrete:
+    """Product of discrete spaces: action ``a[i] in [0, nvec[i])`` (gymnax has none).
+
+    Has the gymnax space interface (``sample``, ``contains``, ``shape``, ``dtype``). This module
+    imports gymnax only inside :func:`action_spec`: importing gymnax initialises the XLA backend,
+    which must wait for ``jax.distributed.initialize()`` in multi-host runs.
+    """
 
     def __init__(self, nvec: Sequence[int]):
         self.nvec = tuple(int(n) for n in nvec)
@@ -64,6 +68,8 @@ class ActionSpec:
 
 def action_spec(space: Any) -> ActionSpec:
     """Map a gymnax action space to an :class:`ActionSpec` (raises on unsupported spaces)."""
+    from gymnax.environments import spaces
+
     if isinstance(space, spaces.Discrete):
         return ActionSpec("discrete", (int(space.n),))
     if isinstance(space, MultiDiscrete) or hasattr(space, "nvec"):

@@ -1,0 +1,138 @@
+"""``tpfl-train`` and ``tpfl-loop`` as real two-process ``jax.distributed`` jobs.
+
+Two processes x 4 CPU devices form one 8-device ``mesh=multihost`` mesh (coordinator on
+localhost, settings from the ``TPFL_*`` env vars); the batch of configurations (weights x seeds,
+policies x seeds) is padded to 8 and split over both processes, process 0 writes the artefacts,
+and the numbers must equal a one-process, one-device run of the same command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = [sys.executable, "-m", "tpfl_jax.app"]
+TRAIN = [*APP, "train", "experiment=tiny", "train.num_seeds=2", "progress=false"]
+LOOP = [*APP, "loop", "experiment=tiny", "progress=false"]
+ARTEFACTS = ("config_resolved.yaml", "metrics.jsonl", "summary.csv", "trades.parquet",
+             "report.md", "learning_curves.png")
+
+pytestmark = pytest.mark.slow
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TPFL_", "SLURM_"))}
+    env.pop("XLA_FLAGS", None)
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _metrics(out: Path) -> pd.DataFrame:
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    return pd.DataFrame(rows).sort_values(["weight", "update"]).reset_index(drop=True)
+
+
+def _run_single(cmd: list[str], out: Path) -> str:
+    proc = subprocess.run([*cmd, f"hydra.run.dir={out}"], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _run_two(cmd: list[str], base: Path) -> list[tuple[Path, str]]:
+    port = _free_port()
+    procs, outs = [], []
+    for pid in range(2):
+        out = base / f"p{pid}"
+        env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=4",
+                   TPFL_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", TPFL_NUM_PROCESSES="2",
+                   TPFL_PROCESS_ID=str(pid))
+        procs.append(subprocess.Popen(
+            [*cmd, "mesh=multihost", "mesh.shape=[-1,4]", f"hydra.run.dir={out}"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        outs.append(out)
+    results = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=600)
+            assert p.returncode == 0, stderr[-3000:]
+            results.append(stdout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return list(zip(outs, results, strict=True))
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("single")
+    return out, _run_single(TRAIN, out)
+
+
+@pytest.fixture(scope="module")
+def two_process(tmp_path_factory) -> list[tuple[Path, str]]:
+    return _run_two(TRAIN, tmp_path_factory.mktemp("multihost"))
+
+
+def test_single_process_train_writes_every_artefact(single):
+    out, stdout = single
+    for name in ARTEFACTS:
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "checkpoints" / "final").is_dir()
+    assert "2 weights x 2 seeds as one program on 1 device(s)" in stdout
+    summary = pd.read_csv(out / "summary.csv")
+    assert sorted(summary["weight"].unique()) == [0.5, 2.0]
+    assert len(summary) == 2 * 2 and summary["eval_return"].notna().all()
+    m = _metrics(out)
+    assert len(m) == 2 * 2                                  # weights x updates, seeds per row
+    assert all(len(v) == 2 for v in m["reward"])            # one value per seed
+
+
+def test_two_processes_share_one_global_mesh(two_process):
+    for _, stdout in two_process:
+        assert "as one program on 8 device(s)" in stdout
+    primary, secondary = (out for out, _ in two_process)
+    for name in ARTEFACTS:
+        assert (primary / name).stat().st_size > 0, name
+        assert not (secondary / name).exists(), f"process 1 wrote {name}"
+
+
+def test_two_processes_match_one_process(single, two_process):
+    a, b = _metrics(single[0]), _metrics(two_process[0][0])
+    assert list(a.columns) == list(b.columns) and len(a) == len(b)
+    for col in ("loss", "reward", "episode_return", "entropy", "grad_norm"):
+        x, y = np.asarray(a[col].tolist(), float), np.asarray(b[col].tolist(), float)
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6, err_msg=col)
+    sa, sb = (pd.read_csv(o / "summary.csv") for o in (single[0], two_process[0][0]))
+    np.testing.assert_allclose(sa["eval_return"], sb["eval_return"], rtol=1e-4, atol=1e-6)
+
+
+def test_two_process_loop_matches_one_process(tmp_path):
+    one = tmp_path / "one"
+    _run_single(LOOP, one)
+    (p0, _), (p1, _) = _run_two(LOOP, tmp_path / "two")
+    for name in ("summary.csv", "cycles.csv", "policy_table.csv", "report.md"):
+        assert (p0 / name).stat().st_size > 0, name
+        assert not (p1 / name).exists(), f"process 1 wrote {name}"
+    a, b = (pd.read_csv(d / "cycles.csv") for d in (one, p0))
+    assert a.shape == b.shape == (3 * 2 * 2, a.shape[1])   # policies x seeds x cycles
+    assert list(a["policy"]) == list(b["policy"]) and list(a["seed"]) == list(b["seed"])
+    num = a.select_dtypes("number").columns
+    np.testing.assert_allclose(a[num].to_numpy(float), b[num].to_numpy(float),
+                               rtol=1e-4, atol=1e-6)
