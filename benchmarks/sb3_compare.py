@@ -15,8 +15,12 @@ SB3's value loss is ``mse`` while ours is ``0.5 * mse``, so SB3 gets ``vf_coef /
 clipping is off in both; both anneal the learning rate linearly; same 64x64 tanh actor and critic.
 Needs the ``bench`` extra (torch, stable-baselines3, gymnasium).
 
-    python benchmarks/sb3_compare.py --quick        # < ~1 min on 2 cores
-    python benchmarks/sb3_compare.py                # 65,536 steps each (+ 8 vmapped JAX seeds)
+    python benchmarks/sb3_compare.py --quick        # 4 envs, < ~1 min on 2 cores
+    python benchmarks/sb3_compare.py                # 8 / 64 / 256 envs, 65,536 steps each
+
+SB3's ``DummyVecEnv`` steps its envs one by one in Python, so its env-steps/s barely moves with
+the number of envs, while one jitted JAX program gets faster per step as the batch grows: the
+ratio is reported per env count (same hyperparameters and steps for both at each count).
 """
 
 from __future__ import annotations
@@ -86,50 +90,25 @@ def run_sb3(cfg: PPOConfig, make_env, seed: int, threads: int):
     return model, time.perf_counter() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="4 envs, 2,048 steps, 16 eval episodes, no vmapped-seeds row")
-    ap.add_argument("--envs", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=65_536, help="env steps per learner")
-    ap.add_argument("--eval-episodes", type=int, default=32)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["sb3_gymnax", "sb3_numpy"])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vmap-seeds", type=int, default=8,
-                    help="extra row: this many seeds of the same JAX PPO in one program (0: off)")
-    ap.add_argument("--torch-threads", type=int, default=1,
-                    help="torch CPU threads for SB3 (1: SB3's advice for small MLPs on CPU)")
-    ap.add_argument("--csv", default=None)
-    args = ap.parse_args()
-    if args.quick:
-        args.envs, args.steps, args.eval_episodes, args.vmap_seeds = 4, 2048, 16, 0
-
+def compare(n_envs: int, args, env, params, eval_env, starts) -> list[dict]:
+    """Every learner at ``n_envs`` parallel envs (same hyperparameters, same env steps)."""
     from gymnax.wrappers.gym import GymnaxToGymWrapper
 
-    env = TradingEnv()
-    params = env.make_params(synthetic.generate("regime", jax.random.key(0), 64, 1024))
-    eval_params = env.make_params(synthetic.generate("regime", jax.random.key(1), 64, 1024))
-    cfg = PPOConfig(num_envs=args.envs, num_steps=128, total_timesteps=args.steps,
+    cfg = PPOConfig(num_envs=n_envs, num_steps=128, total_timesteps=args.steps,
                     update_epochs=4, num_minibatches=4, widths=(64, 64), activation="tanh",
                     lr=3e-4, ent_coef=0.01, clip_value_loss=False, anneal_lr=True)
     steps = cfg.num_updates * cfg.batch_size
     cfg = PPOConfig(**{**cfg.__dict__, "total_timesteps": steps})
-    eval_env = NumpyTradingEnv.from_jax(env, eval_params)
-    rng = np.random.default_rng(123)
-    n_starts = eval_env.n_bars - eval_env.max_steps - 1 - eval_env.window
-    starts = [(int(rng.integers(eval_env.n_paths)), eval_env.window + int(rng.integers(n_starts)))
-              for _ in range(args.eval_episodes)]
-    print(f"machine: {machine()}")
-    print(f"PPO: {cfg.num_envs} envs x {cfg.num_steps} steps, {cfg.num_updates} updates = "
-          f"{steps:,} env steps each; eval: {len(starts)} held-out episodes")
-
+    print(f"\nPPO: {cfg.num_envs} envs x {cfg.num_steps} steps, {cfg.num_updates} updates = "
+          f"{steps:,} env steps each; eval: {len(starts)} held-out episodes", flush=True)
+    base = dict(envs=n_envs, updates=cfg.num_updates)
     rows = []
     out, compile_s, run_s = run_jax(cfg, env, params, args.seed)
     network = make_network(env, params, cfg.widths, cfg.activation, cfg.shared_torso,
                            cfg.init_log_std)
     act = jax.jit(lambda p, o: policy_action(network, p, o, None))
     jret = eval_episodes(lambda o: int(act(out.params, o)), eval_env, starts)
-    rows.append(dict(learner="jax", env="TradingEnv (jax)", steps=steps, train_s=run_s,
+    rows.append(dict(base, learner="jax", env="TradingEnv (jax)", steps=steps, train_s=run_s,
                      compile_s=compile_s, steps_per_s=steps / run_s,
                      steps_per_s_incl_compile=steps / (run_s + compile_s), eval_return=jret))
     if args.vmap_seeds:
@@ -143,13 +122,13 @@ def main() -> None:
         outs = jax.block_until_ready(compiled(keys, params))
         r_s = time.perf_counter() - t0
         p0 = jax.tree.map(lambda x: x[0], outs.params)
-        rows.append(dict(learner=f"jax_{n}seeds", env="TradingEnv (jax), vmap over seeds",
+        rows.append(dict(base, learner=f"jax_{n}seeds", env="TradingEnv (jax), vmap over seeds",
                          steps=n * steps, train_s=r_s, compile_s=c_s, steps_per_s=n * steps / r_s,
                          steps_per_s_incl_compile=n * steps / (r_s + c_s),
                          eval_return=eval_episodes(lambda o: int(act(p0, o)), eval_env, starts)))
     rand = np.random.default_rng(0)
     rret = eval_episodes(lambda o: int(rand.integers(env.num_actions)), eval_env, starts)
-    rows.append(dict(learner="random", env="-", steps=0, train_s=0.0, compile_s=0.0,
+    rows.append(dict(base, learner="random", env="-", steps=0, train_s=0.0, compile_s=0.0,
                      steps_per_s=float("nan"), steps_per_s_incl_compile=float("nan"),
                      eval_return=rret))
     makers = {
@@ -158,28 +137,65 @@ def main() -> None:
         "sb3_numpy": ("numpy port", lambda s: NumpyTradingEnv.from_jax(env, params, seed=s)),
     }
     for name, (desc, make_env) in makers.items():
-        if name in args.skip:
+        if name in args.skip or (name == "sb3_gymnax" and n_envs > args.gymnax_max_envs):
             continue
         model, run_s = run_sb3(cfg, make_env, args.seed, args.torch_threads)
         ret = eval_episodes(lambda o, m=model: int(m.predict(o, deterministic=True)[0]),
                             eval_env, starts)
-        rows.append(dict(learner=name, env=desc, steps=steps, train_s=run_s, compile_s=0.0,
+        rows.append(dict(base, learner=name, env=desc, steps=steps, train_s=run_s, compile_s=0.0,
                          steps_per_s=steps / run_s, steps_per_s_incl_compile=steps / run_s,
                          eval_return=ret))
-
     jax_sps = rows[0]["steps_per_s"]
     jax_sps_c = rows[0]["steps_per_s_incl_compile"]
-    print(f"{'learner':>11} {'env':>34} {'train s':>8} {'steps/s':>10} {'jax x':>7} "
-          f"{'jax x (incl. compile)':>22} {'eval return':>12}")
     for r in rows:
-        sps = r["steps_per_s"]
-        r["jax_ratio"] = jax_sps / sps if r["learner"].startswith("sb3") else float("nan")
-        r["jax_ratio_incl_compile"] = (jax_sps_c / sps if r["learner"].startswith("sb3")
-                                       else float("nan"))
-        print(f"{r['learner']:>11} {r['env']:>34} {r['train_s']:>8.1f} {sps:>10,.0f} "
-              f"{r['jax_ratio']:>7.1f} {r['jax_ratio_incl_compile']:>22.1f} "
-              f"{r['eval_return']:>12.2f}")
-    print(f"jax compile: {rows[0]['compile_s']:.1f} s")
+        sb3 = r["learner"].startswith("sb3")
+        r["jax_ratio"] = jax_sps / r["steps_per_s"] if sb3 else float("nan")
+        r["jax_ratio_incl_compile"] = jax_sps_c / r["steps_per_s"] if sb3 else float("nan")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="4 envs, 2,048 steps, 16 eval episodes, no vmapped-seeds row")
+    ap.add_argument("--envs", type=int, nargs="+", default=[8, 64, 256],
+                    help="parallel envs per learner; one comparison per value")
+    ap.add_argument("--steps", type=int, default=65_536, help="env steps per learner")
+    ap.add_argument("--eval-episodes", type=int, default=32)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["sb3_gymnax", "sb3_numpy"])
+    ap.add_argument("--gymnax-max-envs", type=int, default=8,
+                    help="run SB3 through the gymnax wrapper only up to this many envs (it "
+                         "does ~100 steps/s: 65,536 steps take ~10 min)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vmap-seeds", type=int, default=0,
+                    help="extra row: this many seeds of the same JAX PPO in one program (0: off)")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="torch CPU threads for SB3 (1: SB3's advice for small MLPs on CPU)")
+    ap.add_argument("--csv", default=None)
+    args = ap.parse_args()
+    if args.quick:
+        args.envs, args.steps, args.eval_episodes, args.vmap_seeds = [4], 2048, 16, 0
+
+    env = TradingEnv()
+    params = env.make_params(synthetic.generate("regime", jax.random.key(0), 64, 1024))
+    eval_params = env.make_params(synthetic.generate("regime", jax.random.key(1), 64, 1024))
+    eval_env = NumpyTradingEnv.from_jax(env, eval_params)
+    rng = np.random.default_rng(123)
+    n_starts = eval_env.n_bars - eval_env.max_steps - 1 - eval_env.window
+    starts = [(int(rng.integers(eval_env.n_paths)), eval_env.window + int(rng.integers(n_starts)))
+              for _ in range(args.eval_episodes)]
+    print(f"machine: {machine()}")
+    rows = [r for n in args.envs for r in compare(n, args, env, params, eval_env, starts)]
+
+    print(f"\n{'envs':>5} {'learner':>11} {'env':>34} {'train s':>8} {'steps/s':>10} "
+          f"{'jax x':>7} {'jax x (incl. compile)':>22} {'eval return':>12}")
+    for r in rows:
+        print(f"{r['envs']:>5} {r['learner']:>11} {r['env']:>34} {r['train_s']:>8.1f} "
+              f"{r['steps_per_s']:>10,.0f} {r['jax_ratio']:>7.1f} "
+              f"{r['jax_ratio_incl_compile']:>22.1f} {r['eval_return']:>12.2f}")
+    for r in rows:
+        if r["learner"] == "jax":
+            print(f"jax compile at {r['envs']} envs: {r['compile_s']:.1f} s")
     write_csv(rows, "sb3_compare.csv", args.csv)
 
 
