@@ -9,8 +9,10 @@ Three learners, same hyperparameters and the same number of env steps:
   (checked step for step against ``TradingEnv`` by ``tests/test_np_trading_env.py``).
 
 Reported: env-steps/s (total steps / wall time of training; JAX compile time separately), the
-ratio JAX / SB3, and the final evaluation return of every learner (deterministic policy, the
-same fixed episodes on held-out synthetic paths, run in the numpy port). Hyperparameter matching:
+ratio JAX / SB3, the split of training time into rollout and SGD (SB3: time inside
+``PPO.train``; JAX with ``--split``: from an extra 1-epoch run), and the final evaluation return
+of every learner (deterministic policy, the same fixed episodes on held-out synthetic paths, run
+in the numpy port). Hyperparameter matching:
 SB3's value loss is ``mse`` while ours is ``0.5 * mse``, so SB3 gets ``vf_coef / 2``; value
 clipping is off in both; both anneal the learning rate linearly; same 64x64 tanh actor and critic.
 Needs the ``bench`` extra (torch, stable-baselines3, gymnasium).
@@ -79,37 +81,65 @@ def run_sb3(cfg: PPOConfig, make_env, seed: int, threads: int):
     vec = DummyVecEnv([lambda i=i: make_env(seed * 1000 + i) for i in range(cfg.num_envs)])
     model = PPO(
         "MlpPolicy", vec, n_steps=cfg.num_steps, batch_size=cfg.minibatch_size,
-        n_epochs=cfg.update_epochs, learning_rate=lambda frac: cfg.lr * frac, gamma=cfg.gamma,
+        n_epochs=cfg.update_epochs,
+        learning_rate=(lambda frac: cfg.lr * frac) if cfg.anneal_lr else cfg.lr, gamma=cfg.gamma,
         gae_lambda=cfg.gae_lambda, clip_range=cfg.clip_eps, clip_range_vf=None,
         normalize_advantage=cfg.normalize_advantages, ent_coef=cfg.ent_coef,
         vf_coef=cfg.vf_coef / 2.0, max_grad_norm=cfg.max_grad_norm,
         policy_kwargs=dict(net_arch=dict(pi=list(cfg.widths), vf=list(cfg.widths)),
                            activation_fn=torch.nn.Tanh), device="cpu", seed=seed, verbose=0)
+    sgd = [0.0]
+    train = model.train
+
+    def timed_train() -> None:            # SB3's SGD phase; the rest of learn() is the rollout
+        t = time.perf_counter()
+        train()
+        sgd[0] += time.perf_counter() - t
+
+    model.train = timed_train
     t0 = time.perf_counter()
     model.learn(total_timesteps=cfg.total_timesteps)
-    return model, time.perf_counter() - t0
+    return model, time.perf_counter() - t0, sgd[0]
+
+
+PRESETS = {
+    # PureJaxRL / CleanRL-style: 128 steps per env, 4 epochs x 4 large minibatches, annealed lr
+    "matched": lambda n: dict(num_steps=128, update_epochs=4, num_minibatches=4, ent_coef=0.01,
+                              anneal_lr=True),
+    # SB3's PPO defaults (n_steps 2048, batch_size 64, n_epochs 10, constant lr, ent_coef 0,
+    # vf_coef 0.5 on mse = our 1.0 on 0.5 * mse), given to both learners
+    "sb3-default": lambda n: dict(num_steps=2048, update_epochs=10, num_minibatches=n * 2048 // 64,
+                                  ent_coef=0.0, vf_coef=1.0, anneal_lr=False),
+}
 
 
 def compare(n_envs: int, args, env, params, eval_env, starts) -> list[dict]:
     """Every learner at ``n_envs`` parallel envs (same hyperparameters, same env steps)."""
     from gymnax.wrappers.gym import GymnaxToGymWrapper
 
-    cfg = PPOConfig(num_envs=n_envs, num_steps=128, total_timesteps=args.steps,
-                    update_epochs=4, num_minibatches=4, widths=(64, 64), activation="tanh",
-                    lr=3e-4, ent_coef=0.01, clip_value_loss=False, anneal_lr=True)
+    cfg = PPOConfig(num_envs=n_envs, total_timesteps=args.steps, widths=(64, 64),
+                    activation="tanh", lr=3e-4, clip_value_loss=False,
+                    **PRESETS[args.preset](n_envs))
     steps = cfg.num_updates * cfg.batch_size
     cfg = PPOConfig(**{**cfg.__dict__, "total_timesteps": steps})
     print(f"\nPPO: {cfg.num_envs} envs x {cfg.num_steps} steps, {cfg.num_updates} updates = "
           f"{steps:,} env steps each; eval: {len(starts)} held-out episodes", flush=True)
-    base = dict(envs=n_envs, updates=cfg.num_updates)
+    base = dict(preset=args.preset, envs=n_envs, updates=cfg.num_updates)
     rows = []
     out, compile_s, run_s = run_jax(cfg, env, params, args.seed)
     network = make_network(env, params, cfg.widths, cfg.activation, cfg.shared_torso,
                            cfg.init_log_std)
     act = jax.jit(lambda p, o: policy_action(network, p, o, None))
     jret = eval_episodes(lambda o: int(act(out.params, o)), eval_env, starts)
+    sgd_s = float("nan")
+    if args.split:   # SGD share from a 1-epoch run: 4 epochs cost t1 + 3 x (one epoch)
+        cfg1 = PPOConfig(**{**cfg.__dict__, "update_epochs": 1})
+        t1 = min(run_jax(cfg1, env, params, args.seed)[2] for _ in range(2))
+        run_s = min(run_s, *(run_jax(cfg, env, params, args.seed)[2] for _ in range(2)))
+        sgd_s = (run_s - t1) / (cfg.update_epochs - 1) * cfg.update_epochs
     rows.append(dict(base, learner="jax", env="TradingEnv (jax)", steps=steps, train_s=run_s,
-                     compile_s=compile_s, steps_per_s=steps / run_s,
+                     sgd_s=sgd_s, rollout_s=run_s - sgd_s, compile_s=compile_s,
+                     steps_per_s=steps / run_s,
                      steps_per_s_incl_compile=steps / (run_s + compile_s), eval_return=jret))
     if args.vmap_seeds:
         n = args.vmap_seeds
@@ -123,12 +153,14 @@ def compare(n_envs: int, args, env, params, eval_env, starts) -> list[dict]:
         r_s = time.perf_counter() - t0
         p0 = jax.tree.map(lambda x: x[0], outs.params)
         rows.append(dict(base, learner=f"jax_{n}seeds", env="TradingEnv (jax), vmap over seeds",
-                         steps=n * steps, train_s=r_s, compile_s=c_s, steps_per_s=n * steps / r_s,
+                         steps=n * steps, train_s=r_s, sgd_s=float("nan"),
+                         rollout_s=float("nan"), compile_s=c_s, steps_per_s=n * steps / r_s,
                          steps_per_s_incl_compile=n * steps / (r_s + c_s),
                          eval_return=eval_episodes(lambda o: int(act(p0, o)), eval_env, starts)))
     rand = np.random.default_rng(0)
     rret = eval_episodes(lambda o: int(rand.integers(env.num_actions)), eval_env, starts)
-    rows.append(dict(base, learner="random", env="-", steps=0, train_s=0.0, compile_s=0.0,
+    rows.append(dict(base, learner="random", env="-", steps=0, train_s=0.0, sgd_s=0.0,
+                     rollout_s=0.0, compile_s=0.0,
                      steps_per_s=float("nan"), steps_per_s_incl_compile=float("nan"),
                      eval_return=rret))
     makers = {
@@ -139,10 +171,11 @@ def compare(n_envs: int, args, env, params, eval_env, starts) -> list[dict]:
     for name, (desc, make_env) in makers.items():
         if name in args.skip or (name == "sb3_gymnax" and n_envs > args.gymnax_max_envs):
             continue
-        model, run_s = run_sb3(cfg, make_env, args.seed, args.torch_threads)
+        model, run_s, sgd_s = run_sb3(cfg, make_env, args.seed, args.torch_threads)
         ret = eval_episodes(lambda o, m=model: int(m.predict(o, deterministic=True)[0]),
                             eval_env, starts)
-        rows.append(dict(base, learner=name, env=desc, steps=steps, train_s=run_s, compile_s=0.0,
+        rows.append(dict(base, learner=name, env=desc, steps=steps, train_s=run_s,
+                         sgd_s=sgd_s, rollout_s=run_s - sgd_s, compile_s=0.0,
                          steps_per_s=steps / run_s, steps_per_s_incl_compile=steps / run_s,
                          eval_return=ret))
     jax_sps = rows[0]["steps_per_s"]
@@ -166,6 +199,11 @@ def main() -> None:
     ap.add_argument("--gymnax-max-envs", type=int, default=8,
                     help="run SB3 through the gymnax wrapper only up to this many envs (it "
                          "does ~100 steps/s: 65,536 steps take ~10 min)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="matched",
+                    help="hyperparameters given to both learners (see PRESETS)")
+    ap.add_argument("--split", action="store_true",
+                    help="also split JAX time into rollout and SGD (extra 1-epoch runs; JAX "
+                         "time becomes the best of 3); SB3's split is always measured")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vmap-seeds", type=int, default=0,
                     help="extra row: this many seeds of the same JAX PPO in one program (0: off)")
@@ -187,12 +225,14 @@ def main() -> None:
     print(f"machine: {machine()}")
     rows = [r for n in args.envs for r in compare(n, args, env, params, eval_env, starts)]
 
-    print(f"\n{'envs':>5} {'learner':>11} {'env':>34} {'train s':>8} {'steps/s':>10} "
-          f"{'jax x':>7} {'jax x (incl. compile)':>22} {'eval return':>12}")
+    print(f"\n{'envs':>5} {'learner':>11} {'env':>34} {'train s':>8} {'rollout s':>9} "
+          f"{'sgd s':>6} {'steps/s':>10} {'jax x':>6} {'jax x (incl. compile)':>21} "
+          f"{'eval return':>11}")
     for r in rows:
-        print(f"{r['envs']:>5} {r['learner']:>11} {r['env']:>34} {r['train_s']:>8.1f} "
-              f"{r['steps_per_s']:>10,.0f} {r['jax_ratio']:>7.1f} "
-              f"{r['jax_ratio_incl_compile']:>22.1f} {r['eval_return']:>12.2f}")
+        print(f"{r['envs']:>5} {r['learner']:>11} {r['env']:>34} {r['train_s']:>8.2f} "
+              f"{r['rollout_s']:>9.2f} {r['sgd_s']:>6.2f} {r['steps_per_s']:>10,.0f} "
+              f"{r['jax_ratio']:>6.1f} {r['jax_ratio_incl_compile']:>21.1f} "
+              f"{r['eval_return']:>11.2f}")
     for r in rows:
         if r["learner"] == "jax":
             print(f"jax compile at {r['envs']} envs: {r['compile_s']:.1f} s")
