@@ -1,4 +1,5 @@
-"""Shared benchmark plumbing: CSV output under ``results/bench/`` (git-ignored), machine line."""
+"""Shared benchmark plumbing: CSV output under ``results/bench/`` (git-ignored), machine line,
+PPO hyperparameter presets and a timed JAX PPO run."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import csv
 import datetime as dt
 import os
 import platform
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench"
@@ -41,3 +43,35 @@ def write_csv(rows: list[dict], name: str, path: str | None = None) -> Path:
         w.writerows(rows)
     print(f"wrote {out}")
     return out
+
+
+# PPO hyperparameters (besides env count, steps, 64x64 tanh nets, lr 3e-4, no value clipping)
+# shared by sb3_compare.py and sgd_floor.py; ``n`` is the number of parallel envs.
+PRESETS = {
+    # PureJaxRL / CleanRL-style: 128 steps per env, 4 epochs x 4 large minibatches, annealed lr
+    "matched": lambda n: dict(num_steps=128, update_epochs=4, num_minibatches=4, ent_coef=0.01,
+                              anneal_lr=True),
+    # SB3's PPO defaults (n_steps 2048, batch_size 64, n_epochs 10, constant lr, ent_coef 0,
+    # vf_coef 0.5 on mse = our 1.0 on 0.5 * mse), given to both learners
+    "sb3-default": lambda n: dict(num_steps=2048, update_epochs=10, num_minibatches=n * 2048 // 64,
+                                  ent_coef=0.0, vf_coef=1.0, anneal_lr=False),
+}
+
+
+def run_jax(cfg, env, params, seed: int):
+    """Compile (timed apart), then run ``make_train(cfg, env, params)``.
+
+    Returns ``(result, compile seconds, run seconds)``.
+    """
+    import jax
+
+    from tpfl_jax.agents.ppo import make_train
+
+    train = jax.jit(make_train(cfg, env, params))
+    key = jax.random.key(seed)
+    t0 = time.perf_counter()
+    compiled = train.lower(key, params).compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(compiled(key, params))
+    return out, compile_s, time.perf_counter() - t0

@@ -48,7 +48,7 @@ PY
   "$PY" benchmarks/memory.py --envs 4096 --seeds 64 --updates 2 8 --csv "$OUT/memory.csv"
   if [ "$SB3" = 1 ]; then
     echo "== SB3 (torch CPU) vs JAX PPO on the GPU =="
-    "$PY" benchmarks/sb3_compare.py --envs 8 256 4096 --skip sb3_gymnax --split \
+    "$PY" benchmarks/sb3_compare.py --envs 8 256 4096 --steps 1048576 --skip sb3_gymnax --split \
         --csv "$OUT/sb3_compare.csv"
   fi
 } 2>&1 | tee "$OUT/gpu.log"

@@ -27,8 +27,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench import machine, write_csv  # noqa: E402
-from sb3_compare import PRESETS, run_jax  # noqa: E402
+from _bench import PRESETS, machine, run_jax, write_csv  # noqa: E402
 
 from tpfl_jax.agents.ppo import PPOConfig  # noqa: E402
 from tpfl_jax.env.trading import TradingEnv  # noqa: E402

@@ -40,7 +40,7 @@ def test_paper_is_bigger_than_default():
     assert p.loop.deploy_envs >= 1000 and not p.loop.keep_trades
 
 
-@pytest.mark.parametrize("group", ["env", "market", "ppo", "policy", "loop"])
+@pytest.mark.parametrize("group", ["env", "market", "ppo", "policy", "loop", "mesh"])
 def test_every_group_option_composes(group):
     for f in sorted((Path(CONFIG_DIR) / group).glob("*.yaml")):
         over = [f"{group}={f.stem}"] + (["market.path=x.csv"] if f.stem == "csv" else [])
@@ -67,6 +67,27 @@ def test_bad_values_fail_before_compile_naming_the_field():
         to_objects(_compose(["loop.r_source=guess"]))
     with pytest.raises(ValueError, match="config.ppo"):
         to_objects(_compose(["ppo.num_minibatches=7"]))
+
+
+def test_mesh_group_converts_to_a_frozen_mesh_config():
+    import dataclasses
+
+    from tpfl_jax.config import MeshSection, to_mesh_config
+    from tpfl_jax.distributed import MeshConfig
+
+    assert ([f.name for f in dataclasses.fields(MeshSection)]
+            == [f.name for f in dataclasses.fields(MeshConfig)])     # the schemas cannot drift
+    d = to_objects(_compose([])).mesh
+    assert isinstance(d, MeshConfig) and d.shape == (-1,) and d.on_indivisible == "pad"
+    m = to_mesh_config(_compose(["mesh=multihost", "mesh.shape=[-1,4]"]))
+    assert m.shape == (-1, 4) and m.axis_names == ("hosts", "devices")
+    assert m.batch_spec == (("hosts", "devices"),)
+    with pytest.raises(ValueError, match=r"config.mesh.batch_spec"):
+        to_mesh_config(_compose(["mesh.batch_spec=[null]"]))
+    with pytest.raises(ValueError, match=r"config.mesh.batch_spec"):
+        to_mesh_config(_compose(["mesh.batch_spec=[batch,batch]"]))
+    with pytest.raises(ValueError, match=r"config.mesh: .*unknown mesh axis 'gpu'"):
+        to_mesh_config(_compose(["mesh.batch_spec=[gpu]"]))
 
 
 def test_structured_schema_is_the_dataclass():

@@ -112,8 +112,8 @@ def test_pad_and_unpad_roundtrip():
 
 
 def test_init_distributed_single_process_is_noop(monkeypatch):
-    for var in (D.ENV_COORDINATOR, D.ENV_NUM_PROCESSES, D.ENV_PROCESS_ID, "SLURM_NTASKS",
-                "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+    for var in (D.ENV_COORDINATOR, D.ENV_NUM_PROCESSES, D.ENV_PROCESS_ID, "SLURM_STEP_NUM_TASKS",
+                "OMPI_COMM_WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)
     assert D.init_distributed(D.MeshConfig()) is False
     monkeypatch.setenv(D.ENV_NUM_PROCESSES, "1")
@@ -132,6 +132,20 @@ def test_init_distributed_reports_missing_settings(monkeypatch):
     with pytest.raises(ValueError, match="process_id"):
         D.init_distributed(D.MeshConfig(num_processes=2, process_id=5,
                                         coordinator_address="10.0.0.1:1234"))
+
+
+def test_cluster_detection_needs_a_multi_task_step(monkeypatch):
+    for var in ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "4")          # sbatch allocation, no srun step: 1 process
+    assert not D.cluster_says_multi()
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
+    assert not D.cluster_says_multi()
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    assert D.cluster_says_multi()
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    assert D.cluster_says_multi()
 
 
 def test_importing_the_apps_leaves_the_backend_uninitialised():

@@ -150,3 +150,18 @@ def test_fixed_policy_and_validation():
         make_loop_policy("fixed", -1.0)
     with pytest.raises(ValueError, match="num_cycles"):
         LoopConfig(num_cycles=0)
+
+
+def test_sharded_loop_sweep_matches_loop_run(small):
+    # tpfl-loop runs the loop through distributed.make_loop_sweep (policies x seeds flattened
+    # policy-major onto the mesh): same [P, S, C] layout and values as loop.run's vmap(vmap).
+    from tpfl_jax.distributed import make_loop_sweep
+
+    res = small["res"]
+    run = make_loop_sweep(small["loop"])
+    got = jax.device_get(run.aot(seed_keys(0, N_SEEDS), policies(), small["data"], small["ep"],
+                                 small["pc"].hparams())())
+    assert got.weight.shape == res.weight.shape
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(res), strict=True):
+        np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-5,
+                                   atol=1e-6)

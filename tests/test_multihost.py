@@ -55,6 +55,7 @@ def _run_single(cmd: list[str], out: Path) -> str:
 
 
 def _run_two(cmd: list[str], base: Path) -> list[tuple[Path, str]]:
+    base.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     procs, outs = [], []
     for pid in range(2):
@@ -62,18 +63,23 @@ def _run_two(cmd: list[str], base: Path) -> list[tuple[Path, str]]:
         env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=4",
                    TPFL_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", TPFL_NUM_PROCESSES="2",
                    TPFL_PROCESS_ID=str(pid))
-        procs.append(subprocess.Popen(
+        log = (base / f"p{pid}.out").open("w"), (base / f"p{pid}.err").open("w")
+        # output to files, not pipes: a full pipe could block one process inside a collective
+        procs.append((subprocess.Popen(
             [*cmd, "mesh=multihost", "mesh.shape=[-1,4]", f"hydra.run.dir={out}"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            cwd=ROOT, env=env, stdout=log[0], stderr=log[1], text=True), log))
         outs.append(out)
     results = []
     try:
-        for p in procs:
-            stdout, stderr = p.communicate(timeout=600)
-            assert p.returncode == 0, stderr[-3000:]
-            results.append(stdout)
+        for pid, (p, log) in enumerate(procs):
+            p.wait(timeout=600)
+            for f in log:
+                f.close()
+            err = (base / f"p{pid}.err").read_text()
+            assert p.returncode == 0, f"process {pid}: {err[-3000:]}"
+            results.append((base / f"p{pid}.out").read_text())
     finally:
-        for p in procs:
+        for p, _ in procs:
             if p.poll() is None:
                 p.kill()
     return list(zip(outs, results, strict=True))
@@ -102,6 +108,33 @@ def test_single_process_train_writes_every_artefact(single):
     m = _metrics(out)
     assert len(m) == 2 * 2                                  # weights x updates, seeds per row
     assert all(len(v) == 2 for v in m["reward"])            # one value per seed
+
+
+def test_train_rows_are_labelled_with_their_weight_and_seed(single):
+    # metrics.jsonl row (weight w, seed s) == a plain make_train of that weight and seed key
+    import jax
+    import jax.numpy as jnp
+    from hydra import compose, initialize_config_dir
+
+    from tpfl_jax.agents.ppo import make_train
+    from tpfl_jax.app import CONFIG_DIR, build_market
+    from tpfl_jax.config import to_container, to_objects
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        c = to_container(compose(config_name="config",
+                                 overrides=["experiment=tiny", "train.num_seeds=2"]))
+    obj = to_objects(c)
+    spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
+    train_m, _ = spec.cycle_markets(source, jax.random.key(c.seed), 0)
+    params = env_params.replace(market=train_m, tp_reward_weight=jnp.float32(2.0))
+    key = jax.random.fold_in(jax.random.key(c.seed), 1)                    # seed index 1
+    want = jax.jit(make_train(obj.ppo, obj.env, params))(key, params).metrics
+    m = _metrics(single[0])
+    rows = m[m["weight"] == 2.0].sort_values("update")
+    for col in ("reward", "loss", "episode_return"):
+        got = np.asarray([v[1] for v in rows[col]], float)
+        np.testing.assert_allclose(got, np.asarray(want[col], float), rtol=1e-4, atol=1e-6,
+                                   err_msg=col)
 
 
 def test_two_processes_share_one_global_mesh(two_process):

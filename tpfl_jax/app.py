@@ -112,7 +112,9 @@ def build_market(c: Config, env: Any, env_kwargs: dict[str, Any], loop_cfg: Any)
 
 # --------------------------------------------------------------------------- tpfl-loop
 def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.DataFrame:
-    """The closed-loop experiment; writes every artefact to ``out``; returns the policy table."""
+    """The closed-loop experiment, policies x seeds sharded over ``config.mesh``; process 0
+    writes every artefact to ``out`` and returns the policy table (other processes of a
+    multi-host job: an empty frame)."""
     from tqdm.auto import tqdm
 
     c = to_container(cfg)          # typed dataclasses: nothing below sees a DictConfig
@@ -228,9 +230,10 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
 
 # --------------------------------------------------------------------------- tpfl-train
 def run_train(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.DataFrame:
-    """Train one weight on one device (runner: progress, metrics.jsonl, orbax checkpoints,
-    resume) or else weights x seeds as one program sharded over ``config.mesh``; evaluates
-    each on held-out paths (process 0 writes the artefacts)."""
+    """Train one weight (runner, one process: progress, metrics.jsonl, orbax checkpoints,
+    resume) or several as weights x seeds in one program sharded over ``config.mesh``;
+    evaluate each on held-out paths. Process 0 writes the artefacts and returns the table; the
+    other processes of a multi-host job return an empty frame."""
     c = to_container(cfg)
     obj = to_objects(c)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,7 +251,7 @@ def run_train(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.D
     weights = [float(w) for w in c.train.weights]
     n_s = c.train.num_seeds
     base = env_params.replace(market=train_m)
-    if len(weights) == 1 and jax.device_count() == 1:
+    if len(weights) == 1 and jax.process_count() == 1:
         runner = Runner(obj.ppo, obj.env, base.replace(tp_reward_weight=jnp.float32(weights[0])),
                         out, seed=c.seed, num_seeds=n_s, chunk_updates=c.train.chunk_updates,
                         checkpoint_every=c.train.chunk_updates, progress=c.progress)
@@ -258,10 +261,11 @@ def run_train(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.D
         curves = {f"w={weights[0]}": np.asarray(r.metrics["episode_return"], float).T}
     else:
         # weights x seeds as one program, sharded over config.mesh (every device by default)
-        sweep = D.make_ppo_sweep(obj.ppo, obj.env, mesh_cfg=obj.mesh, env_params=base)
+        mesh = D.make_mesh(obj.mesh)
+        sweep = D.make_ppo_sweep(obj.ppo, obj.env, mesh, obj.mesh, env_params=base)
         keys = D.seed_keys(n_s, c.seed)
         print(f"training {len(weights)} weights x {n_s} seeds as one program on "
-              f"{jax.device_count()} device(s) ...", flush=True)
+              f"{mesh.size} device(s) ...", flush=True)
         t0 = time.perf_counter()
         result = D.gather(jax.block_until_ready(sweep(keys, weights, base)))
         print(f"done in {time.perf_counter() - t0:.1f}s (compile included)")
@@ -313,9 +317,18 @@ def run_train(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.D
 
 # --------------------------------------------------------------------------- tpfl-clm
 def run_clm(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> dict[str, Any]:
-    """One ``TrainingJob`` through ``ClmOrchestrator`` (SQLite tracker + registry in ``out``)."""
+    """One ``TrainingJob`` through ``ClmOrchestrator`` (SQLite tracker + registry in ``out``);
+    a single-process job (host-side glue writing one SQLite database)."""
     import asyncio
+    import os
 
+    from tpfl_jax import distributed as D
+
+    n = os.environ.get(D.ENV_NUM_PROCESSES, "")
+    if D.cluster_says_multi() or (n.isdigit() and int(n) > 1):
+        raise ValueError("tpfl-clm runs as one process (it writes one SQLite tracker and "
+                         "registry); start it outside a multi-task srun / mpirun step and "
+                         f"without {D.ENV_NUM_PROCESSES} > 1")
     c = to_container(cfg)
     obj = to_objects(c)
     out.mkdir(parents=True, exist_ok=True)
@@ -361,18 +374,24 @@ def run_clm(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> dict[s
 
 
 # --------------------------------------------------------------------------- hydra mains
-def _hydra_job(fn):
+def _hydra_job(fn, distributed: bool = True):
     def main(cfg: DictConfig) -> Any:
         import jax
 
         from tpfl_jax.config import to_mesh_config
-        from tpfl_jax.distributed import init_distributed
+        from tpfl_jax.distributed import init_distributed, sync_processes
 
-        init_distributed(to_mesh_config(cfg))    # no-op unless several processes (mesh group)
+        if distributed:
+            init_distributed(to_mesh_config(cfg))    # no-op unless several processes
         out, cache = _out_dir()
         if jax.process_index() == 0:
             _write_config(cfg, out)
-        result = fn(cfg, out, cache if cfg.compile_cache else None)
+        try:
+            result = fn(cfg, out, cache if cfg.compile_cache else None)
+        finally:
+            # the other processes wait here while process 0 writes (jax.distributed's own
+            # shutdown barrier would time out on a long evaluation / checkpoint)
+            sync_processes("tpfl_jax.app:done")
         if isinstance(result, pd.DataFrame) and len(result):
             return float(result["final_pnl"].iloc[0])   # objective for sweepers
         return None
@@ -383,7 +402,7 @@ def _hydra_job(fn):
 
 loop_main = _hydra_job(run_loop)
 train_main = _hydra_job(run_train)
-clm_main = _hydra_job(run_clm)
+clm_main = _hydra_job(run_clm, distributed=False)   # host-side glue: one process
 
 
 def report_main(argv: list[str] | None = None) -> None:

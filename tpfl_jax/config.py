@@ -101,7 +101,7 @@ LoopSection = _schema(LoopConfig, "LoopSection", (("num_seeds", int, 3),))
 
 @dataclass
 class TrainSection:
-    """``tpfl-train``: weights trained as one vmapped batch (x ``num_seeds``)."""
+    """``tpfl-train``: weights x ``num_seeds`` trained as one program (sharded over ``mesh``)."""
 
     weights: list[float] = field(default_factory=lambda: [1.0])
     num_seeds: int = 1
@@ -132,7 +132,7 @@ class MeshSection:
     shape: list[int] = field(default_factory=lambda: [-1])
     axis_names: list[str] = field(default_factory=lambda: ["batch"])
     batch_spec: list[Any] = field(default_factory=lambda: ["batch"])
-    on_indivisible: str = "error"
+    on_indivisible: str = "pad"
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
@@ -251,10 +251,10 @@ def to_mesh_config(cfg: DictConfig | Config) -> Any:
     from tpfl_jax.distributed import MeshConfig
 
     m = to_container(cfg).mesh
-    if len(m.batch_spec) != 1:
+    if len(m.batch_spec) != 1 or not m.batch_spec[0]:
         raise ValueError(f"config.mesh.batch_spec = {m.batch_spec}: the apps flatten their "
                          f"configurations into one batch axis; expected one entry (a mesh axis "
-                         f"name or a list of names)")
+                         f"name or a list of names) that splits it")
     try:
         return MeshConfig.from_dict(dataclasses.asdict(m))
     except (ValueError, TypeError) as err:

@@ -63,8 +63,8 @@ class MeshConfig:
                      :func:`sharded_vmap` and :func:`pad_batch` pad).
     coordinator_address, num_processes, process_id, local_device_ids: multi-host settings for
                      :func:`init_distributed`; None falls back to the ``TPFL_*`` env vars.
-    auto_detect:     with no process count anywhere, let JAX detect a cluster (SLURM / Open MPI
-                     / TPU pod) when one of their env vars says there are several processes.
+    auto_detect:     with no process count anywhere, let JAX detect the cluster when an
+                     ``srun`` step or Open MPI job has several tasks (:func:`cluster_says_multi`).
     """
 
     shape: tuple[int, ...] = (-1,)
@@ -180,8 +180,8 @@ def check_divisible(tree: Any, mesh: Mesh, batch_spec: Sequence[AxisSpec] = ("ba
                 raise ValueError(
                     f"batch axis {ax} of size {shape[ax]} (leaf {name}) "
                     f"does not divide over mesh axes {_axes(entry)} of size {d} "
-                    f"(mesh {dict(mesh.shape)}); use a multiple of {d} or "
-                    f"MeshConfig(on_indivisible='pad')")
+                    f"(mesh {dict(mesh.shape)}); use a multiple of {d} or pad "
+                    f"(MeshConfig(on_indivisible='pad'); Hydra: mesh.on_indivisible=pad)")
 
 
 def _put(x: Any, sharding: NamedSharding) -> jax.Array:
@@ -288,7 +288,7 @@ def sharded_vmap(fn: Callable[..., Any], mesh: Mesh, in_axes: int | None | Seque
             raise ValueError(
                 f"batch of {n} configurations does not divide over mesh axes {_axes(axis)} of "
                 f"size {n_shards} (mesh {dict(mesh.shape)}); use a multiple of {n_shards} or "
-                f"on_indivisible='pad'")
+                f"on_indivisible='pad' (Hydra: mesh.on_indivisible=pad)")
         placed = []
         for arg, a in zip(args, axes, strict=True):
             if a is None:
@@ -342,8 +342,13 @@ def _env_int(name: str) -> int | None:
         raise ValueError(f"env var {name}={v!r}: expected an integer") from None
 
 
-def _cluster_says_multi() -> bool:
-    for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+def cluster_says_multi() -> bool:
+    """True inside an ``srun`` step or ``mpirun`` (Open MPI) job of several tasks.
+
+    ``SLURM_STEP_NUM_TASKS`` (set per ``srun`` step), not ``SLURM_NTASKS`` (set for the whole
+    allocation, also in a plain ``sbatch`` script where only one process runs).
+    """
+    for var in ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE"):
         v = os.environ.get(var)
         if v and v.isdigit() and int(v) > 1:
             return True
@@ -355,9 +360,12 @@ def init_distributed(cfg: MeshConfig | None = None) -> bool:
 
     Settings come from ``cfg`` or else the env vars ``TPFL_COORDINATOR_ADDRESS`` (host:port of
     process 0), ``TPFL_NUM_PROCESSES`` and ``TPFL_PROCESS_ID``. One process (no count, or a
-    count of 1) is a no-op. With no count anywhere and ``cfg.auto_detect``, a SLURM / Open MPI
-    job of several tasks calls ``jax.distributed.initialize()`` with JAX's cluster detection.
-    Must run before any other JAX computation; a second call is a no-op.
+    count of 1) is a no-op. With no count anywhere and ``cfg.auto_detect``, an ``srun`` step or
+    Open MPI job of several tasks (:func:`cluster_says_multi`) calls
+    ``jax.distributed.initialize()`` with JAX's cluster detection. With one process per GPU and
+    settings from the env vars, give each process its GPU (``local_device_ids`` or
+    ``CUDA_VISIBLE_DEVICES``); SLURM detection does that itself. Must run before anything
+    starts the XLA backend; a second call is a no-op.
     """
     cfg = MeshConfig() if cfg is None else cfg
     if jax.distributed.is_initialized():
@@ -366,13 +374,13 @@ def init_distributed(cfg: MeshConfig | None = None) -> bool:
     n = cfg.num_processes if cfg.num_processes is not None else _env_int(ENV_NUM_PROCESSES)
     pid = cfg.process_id if cfg.process_id is not None else _env_int(ENV_PROCESS_ID)
     if n is None:
-        if cfg.auto_detect and _cluster_says_multi():
+        if cfg.auto_detect and cluster_says_multi():
             jax.distributed.initialize(coordinator_address=addr,
                                        local_device_ids=cfg.local_device_ids)
             return True
         return False
     if n < 1:
-        raise ValueError(f"num_processes: expected >= 1, got {n}")
+        raise ValueError(f"mesh.num_processes / {ENV_NUM_PROCESSES}: expected >= 1, got {n}")
     if n == 1:
         return False
     missing = [name for name, v in (("coordinator_address / " + ENV_COORDINATOR, addr),
@@ -380,7 +388,8 @@ def init_distributed(cfg: MeshConfig | None = None) -> bool:
     if missing:
         raise ValueError(f"init_distributed: {n} processes requested but {missing} not set")
     if not 0 <= pid < n:
-        raise ValueError(f"process_id: expected 0 <= process_id < {n}, got {pid}")
+        raise ValueError(f"mesh.process_id / {ENV_PROCESS_ID}: expected 0 <= process_id < {n}, "
+                         f"got {pid}")
     jax.distributed.initialize(coordinator_address=addr, num_processes=n, process_id=pid,
                                local_device_ids=cfg.local_device_ids)
     return True
@@ -388,8 +397,19 @@ def init_distributed(cfg: MeshConfig | None = None) -> bool:
 
 # --------------------------------------------------------------------------- PPO sweep
 def seed_keys(n: int, base: int = 0) -> jax.Array:
-    """``n`` typed keys ``fold_in(key(base), i)`` (the default seeds of :func:`make_ppo_sweep`)."""
-    return jax.vmap(lambda i: jax.random.fold_in(jax.random.key(base), i))(jnp.arange(n))
+    """``n`` typed keys ``fold_in(key(base), i)`` (the default seeds of :func:`make_ppo_sweep`;
+    the same keys as ``tpfl_jax.loop.seed_keys(base, n)``)."""
+    from tpfl_jax.loop import seed_keys as loop_seed_keys
+
+    return loop_seed_keys(base, n)
+
+
+def sync_processes(name: str) -> None:
+    """Barrier over every process (no-op for one process): call it where all processes pass."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def make_ppo_sweep(config: Any, env: Any, mesh: Mesh | None = None,
@@ -479,7 +499,7 @@ def make_loop_sweep(loop: Any, mesh: Mesh | None = None,
     return run
 
 
-__all__ = ["MeshConfig", "axis_size", "batch_sharding", "check_divisible", "gather",
-           "init_distributed", "make_loop_sweep", "make_mesh", "make_ppo_sweep", "pad_batch",
-           "ppo_sweep", "replicate", "replicated", "seed_keys", "shard_batch", "sharded_vmap",
-           "unpad_batch"]
+__all__ = ["MeshConfig", "axis_size", "batch_sharding", "check_divisible", "cluster_says_multi",
+           "gather", "init_distributed", "make_loop_sweep", "make_mesh", "make_ppo_sweep",
+           "pad_batch", "ppo_sweep", "replicate", "replicated", "seed_keys", "shard_batch",
+           "sharded_vmap", "sync_processes", "unpad_batch"]
