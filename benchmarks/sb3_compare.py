@@ -14,7 +14,8 @@ ratio JAX / SB3, the split of training time into rollout and SGD (SB3: time insi
 of every learner (deterministic policy, the same fixed episodes on held-out synthetic paths, run
 in the numpy port). Hyperparameter matching:
 SB3's value loss is ``mse`` while ours is ``0.5 * mse``, so SB3 gets ``vf_coef / 2``; value
-clipping is off in both; both anneal the learning rate linearly; same 64x64 tanh actor and critic.
+clipping is off in both; the learning rate is annealed linearly in both or in neither (per
+``--preset``, see ``_bench.PRESETS``); same 64x64 tanh actor and critic.
 Needs the ``bench`` extra (torch, stable-baselines3, gymnasium).
 
     python benchmarks/sb3_compare.py --quick        # 4 envs, < ~1 min on 2 cores
@@ -104,9 +105,7 @@ def compare(n_envs: int, args, env, params, eval_env, starts) -> list[dict]:
           f"{steps:,} env steps each; eval: {len(starts)} held-out episodes", flush=True)
     base = dict(preset=args.preset, envs=n_envs, updates=cfg.num_updates)
     rows = []
-    out, compile_s, run_s = run_jax(cfg, env, params, args.seed)
-    for _ in range(args.repeats - 1):
-        run_s = min(run_s, run_jax(cfg, env, params, args.seed)[2])
+    out, compile_s, run_s = run_jax(cfg, env, params, args.seed, args.repeats)
     network = make_network(env, params, cfg.widths, cfg.activation, cfg.shared_torso,
                            cfg.init_log_std)
     act = jax.jit(lambda p, o: policy_action(network, p, o, None))
@@ -114,7 +113,7 @@ def compare(n_envs: int, args, env, params, eval_env, starts) -> list[dict]:
     sgd_s = float("nan")
     if args.split:   # SGD share from a 1-epoch run: E epochs cost t1 + (E - 1) x (one epoch)
         cfg1 = PPOConfig(**{**cfg.__dict__, "update_epochs": 1})
-        t1 = min(run_jax(cfg1, env, params, args.seed)[2] for _ in range(args.repeats))
+        t1 = run_jax(cfg1, env, params, args.seed, args.repeats)[2]
         sgd_s = (run_s - t1) / (cfg.update_epochs - 1) * cfg.update_epochs
     rows.append(dict(base, learner="jax", env="TradingEnv (jax)", steps=steps, train_s=run_s,
                      sgd_s=sgd_s, rollout_s=run_s - sgd_s, compile_s=compile_s,

@@ -90,6 +90,15 @@ def test_mesh_group_converts_to_a_frozen_mesh_config():
         to_mesh_config(_compose(["mesh.batch_spec=[gpu]"]))
 
 
+def test_clm_refuses_to_run_as_one_of_several_processes(monkeypatch, tmp_path):
+    from tpfl_jax.app import run_clm
+
+    monkeypatch.setenv("TPFL_NUM_PROCESSES", "2")
+    with pytest.raises(ValueError, match="tpfl-clm runs as one process"):
+        run_clm(_compose(["experiment=tiny"]), tmp_path)
+    assert not any(tmp_path.iterdir())            # refused before writing anything
+
+
 def test_structured_schema_is_the_dataclass():
     from omegaconf import OmegaConf
 

@@ -148,6 +148,20 @@ def test_cluster_detection_needs_a_multi_task_step(monkeypatch):
     assert D.cluster_says_multi()
 
 
+def test_is_multi_process_reads_config_env_and_cluster(monkeypatch):
+    for var in (D.ENV_NUM_PROCESSES, "SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert D.requested_processes() is None and not D.is_multi_process()
+    assert D.is_multi_process(D.MeshConfig(num_processes=2))
+    monkeypatch.setenv(D.ENV_NUM_PROCESSES, "3")
+    assert D.requested_processes() == 3 and D.is_multi_process()
+    assert D.requested_processes(D.MeshConfig(num_processes=1)) == 1    # config wins
+    monkeypatch.setenv(D.ENV_NUM_PROCESSES, "1")
+    assert not D.is_multi_process()
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    assert D.is_multi_process()
+
+
 def test_importing_the_apps_leaves_the_backend_uninitialised():
     # jax.distributed.initialize() must run before the XLA backend starts; the Hydra apps call it
     # after composing the config, so importing them (config schema included) must not start it.

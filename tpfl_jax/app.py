@@ -320,15 +320,14 @@ def run_clm(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> dict[s
     """One ``TrainingJob`` through ``ClmOrchestrator`` (SQLite tracker + registry in ``out``);
     a single-process job (host-side glue writing one SQLite database)."""
     import asyncio
-    import os
 
     from tpfl_jax import distributed as D
+    from tpfl_jax.config import to_mesh_config
 
-    n = os.environ.get(D.ENV_NUM_PROCESSES, "")
-    if D.cluster_says_multi() or (n.isdigit() and int(n) > 1):
+    if D.is_multi_process(to_mesh_config(cfg)):
         raise ValueError("tpfl-clm runs as one process (it writes one SQLite tracker and "
-                         "registry); start it outside a multi-task srun / mpirun step and "
-                         f"without {D.ENV_NUM_PROCESSES} > 1")
+                         "registry); start it outside a multi-task srun / mpirun step, with "
+                         f"no mesh.num_processes / {D.ENV_NUM_PROCESSES} above 1")
     c = to_container(cfg)
     obj = to_objects(c)
     out.mkdir(parents=True, exist_ok=True)

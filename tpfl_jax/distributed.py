@@ -184,15 +184,22 @@ def check_divisible(tree: Any, mesh: Mesh, batch_spec: Sequence[AxisSpec] = ("ba
                     f"(MeshConfig(on_indivisible='pad'); Hydra: mesh.on_indivisible=pad)")
 
 
+def _is_key(x: Any) -> bool:
+    return jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key)
+
+
+def _on_key_data(fn: Callable[[Any], Any], x: jax.Array) -> jax.Array:
+    """``fn`` applied to the raw data of typed keys ``x`` (numpy cannot hold keys), re-wrapped."""
+    return jax.random.wrap_key_data(fn(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+
+
 def _put(x: Any, sharding: NamedSharding) -> jax.Array:
     if jax.process_count() == 1:
         return jax.device_put(x, sharding)
     # multi-host: every process holds the same global value; each fills its own shards
-    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
-        # typed keys: place the raw key data (one more trailing axis, unsplit), then re-wrap
+    if _is_key(x):   # the key data has one more trailing axis, left unsplit
         spec = PartitionSpec(*sharding.spec, *([None] * (x.ndim + 1 - len(sharding.spec))))
-        data = _put(jax.random.key_data(x), NamedSharding(sharding.mesh, spec))
-        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return _on_key_data(lambda d: _put(d, NamedSharding(sharding.mesh, spec)), x)
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
@@ -249,12 +256,9 @@ def gather(tree: Any) -> Any:
     from jax.experimental import multihost_utils
 
     def one(x: Any) -> Any:
-        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
-            data = multihost_utils.process_allgather(jax.random.key_data(x), tiled=True)
-            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
         return multihost_utils.process_allgather(x, tiled=True)
 
-    return jax.tree.map(one, tree)
+    return jax.tree.map(lambda x: _on_key_data(one, x) if _is_key(x) else one(x), tree)
 
 
 # --------------------------------------------------------------------------- sharded vmap
@@ -355,6 +359,20 @@ def cluster_says_multi() -> bool:
     return False
 
 
+def requested_processes(cfg: MeshConfig | None = None) -> int | None:
+    """The process count set by ``cfg.num_processes`` or ``TPFL_NUM_PROCESSES`` (None: unset)."""
+    if cfg is not None and cfg.num_processes is not None:
+        return cfg.num_processes
+    return _env_int(ENV_NUM_PROCESSES)
+
+
+def is_multi_process(cfg: MeshConfig | None = None) -> bool:
+    """Whether this is one process of several: a count above 1 (:func:`requested_processes`)
+    or an ``srun`` / ``mpirun`` step of several tasks (:func:`cluster_says_multi`)."""
+    n = requested_processes(cfg)
+    return (n is not None and n > 1) or cluster_says_multi()
+
+
 def init_distributed(cfg: MeshConfig | None = None) -> bool:
     """Start ``jax.distributed`` when this is one process of several; return whether it did.
 
@@ -371,7 +389,7 @@ def init_distributed(cfg: MeshConfig | None = None) -> bool:
     if jax.distributed.is_initialized():
         return True
     addr = cfg.coordinator_address or os.environ.get(ENV_COORDINATOR) or None
-    n = cfg.num_processes if cfg.num_processes is not None else _env_int(ENV_NUM_PROCESSES)
+    n = requested_processes(cfg)
     pid = cfg.process_id if cfg.process_id is not None else _env_int(ENV_PROCESS_ID)
     if n is None:
         if cfg.auto_detect and cluster_says_multi():
@@ -500,6 +518,7 @@ def make_loop_sweep(loop: Any, mesh: Mesh | None = None,
 
 
 __all__ = ["MeshConfig", "axis_size", "batch_sharding", "check_divisible", "cluster_says_multi",
-           "gather", "init_distributed", "make_loop_sweep", "make_mesh", "make_ppo_sweep",
-           "pad_batch", "ppo_sweep", "replicate", "replicated", "seed_keys", "shard_batch",
-           "sharded_vmap", "sync_processes", "unpad_batch"]
+           "gather", "init_distributed", "is_multi_process", "make_loop_sweep", "make_mesh",
+           "make_ppo_sweep", "pad_batch", "ppo_sweep", "replicate", "replicated",
+           "requested_processes", "seed_keys", "shard_batch", "sharded_vmap", "sync_processes",
+           "unpad_batch"]
