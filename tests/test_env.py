@@ -69,7 +69,41 @@ def test_long_tp_hit_intrabar_pays_bonus():
     assert t["entry_price"] == 100 and t["exit_price"] == pytest.approx(101)
     assert t["pnl"] == pytest.approx(100.0) and t["r_realised"] == pytest.approx(1.0)
     assert t["r_planned"] == pytest.approx(1.0) and t["tp_zone_accuracy"] == 1.0
+    # default accuracy "skill": a hit at TP 1 / SL 1 is worth 1 - 0.5 (no-edge hit probability)
+    assert t["bonus_accuracy"] == pytest.approx(0.5)
+    assert s["terms"]["tp_bonus"] == pytest.approx(0.5 * 5.0 * 2.0)
+    (s,) = run(m, [LONG1], tp_reward_weight=2.0, accuracy="mfe_ratio")
     assert s["terms"]["tp_bonus"] == pytest.approx(1.0 * 5.0 * 2.0)
+    (s,) = run(m, [LONG1], tp_reward_weight=2.0, accuracy="hit")
+    assert s["terms"]["tp_bonus"] == pytest.approx(1.0 * 5.0 * 2.0)
+
+
+def test_accuracy_modes_on_a_losing_exit():
+    """MFE-ratio pays partial credit on a manual loser; hit and skill pay nothing."""
+    m = bars_market({4: (100.5, 100.6, 100.4, 100.5), 5: (99.5, 99.6, 99.4, 99.5)})
+    for mode, paid in (("mfe_ratio", True), ("hit", False), ("skill", False)):
+        s1, s2, s3 = run(m, [LONG2, LONG2, 0], accuracy=mode)
+        t = s3["trade"]
+        assert t["exit_reason"] == EXIT_MANUAL and t["pnl"] < 0 and 0 < t["tp_zone_accuracy"] < 1
+        assert (s3["terms"]["tp_bonus"] > 0) == paid, mode
+    assert s3["trade"]["bonus_accuracy"] == pytest.approx(-1.0 / 3.0)   # 0 - sl / (tp + sl)
+    with pytest.raises(ValueError, match="accuracy"):
+        params_for(m, accuracy="mfe")
+
+
+def test_drawdown_charged_on_its_increase_not_its_level():
+    """``increase``: an episode pays the max drawdown once; ``level``: every step in it."""
+    m = bars_market({4: (99, 99, 99, 99), 5: (99, 99, 99, 99), 6: (99, 99, 99, 99)})
+    acts = [LONG2, LONG2, LONG2, LONG2]
+    inc = run(m, acts, max_holding=10, sl_mult=5.0)
+    lvl = run(m, acts, max_holding=10, sl_mult=5.0, drawdown_mode="level")
+    dd = [-s["terms"]["drawdown_penalty"] for s in inc]
+    assert dd[0] == 0.0 and dd[1] > 0 and dd[2] == 0.0 and dd[3] == 0.0
+    # increase in vol units: 1% drawdown / 1% bar volatility = 1.0 (coef 1)
+    assert dd[1] == pytest.approx(0.01 / 0.01, rel=1e-3)
+    assert float(inc[-1]["state"].max_drawdown) == pytest.approx(0.01, rel=1e-3)
+    lv = [-s["terms"]["drawdown_penalty"] for s in lvl]
+    assert lv[1] > 0 and lv[2] == pytest.approx(lv[1]) and lv[3] == pytest.approx(lv[1])
 
 
 def test_short_mirrored():
@@ -112,7 +146,9 @@ def test_manual_exit_and_premature_flag():
     t = s2["trade"]
     assert t["exit_reason"] == EXIT_MANUAL and t["exit_price"] == pytest.approx(100.5)
     assert t["premature"]  # price reached TP (102) within 3 bars after the exit
-    assert 0 < t["tp_zone_accuracy"] < 1 and s2["terms"]["tp_bonus"] > 0
+    assert 0 < t["tp_zone_accuracy"] < 1 and s2["terms"]["tp_bonus"] == 0.0   # skill: no hit
+    s1, s2 = run(m, [LONG2, 0], accuracy="mfe_ratio")
+    assert s2["terms"]["tp_bonus"] == pytest.approx(5.0 * s2["trade"]["tp_zone_accuracy"])
     # the opposite side also closes (and does not reverse on the same step)
     s1, s2 = run(m, [LONG2, SHORT1])
     assert s2["trade"]["exit_reason"] == EXIT_MANUAL and int(s2["state"].side) == 0
@@ -145,10 +181,21 @@ def test_ruin_terminates():
 
 
 def test_regime_alignment_term():
+    """Off by default; the hidden label is opt-in; the causal signal reads past closes only."""
+    coef = {"alignment": 0.05}
     (s,) = run(bars_market(trend=1.0), [LONG2])
+    assert s["terms"]["alignment"] == 0.0
+    (s,) = run(bars_market(trend=1.0), [LONG2], coefs=coef, alignment_source="hidden_label")
     assert s["terms"]["alignment"] > 0
-    (s,) = run(bars_market(trend=1.0), [encode_action(-1, 1, 2)])
+    (s,) = run(bars_market(trend=1.0), [encode_action(-1, 1, 2)], coefs=coef,
+               alignment_source="hidden_label")
     assert s["terms"]["alignment"] < 0
+    # causal: the hidden label is ignored; a rise over the last `window` bars is an up-trend
+    (s,) = run(bars_market(trend=1.0), [LONG2], coefs=coef)
+    assert s["terms"]["alignment"] == 0.0
+    up = bars_market({0: (98, 98, 98, 98), 1: (99, 99, 99, 99)}, trend=-1.0)
+    (s,) = run(up, [LONG2], coefs=coef)
+    assert s["terms"]["alignment"] > 0
 
 
 def test_validation_errors_name_the_field():
@@ -238,9 +285,14 @@ def test_bonus_only_on_close_steps_and_stats():
     closed = np.asarray(info["trade"]["closed"])
     bonus = np.asarray(info["reward_terms"]["tp_bonus"])
     acc = np.asarray(info["trade"]["tp_zone_accuracy"])
+    bacc = np.asarray(info["trade"]["bonus_accuracy"])
     assert closed.any() and (~closed).any()
     assert np.all(bonus[~closed] == 0.0)
-    np.testing.assert_allclose(bonus[closed], acc[closed] * 5.0 * 1.5, rtol=1e-5)
+    np.testing.assert_allclose(bonus[closed], np.maximum(bacc[closed], 0) * 5.0 * 1.5,
+                               rtol=1e-5)
+    hit_ = np.asarray(info["trade"]["hit"])[closed]
+    tpm = np.asarray(info["trade"]["tp_mult"])[closed]
+    np.testing.assert_allclose(bacc[closed], hit_ - 1.0 / (tpm + 1.0), rtol=1e-5, atol=1e-6)
     hit = np.asarray(info["trade"]["hit"])
     assert np.all(acc[hit] == 1.0) and np.all((acc >= 0) & (acc <= 1))
     st = tp_stats(info["trade"], min_attempts=1)

@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from tpfl_jax.reward import TERM_NAMES, RewardCoefs, compute_reward, reward_terms
+from tpfl_jax.reward import LEGACY_COEFS, TERM_NAMES, RewardCoefs, compute_reward, reward_terms
 
 BASE = dict(pnl_delta=0.01, drawdown=0.05, position_size=0.5, regime_alignment=1.0,
             volatility=0.02)
@@ -32,10 +32,21 @@ def test_weight_half_halves_and_zero_removes():
     assert r(0.8, 0.0) == pytest.approx(r(0.0, 0.0))
 
 
-def test_weight_five_dominates():
+def test_weight_five_dominates_under_the_legacy_scales_only():
+    legacy = reward_terms(**BASE, tp_zone_accuracy=0.8, tp_reward_weight=5.0,
+                          coefs=RewardCoefs(**LEGACY_COEFS))
+    others = sum(abs(v) for k, v in legacy.items() if k != "tp_bonus")
+    assert legacy["tp_bonus"] == pytest.approx(20.0) and legacy["tp_bonus"] > 5 * others
+    # calibrated default: the same bonus, but a 0.5-vol move is worth half of it at w=5
     t = reward_terms(**BASE, tp_zone_accuracy=0.8, tp_reward_weight=5.0)
-    others = sum(abs(v) for k, v in t.items() if k != "tp_bonus")
-    assert t["tp_bonus"] == pytest.approx(20.0) and t["tp_bonus"] > 5 * others
+    assert t["tp_bonus"] == pytest.approx(20.0)
+    assert t["pnl"] == pytest.approx(20.0 * 0.01 / 0.02)
+
+
+def test_calibrated_defaults():
+    c = RewardCoefs()
+    assert (c.pnl, c.drawdown, c.size, c.alignment, c.tp_bonus) == (20.0, 1.0, 0.01, 0.0, 5.0)
+    assert reward_terms(**BASE, tp_zone_accuracy=0.0)["alignment"] == 0.0
 
 
 @pytest.mark.parametrize("acc", [0.0, -0.3, -1.0])
@@ -49,8 +60,10 @@ def test_sum_of_terms_and_signs():
     t = reward_terms(**BASE, tp_zone_accuracy=0.5, tp_reward_weight=1.0)
     assert set(t) == set(TERM_NAMES)
     assert sum(t.values()) == pytest.approx(r(0.5, 1.0))
-    assert t["pnl"] == pytest.approx(0.01 / 0.02)
-    assert t["drawdown_penalty"] < 0 and t["size_penalty"] < 0 and t["alignment"] > 0
+    assert t["pnl"] == pytest.approx(RewardCoefs().pnl * 0.01 / 0.02)
+    assert t["drawdown_penalty"] < 0 and t["size_penalty"] < 0
+    t = reward_terms(**BASE, tp_zone_accuracy=0.5, coefs=RewardCoefs(alignment=0.05))
+    assert t["alignment"] == pytest.approx(0.05)
 
 
 def test_jnp_jit_vmap_grad():

@@ -1,4 +1,4 @@
-"""Hydra entry points: ``tpfl-loop``, ``tpfl-train``, ``tpfl-clm``, ``tpfl-report``.
+"""Hydra entry points: ``tpfl-loop``, ``tpfl-train``, ``tpfl-clm``, ``tpfl-audit``, ``tpfl-report``.
 
 Configs live in the repository's ``configs/`` (schema: ``tpfl_jax.config.Config``). Every run
 writes into its Hydra output dir: ``config_resolved.yaml``, ``metrics.jsonl``, ``summary.csv``,
@@ -110,6 +110,69 @@ def build_market(c: Config, env: Any, env_kwargs: dict[str, Any], loop_cfg: Any)
     return spec, source, env_params
 
 
+def reward_audit(c: Config, env: Any, env_params: Any, spec: Any, source: Any, out: Path,
+                 quiet: bool = False) -> Any:
+    """The reward audit (``tpfl_jax.audit``) of this run's env on its market: fresh
+    ``audit.paths`` paths of the synthetic market, or the loaded data; writes ``audit_*`` files
+    into ``out`` and returns the ``AuditResult`` (None when ``audit.enabled`` is false)."""
+    import jax
+
+    from tpfl_jax.audit import AuditConfig, run_audit, write_audit
+    from tpfl_jax.loop import SyntheticMarkets
+
+    a = c.audit
+    if not a.enabled:
+        return None
+    try:
+        acfg = AuditConfig(weights=tuple(a.weights), episodes=a.episodes, lookback=a.lookback,
+                           seed=c.seed)
+    except ValueError as e:
+        raise ValueError(f"config.audit: {e}") from None
+    if a.paths < 1:
+        raise ValueError(f"config.audit.paths = {a.paths}; expected >= 1")
+    if isinstance(spec, SyntheticMarkets):
+        from tpfl_jax.market import synthetic
+
+        market = synthetic.simulate(jax.random.fold_in(jax.random.key(c.seed), 7919), source,
+                                    a.paths, spec.n_bars, spec.substeps)
+        label = f"{c.market.kind}, {a.paths} fresh paths"
+    else:
+        market = source
+        label = f"{Path(str(c.market.path)).name}, all bars"
+    try:
+        result = run_audit(env, env_params.replace(market=market), acfg, label=label)
+    except ValueError as e:
+        raise ValueError(f"config.audit: {e}") from None
+    write_audit(result, out)
+    if not quiet:
+        print(result.text())
+    return result
+
+
+def _append_audit(out: Path, audit: Any) -> None:
+    """Add the audit summary to the run's ``report.md``."""
+    if audit is None:
+        return
+    with (out / "report.md").open("a") as f:
+        f.write(f"\n## Reward audit (this env and market)\n\n```\n{audit.text()}\n```\n\n"
+                "Full table: `audit_table.csv`, `audit.md`; plot: `audit_reward_pnl.png`.\n")
+
+
+# --------------------------------------------------------------------------- tpfl-audit
+def run_audit_app(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> Any:
+    """``tpfl-audit``: the reward audit of the configured env and market."""
+    c = to_container(cfg)
+    obj = to_objects(c)
+    out.mkdir(parents=True, exist_ok=True)
+    setup_jax(cache_dir)
+    spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
+    if not c.audit.enabled:
+        raise ValueError("config.audit.enabled is false: nothing to audit")
+    result = reward_audit(c, obj.env, env_params, spec, source, out)
+    print(f"tables and plot: {out}")
+    return result
+
+
 # --------------------------------------------------------------------------- tpfl-loop
 def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.DataFrame:
     """The closed-loop experiment, policies x seeds sharded over ``config.mesh``; process 0
@@ -215,6 +278,8 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
                                     "Training episode return per policy (cycles concatenated)"))
     report.write_report(out, table, f"tpfl-loop: {c.experiment} ({n_p} policies x {n_s} seeds "
                         f"x {n_c} cycles)", plots)
+    audit = reward_audit(c, obj.env, env_params, spec, source, out, quiet=True)
+    _append_audit(out, audit)
     (out / "timing.json").write_text(json.dumps({"compile_s": t_compile, "run_s": t_run}))
     bar.update(1)
     bar.close()
@@ -224,6 +289,8 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
     print(f"\ncompile {t_compile:.1f}s, run {t_run:.1f}s "
           f"({n_p} policies x {n_s} seeds x {n_c} cycles)")
     print(show.to_string(float_format=lambda x: f"{x:.4g}"))
+    if audit is not None:
+        print(audit.text())
     print(f"plots and report: {out}")
     return table
 
@@ -309,6 +376,8 @@ def run_train(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.D
                               "Training episode return per tp_reward_weight")
     table = report.policy_table(summary)
     report.write_report(out, table, f"tpfl-train: weights {weights}", [plot])
+    audit = reward_audit(c, obj.env, env_params, spec, source, out)
+    _append_audit(out, audit)
     _write_config(cfg, out)
     print(table.to_string(float_format=lambda x: f"{x:.4g}"))
     print(f"plots and report: {out}")
@@ -402,6 +471,7 @@ def _hydra_job(fn, distributed: bool = True):
 loop_main = _hydra_job(run_loop)
 train_main = _hydra_job(run_train)
 clm_main = _hydra_job(run_clm, distributed=False)   # host-side glue: one process
+audit_main = _hydra_job(run_audit_app, distributed=False)
 
 
 def report_main(argv: list[str] | None = None) -> None:
@@ -418,7 +488,8 @@ def report_main(argv: list[str] | None = None) -> None:
     print(f"report: {path / 'report.md'}")
 
 
-COMMANDS = {"loop": loop_main, "train": train_main, "clm": clm_main, "report": report_main}
+COMMANDS = {"loop": loop_main, "train": train_main, "clm": clm_main, "report": report_main,
+            "audit": audit_main}
 
 
 def main() -> None:

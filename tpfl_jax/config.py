@@ -22,8 +22,25 @@ from tpfl_jax.loop import LOOP_POLICY_KINDS, LoopConfig, make_loop_policy
 
 
 @dataclass
+class RewardSection:
+    """``reward.RewardCoefs`` (defaults: the calibrated reward, see ``tpfl_jax/reward.py``)."""
+
+    pnl: float = 20.0
+    drawdown: float = 1.0
+    size: float = 0.01
+    alignment: float = 0.0
+    tp_bonus: float = 5.0
+
+
+@dataclass
 class EnvConfig:
-    """``TradingEnv`` static settings and ``EnvParams`` values (see ``env/trading.py``)."""
+    """``TradingEnv`` static settings and ``EnvParams`` values (see ``env/trading.py``).
+
+    accuracy: the accuracy the TP bonus is paid on (``mfe_ratio`` | ``hit`` | ``skill``);
+    drawdown_mode: ``increase`` (of the episode's max drawdown) | ``level`` (every step);
+    alignment_source: ``causal`` | ``hidden_label`` (the true regime, a benchmark only);
+    reward_vol: ``episode`` (PnL scaled by the bar volatility at the episode's start) | ``bar``.
+    """
 
     window: int = 16
     premature_horizon: int = 10
@@ -39,6 +56,11 @@ class EnvConfig:
     sl_first: bool = True
     max_steps_in_episode: int = 100
     tp_reward_weight: float = 1.0
+    accuracy: str = "skill"
+    drawdown_mode: str = "increase"
+    alignment_source: str = "causal"
+    reward_vol: str = "episode"
+    reward: RewardSection = field(default_factory=RewardSection)
 
 
 @dataclass
@@ -123,6 +145,19 @@ class ClmSection:
 
 
 @dataclass
+class AuditSection:
+    """``tpfl-audit`` and the audit in every ``tpfl-loop`` / ``tpfl-train`` report
+    (``tpfl_jax.audit.AuditConfig``): reference strategies x ``weights`` x ``episodes`` on
+    ``paths`` fresh paths of the configured synthetic market (or the loaded data)."""
+
+    enabled: bool = True
+    weights: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0])
+    episodes: int = 512
+    paths: int = 64
+    lookback: int | None = None
+
+
+@dataclass
 class MeshSection:
     """``tpfl_jax.distributed.MeshConfig``: the device mesh the apps shard their batch of
     configurations over (``-1`` in ``shape`` = every remaining device), the mesh axes the
@@ -152,6 +187,7 @@ class Config:
     train: TrainSection = field(default_factory=TrainSection)
     clm: ClmSection = field(default_factory=ClmSection)
     mesh: MeshSection = field(default_factory=MeshSection)
+    audit: AuditSection = field(default_factory=AuditSection)
     experiment: str = "default"
     seed: int = 0
     compile_cache: bool = True
@@ -212,6 +248,14 @@ def to_objects(cfg: DictConfig | Config) -> Objects:
         "initial_equity", "ruin_floor", "max_holding", "sl_first", "max_steps_in_episode",
         "tp_reward_weight")}
     env_kwargs["tp_mults"] = tuple(e.tp_mults)
+    from tpfl_jax.env.trading import mode_index
+
+    for k in ("accuracy", "drawdown_mode", "alignment_source", "reward_vol"):
+        try:
+            env_kwargs[k] = mode_index(k, getattr(e, k))
+        except ValueError as err:
+            raise ValueError(f"config.env.{k}: {err}") from None
+    env_kwargs["coefs"] = dataclasses.asdict(e.reward)
     try:
         ppo = PPOConfig(**{**dataclasses.asdict(c.ppo), "widths": tuple(c.ppo.widths)})
     except ValueError as err:

@@ -28,7 +28,7 @@ from gymnax.environments import environment, spaces
 from tpfl_jax.env.exits import reached_level, resolve_bar, tp_zone_accuracy
 from tpfl_jax.env.stats import EXIT_END, EXIT_MANUAL, EXIT_NONE, EXIT_TIME, EXIT_TP
 from tpfl_jax.market.types import MarketData, make_market_data
-from tpfl_jax.reward import RewardCoefs, reward_terms
+from tpfl_jax.reward import VOL_FLOOR, RewardCoefs, reward_terms
 
 DEFAULT_TP_MULTS = (0.5, 1.0, 1.5, 2.0, 3.0)
 N_POSITION_FEATURES = 10
@@ -55,6 +55,17 @@ class EnvState(environment.EnvState):
     mae: jax.Array
     bars_held: jax.Array
     entry_bar: jax.Array
+    max_drawdown: jax.Array  # deepest drawdown of this episode so far (fraction, >= 0)
+    episode_vol: jax.Array   # one bar's volatility (vol unit / close) at the episode's start
+
+
+# Traced integer switches of EnvParams, written as names in configs (``make_params`` maps them).
+ACCURACY_MODES = ("mfe_ratio", "hit", "skill")
+DRAWDOWN_MODES = ("increase", "level")
+ALIGNMENT_SOURCES = ("causal", "hidden_label")
+REWARD_VOL_MODES = ("episode", "bar")
+_MODE_FIELDS = {"accuracy": ACCURACY_MODES, "drawdown_mode": DRAWDOWN_MODES,
+                "alignment_source": ALIGNMENT_SOURCES, "reward_vol": REWARD_VOL_MODES}
 
 
 @struct.dataclass(kw_only=True)
@@ -75,6 +86,11 @@ class EnvParams(environment.EnvParams):
     max_holding: Any = 20         # time barrier, bars
     sl_first: Any = True          # TP and SL in one bar: SL first (conservative)
     max_steps_in_episode: Any = 200
+    # reward design (see ``tpfl_jax.reward`` for the calibration); ints index the tuples above
+    accuracy: Any = ACCURACY_MODES.index("skill")          # tp_zone_accuracy fed to the bonus
+    drawdown_mode: Any = DRAWDOWN_MODES.index("increase")  # what the drawdown penalty charges
+    alignment_source: Any = ALIGNMENT_SOURCES.index("causal")  # regime_alignment signal
+    reward_vol: Any = REWARD_VOL_MODES.index("episode")  # the volatility PnL is scaled by
 
 
 def _zero_trade() -> dict[str, jax.Array]:
@@ -85,7 +101,7 @@ def _zero_trade() -> dict[str, jax.Array]:
         "entry_price": f, "exit_price": f, "tp_price": f, "sl_price": f, "tp_mult": f,
         "r_planned": f, "r_realised": f, "pnl": f, "mfe": f, "mae": f,
         "tp_zone_accuracy": f, "hit": jnp.bool_(False), "premature": jnp.bool_(False),
-        "entry_bar": i, "exit_bar": i, "path": i, "symbol_id": i,
+        "entry_bar": i, "exit_bar": i, "path": i, "symbol_id": i, "bonus_accuracy": f,
     }
 
 
@@ -110,7 +126,14 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
 
     # ------------------------------------------------------------------ params
     def make_params(self, market: MarketData, **kwargs: Any) -> EnvParams:
-        """``EnvParams`` for ``market``, validated on the host (errors name the field)."""
+        """``EnvParams`` for ``market``, validated on the host (errors name the field).
+
+        ``accuracy``, ``drawdown_mode`` and ``alignment_source`` take their names
+        (``ACCURACY_MODES`` ...) or indices; ``coefs`` takes a ``RewardCoefs`` or a dict.
+        """
+        kwargs = {k: mode_index(k, v) if k in _MODE_FIELDS else v for k, v in kwargs.items()}
+        if isinstance(kwargs.get("coefs"), dict):
+            kwargs["coefs"] = RewardCoefs(**kwargs["coefs"])
         params = canonicalize(EnvParams(market=market, **kwargs))
         self.validate_params(params)
         return params
@@ -144,6 +167,17 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
             if not ok:
                 raise ValueError(f"EnvParams.{name}: expected a positive value "
                                  f"(>= 0 for costs), got {getattr(params, name)}")
+        for name, names in _MODE_FIELDS.items():
+            v = np.asarray(getattr(params, name))
+            if not np.all((v >= 0) & (v < len(names))):
+                raise ValueError(f"EnvParams.{name}: expected an index into {names}, got {v}")
+        for name in ("pnl", "drawdown", "size", "alignment", "tp_bonus"):
+            v = np.asarray(getattr(params.coefs, name))
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"EnvParams.coefs.{name}: expected a finite number, got {v}")
+        w = np.asarray(params.tp_reward_weight)
+        if not np.all(np.isfinite(w)):
+            raise ValueError(f"EnvParams.tp_reward_weight: expected a finite number, got {w}")
         if not np.all(np.asarray(m.vol_unit) > 0):
             raise ValueError("EnvParams.market.vol_unit: expected > 0 on every bar "
                              "(a bar with high == low and an unchanged close everywhere "
@@ -239,12 +273,15 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
         equity = state.equity + step_pnl
         peak = jnp.maximum(state.peak_equity, equity)
         drawdown = 1.0 - equity / peak
+        max_dd = jnp.maximum(state.max_drawdown, drawdown)
 
         # --- trade record
         trade_pnl = side * units * (exit_price - entry) - entry_cost - cost_out
         hit = reason == EXIT_TP
         tp_dist = jnp.abs(tp - entry)
         acc = jnp.where(closes, tp_zone_accuracy(hit, mfe, tp_dist), 0.0)
+        bonus_acc = jnp.where(closes, bonus_accuracy(params.accuracy, hit, acc, tpm,
+                                                     params.sl_mult), 0.0)
         h_idx = jnp.arange(self.premature_horizon)
         first = nb + jnp.where(manual, 0, 1)   # a manual exit leaves the rest of bar t+1
         idx = first + h_idx
@@ -259,20 +296,34 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
             "mfe": mfe, "mae": mae, "tp_zone_accuracy": acc, "hit": closes & hit,
             "premature": premature, "entry_bar": entry_bar.astype(jnp.int32),
             "exit_bar": nb.astype(jnp.int32), "path": p.astype(jnp.int32),
-            "symbol_id": m.symbol_id[p].astype(jnp.int32),
+            "symbol_id": m.symbol_id[p].astype(jnp.int32), "bonus_accuracy": bonus_acc,
         }
         trade = jax.tree.map(lambda x, z: jnp.where(closes, x, z).astype(z.dtype),
                              trade, _zero_trade())
 
-        # --- reward (seed contract; coefficients from params)
+        # --- reward: the seed's bonus on ``bonus_acc``; the other terms are this package's
+        # calibrated design (``tpfl_jax.reward``): PnL, drawdown and alignment in units of one
+        # bar's volatility, so their coefficients are comparable across markets.
         still_open = live & ~closes
+        # ``episode``: one constant per episode (the bar volatility at its start), so within an
+        # episode the PnL term is proportional to currency PnL; ``bar``: the decision bar's
+        # volatility (credits PnL made in calm bars more than the same PnL in volatile ones).
+        vol = jnp.maximum(jnp.where(params.reward_vol == REWARD_VOL_MODES.index("bar"), bar_vol,
+                                    state.episode_vol), VOL_FLOOR)
+        # ``increase``: growth of the episode's max drawdown, in bar-vol units (an episode pays
+        # ``coef * max drawdown / vol`` in all); ``level``: the drawdown fraction every step (the
+        # first main's rule, which charges a profitable trend rule more than staying flat).
+        dd_charged = jnp.where(params.drawdown_mode == DRAWDOWN_MODES.index("level"),
+                               drawdown, (max_dd - state.max_drawdown) / vol)
+        signal = jnp.where(params.alignment_source == ALIGNMENT_SOURCES.index("hidden_label"),
+                           m.trend[p, nb], causal_trend(m, p, t, self.window))
         terms = reward_terms(
             pnl_delta=step_pnl / state.equity,
-            drawdown=drawdown,
+            drawdown=dd_charged,
             position_size=jnp.where(still_open, params.position_size, 0.0),
-            regime_alignment=jnp.where(in_market, side * m.trend[p, nb], 0.0),
-            volatility=bar_vol,
-            tp_zone_accuracy=acc,
+            regime_alignment=jnp.where(in_market, side * signal, 0.0),
+            volatility=vol,
+            tp_zone_accuracy=bonus_acc,
             tp_reward_weight=params.tp_reward_weight,
             coefs=params.coefs,
         )
@@ -288,7 +339,8 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
             tp_mult=keep(tpm, f0), risk=keep(risk, f0), entry_cost=keep(entry_cost, f0),
             mfe=keep(mfe, f0), mae=keep(mae, f0),
             bars_held=keep(bars_held, 0).astype(jnp.int32),
-            entry_bar=keep(entry_bar, 0).astype(jnp.int32),
+            entry_bar=keep(entry_bar, 0).astype(jnp.int32), max_drawdown=max_dd,
+            episode_vol=state.episode_vol,
         )
         terminated = self.is_terminated(new_state, params)
         info = {"trade": trade, "reward_terms": terms, "equity": equity}
@@ -318,7 +370,8 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
             time=jnp.int32(0), bar=start.astype(jnp.int32), path=path.astype(jnp.int32),
             equity=eq, peak_equity=eq, side=jnp.int32(0), units=f0, entry_price=f0,
             tp_price=f0, sl_price=f0, tp_mult=f0, risk=f0, entry_cost=f0, mfe=f0, mae=f0,
-            bars_held=jnp.int32(0), entry_bar=jnp.int32(0),
+            bars_held=jnp.int32(0), entry_bar=jnp.int32(0), max_drawdown=f0,
+            episode_vol=(m.vol_unit[path, start] / m.close[path, start]).astype(jnp.float32),
         )
         return self.get_obs(state, params), state
 
@@ -391,7 +444,7 @@ def _key_uniforms(key: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(mant, jnp.float32) - 1.0
 
 
-_INT_FIELDS = ("max_holding", "max_steps_in_episode")
+_INT_FIELDS = ("max_holding", "max_steps_in_episode", *_MODE_FIELDS)
 _BOOL_FIELDS = ("sl_first",)
 
 
@@ -411,6 +464,47 @@ def canonicalize(params: EnvParams) -> EnvParams:
               if n not in ("market", "coefs")}
     coefs = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), params.coefs)
     return params.replace(coefs=coefs, **fields)
+
+
+def mode_index(field: str, value: Any) -> Any:
+    """Index of a mode name of ``field`` (``accuracy``, ``drawdown_mode``, ``alignment_source``);
+    numbers and arrays pass through (validated by ``validate_params``)."""
+    names = _MODE_FIELDS[field]
+    if isinstance(value, str):
+        if value not in names:
+            raise ValueError(f"EnvParams.{field} = {value!r}; expected one of {names}")
+        return names.index(value)
+    return value
+
+
+def no_edge_hit_probability(tp_mult, sl_mult):
+    """``sl / (tp + sl)``: the probability that a driftless continuous price reaches the TP
+    before the SL (gambler's ruin). Measured no-edge hit rates on the synthetic markets are
+    within ~0.04 of it (bars, SL-first and the time barrier move it a little)."""
+    return sl_mult / (tp_mult + sl_mult)
+
+
+def bonus_accuracy(mode, hit, mfe_ratio, tp_mult, sl_mult):
+    """The accuracy paid by the TP bonus under ``mode`` (index into ``ACCURACY_MODES``).
+
+    ``mfe_ratio``: the tracker's ``tp_zone_accuracy`` (1 on a hit, else clip(MFE / TP
+    distance, 0, 1)): partial credit on losers, and larger for tighter TPs with no skill.
+    ``hit``: 1 on a TP hit, else 0. ``skill``: hit minus the no-edge hit probability of the
+    trade's TP distance (``no_edge_hit_probability``): a hit pays ``tp / (tp + sl)``, a miss is
+    negative (so, under the seed's ``> 0`` rule, pays nothing), and a no-skill trader expects
+    ``p0 * (1 - p0)`` per trade at every TP distance instead of tightness being paid.
+    """
+    h = jnp.asarray(hit, jnp.float32)
+    skill = h - no_edge_hit_probability(tp_mult, sl_mult)
+    return jnp.select([mode == 0, mode == 1], [mfe_ratio, h], skill).astype(jnp.float32)
+
+
+def causal_trend(m: MarketData, p, t, window: int):
+    """A causal regime estimate in [-1, 1] at decision bar ``t``: ``tanh`` of the close-to-close
+    move over the last ``window`` bars in units of its diffusive scale
+    (``vol_unit * sqrt(window)``). Uses bars <= t only."""
+    move = m.close[p, t] - m.close[p, t - window]
+    return jnp.tanh(move / jnp.maximum(m.vol_unit[p, t] * np.sqrt(window), VOL_FLOOR))
 
 
 def decode_action(action, n_tp: int):
@@ -450,5 +544,8 @@ def default_market(n_paths: int = 8, n_bars: int = 512, seed: int = 0) -> Market
     return synthetic.generate("regime", jax.random.key(seed), n_paths=n_paths, n_bars=n_bars)
 
 
-__all__ = ["EnvParams", "EnvState", "TradingEnv", "canonicalize", "decode_action", "encode_action",
-           "default_market", "make_market_data"]
+__all__ = ["ACCURACY_MODES", "ALIGNMENT_SOURCES", "DRAWDOWN_MODES", "REWARD_VOL_MODES",
+           "EnvParams", "EnvState",
+           "TradingEnv", "bonus_accuracy", "canonicalize", "causal_trend", "decode_action",
+           "default_market", "encode_action", "make_market_data", "mode_index",
+           "no_edge_hit_probability"]
