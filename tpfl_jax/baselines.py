@@ -27,6 +27,7 @@ Kinds (``KINDS``):
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -106,6 +107,7 @@ def act(env: TradingEnv, s: Strategy, state: Any, params: Any, key: jax.Array) -
     return jnp.where(s.kind == 1, random_action, ruled).astype(jnp.int32)
 
 
+@functools.lru_cache(maxsize=16)
 def make_runner(env: TradingEnv, n_steps: int):
     """``run(keys[E], strategies[S], weights[W], params) -> dict of [S, W, E] arrays``.
 
