@@ -44,6 +44,7 @@ def run(market, actions, start=2, **kw):
         out.append(dict(reward=float(rew), term=bool(term), trunc=bool(trunc),
                         trade={k: np.asarray(v).item() for k, v in info["trade"].items()},
                         terms={k: float(v) for k, v in info["reward_terms"].items()},
+                        bonus_accuracy=float(info["bonus_accuracy"]),
                         state=state))
     return out
 
@@ -70,7 +71,7 @@ def test_long_tp_hit_intrabar_pays_bonus():
     assert t["pnl"] == pytest.approx(100.0) and t["r_realised"] == pytest.approx(1.0)
     assert t["r_planned"] == pytest.approx(1.0) and t["tp_zone_accuracy"] == 1.0
     # default accuracy "skill": a hit at TP 1 / SL 1 is worth 1 - 0.5 (no-edge hit probability)
-    assert t["bonus_accuracy"] == pytest.approx(0.5)
+    assert s["bonus_accuracy"] == pytest.approx(0.5)
     assert s["terms"]["tp_bonus"] == pytest.approx(0.5 * 5.0 * 2.0)
     (s,) = run(m, [LONG1], tp_reward_weight=2.0, accuracy="mfe_ratio")
     assert s["terms"]["tp_bonus"] == pytest.approx(1.0 * 5.0 * 2.0)
@@ -86,7 +87,7 @@ def test_accuracy_modes_on_a_losing_exit():
         t = s3["trade"]
         assert t["exit_reason"] == EXIT_MANUAL and t["pnl"] < 0 and 0 < t["tp_zone_accuracy"] < 1
         assert (s3["terms"]["tp_bonus"] > 0) == paid, mode
-    assert s3["trade"]["bonus_accuracy"] == pytest.approx(-1.0 / 3.0)   # 0 - sl / (tp + sl)
+    assert s3["bonus_accuracy"] == pytest.approx(-1.0 / 3.0)   # 0 - sl / (tp + sl)
     with pytest.raises(ValueError, match="accuracy"):
         params_for(m, accuracy="mfe")
 
@@ -285,7 +286,7 @@ def test_bonus_only_on_close_steps_and_stats():
     closed = np.asarray(info["trade"]["closed"])
     bonus = np.asarray(info["reward_terms"]["tp_bonus"])
     acc = np.asarray(info["trade"]["tp_zone_accuracy"])
-    bacc = np.asarray(info["trade"]["bonus_accuracy"])
+    bacc = np.asarray(info["bonus_accuracy"])
     assert closed.any() and (~closed).any()
     assert np.all(bonus[~closed] == 0.0)
     np.testing.assert_allclose(bonus[closed], np.maximum(bacc[closed], 0) * 5.0 * 1.5,

@@ -15,21 +15,26 @@ drawdown level 1.0 per step, size 0.01, hidden-label alignment 0.05, MFE-ratio a
 the tightest TP beat every profitable rule from weight 0.19 on, and a trend rule earning +330 per
 episode scored below staying flat. The calibrated default:
 
-* ``pnl = 15``: PnL in units of one bar's volatility, so one TP hit at 1 vol unit earns 15 of
-  PnL reward against a bonus of 2.5 x weight (skill accuracy): the weight shifts which TP
-  distance pays best without outweighing PnL.
-* ``drawdown = 1.5``, charged by the env on the *increase* of the episode's max drawdown in
-  vol units (an episode pays ``1.5 * max drawdown / vol`` once), not on the level every step.
+* ``pnl = 20``: PnL in units of one bar's volatility (the env passes the volatility at the
+  episode's start, one constant per episode, so the term is proportional to currency PnL):
+  one TP hit at 1 vol unit earns 20 of PnL reward against a bonus of 2.5 x weight (skill
+  accuracy): the weight shifts which TP distance pays best without outweighing PnL.
+* ``drawdown = 1.0``, charged by the env on the *increase* of the episode's max drawdown in
+  vol units (an episode pays ``max drawdown / vol`` once), not on the level every step.
 * ``size = 0.01`` per step in the market; ``alignment = 0``: off (the env's alignment signal is
   causal by default; the hidden regime label is opt-in, ``alignment_source="hidden_label"``).
 * The env feeds the bonus the ``skill`` accuracy (hit minus the no-edge hit probability of the
   TP distance): a no-skill trader expects ~1.1 of bonus per trade at every TP distance instead
   of 2.2-3.6 growing with tightness (``mfe_ratio``).
 
-Audit of this default (512 episodes per rule, ``regime`` / ``mixed``): Kendall tau between
-reward at weight 0 and PnL over {flat, buy-and-hold, trend, churn, oracle} = 1.0 on both; churn
-reaches the best profitable reference at weight 8.6 / 8.3 (4.2 / 4.2 against causal rules only)
-and no coin-flip rule at any TP reaches the best causal rule below weight 3.2 / 3.5.
+Audit of this default (``tpfl-audit``, 512 episodes of 100 bars per rule, ``regime`` / ``mixed``):
+Kendall tau between reward at weight 0 and PnL over {flat, buy-and-hold, trend, churn, oracle} =
+1.0 on both; churn reaches the best profitable reference at weight 9.3 / 9.7 (4.2 / 4.6 against
+causal rules only) and no coin-flip rule at any TP reaches the best causal rule below weight
+2.4 / 3.2. Scanned and rejected: PnL 10-15 (a coin-flip trader at TP 1.0-1.5 reached the trend
+rule at weights 1.8-2.2 on some market samples), drawdown 1.5 (a buy-and-hold with +104 PnL
+scored below flat), per-bar vol scaling (a trend rule earning +168 scored below flat: it earns in
+volatile bars), and the ``mfe_ratio`` / ``hit`` accuracies at PnL 10 (churn break-even 1.1).
 """
 
 from __future__ import annotations

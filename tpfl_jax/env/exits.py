@@ -3,7 +3,7 @@
 All functions are branch-free ``jnp`` code on scalars or broadcastable arrays, so they run
 under ``jit``/``vmap`` and on host arrays alike. ``side`` is +1 (long) or -1 (short).
 
-Rules (shared/DESIGN.md): per bar, long: TP if high >= TP, SL if low <= SL; short mirrored.
+Rules (docs/design.md): per bar, long: TP if high >= TP, SL if low <= SL; short mirrored.
 A gap through a level fills at the open. TP and SL inside the same bar: SL first unless
 ``sl_first`` is False. The time barrier and ``end`` exits are applied by the caller at the close.
 """

@@ -31,7 +31,6 @@ TRADE_KEYS = (
     "hit",               # bool: exit by TP
     "premature",         # bool: manual/time exit and price reached TP within the horizon
     "entry_bar", "exit_bar", "path", "symbol_id",
-    "bonus_accuracy",    # the accuracy the TP bonus was paid on (EnvParams.accuracy's mode)
 )
 
 R_CAP = 10.0  # cap of the seed's estimated R = 1 / hit_rate (value at zero hits)

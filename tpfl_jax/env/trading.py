@@ -101,7 +101,7 @@ def _zero_trade() -> dict[str, jax.Array]:
         "entry_price": f, "exit_price": f, "tp_price": f, "sl_price": f, "tp_mult": f,
         "r_planned": f, "r_realised": f, "pnl": f, "mfe": f, "mae": f,
         "tp_zone_accuracy": f, "hit": jnp.bool_(False), "premature": jnp.bool_(False),
-        "entry_bar": i, "exit_bar": i, "path": i, "symbol_id": i, "bonus_accuracy": f,
+        "entry_bar": i, "exit_bar": i, "path": i, "symbol_id": i,
     }
 
 
@@ -296,7 +296,7 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
             "mfe": mfe, "mae": mae, "tp_zone_accuracy": acc, "hit": closes & hit,
             "premature": premature, "entry_bar": entry_bar.astype(jnp.int32),
             "exit_bar": nb.astype(jnp.int32), "path": p.astype(jnp.int32),
-            "symbol_id": m.symbol_id[p].astype(jnp.int32), "bonus_accuracy": bonus_acc,
+            "symbol_id": m.symbol_id[p].astype(jnp.int32),
         }
         trade = jax.tree.map(lambda x, z: jnp.where(closes, x, z).astype(z.dtype),
                              trade, _zero_trade())
@@ -343,7 +343,10 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
             episode_vol=state.episode_vol,
         )
         terminated = self.is_terminated(new_state, params)
-        info = {"trade": trade, "reward_terms": terms, "equity": equity}
+        # bonus_accuracy: the accuracy the TP bonus was paid on (EnvParams.accuracy's mode; 0
+        # when no trade closed); the trade record keeps the tracker's tp_zone_accuracy
+        info = {"trade": trade, "reward_terms": terms, "equity": equity,
+                "bonus_accuracy": bonus_acc}
         return self.get_obs(new_state, params), new_state, reward.astype(jnp.float32), \
             terminated, info
 

@@ -2,7 +2,7 @@
 
 One row per closed trade in ``tp_trades``. Writes are one transaction per call (a batch is all or
 nothing), the journal is WAL with ``synchronous=FULL`` by default, so a killed process loses no
-committed trade. Aggregates follow shared/DESIGN.md ("Tracker aggregates"):
+committed trade. Aggregates follow docs/design.md ("Tracker aggregates"):
 
 * attempts = closed trades that had a TP (``tp_price`` recorded); hits = exits by TP;
 * hit rate = hits / attempts; premature exit rate = premature exits / attempts;
