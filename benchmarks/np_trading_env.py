@@ -2,13 +2,14 @@
 
 This is what a typical CPU trading-RL stack looks like: one Python object per env, one Python
 ``step`` per bar. It follows ``tpfl_jax.env.trading.TradingEnv`` rule for rule (fills at the
-next open; TP/SL per bar with gaps filled at the open and SL first when both touch; manual exit
-on flat/opposite; time barrier; ``end`` exit on truncation; fee + half-spread (+ sqrt impact)
-per side; reward = ``compute_reward`` terms with the env's coefficients; ruin termination), so
-SB3-on-numpy and JAX-PPO-on-TradingEnv train on the same MDP. ``tests/test_np_trading_env.py``
-checks it step for step against ``TradingEnv``. Not ported: the ``premature`` analytics flag of
-the trade record (never observed, not in the reward). Computation is float64 (the JAX env is
-float32), so values agree to float32 rounding.
+next open; TP/SL per bar with gaps filled at the open, a stop crossed inside a bar filled at the
+first intrabar point beyond it when the market has an intrabar path, and SL first when both
+touch; manual exit on flat/opposite; time barrier; ``end`` exit on truncation; fee +
+half-spread (+ sqrt impact) per side; reward = ``compute_reward`` terms with the env's
+coefficients; ruin termination), so SB3-on-numpy and JAX-PPO-on-TradingEnv train on the same
+MDP. ``tests/test_np_trading_env.py`` checks it step for step against ``TradingEnv``. Not
+ported: the ``premature`` analytics flag of the trade record (never observed, not in the
+reward). Computation is float64 (the JAX env is float32), so values agree to float32 rounding.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ import numpy as np
 
 from tpfl_jax.env.stats import EXIT_END, EXIT_MANUAL, EXIT_NONE, EXIT_SL, EXIT_TIME, EXIT_TP
 
+_NO_PATH = np.zeros(0)
+
 
 def _resolve_bar(s: float, entry: float, tp: float, sl: float, o: float, h: float, lo: float,
-                 sl_first: bool, check_gap: bool) -> tuple[bool, bool, int, float, float, float]:
-    """``(exited, gap, reason, price, fav, adv)`` exactly as ``env.exits.resolve_bar``."""
+                 sl_first: bool, check_gap: bool, path: np.ndarray = _NO_PATH
+                 ) -> tuple[bool, bool, int, float, float, float]:
+    """``(exited, gap, reason, price, fav, adv)`` exactly as ``env.exits.resolve_bar``
+    (``path``: the bar's intrabar points; a stop fills at the first one at or beyond it)."""
     fav_px = h if s > 0 else lo
     adv_px = lo if s > 0 else h
     gap_sl = check_gap and s * (o - sl) <= 0
@@ -36,13 +41,22 @@ def _resolve_bar(s: float, entry: float, tp: float, sl: float, o: float, h: floa
     intrabar_tp = tp_touch and not intrabar_sl
     is_sl = gap_sl or (not gap_tp and intrabar_sl)
     is_tp = gap_tp or (not gap_sl and intrabar_tp)
-    price = o if (gap_sl or gap_tp) else (sl if is_sl else tp)
+    price = o if (gap_sl or gap_tp) else (_stop_fill(s, sl, path) if is_sl else tp)
     reason = EXIT_TP if is_tp else (EXIT_SL if is_sl else EXIT_NONE)
     fav_full = max(s * (fav_px - entry), 0.0)
     fav = max(s * (o - entry), 0.0) if is_sl else fav_full
     adv_full = max(s * (entry - adv_px), 0.0)
-    adv = min(adv_full, abs(entry - sl)) if is_tp else adv_full
+    adv = (min(adv_full, abs(entry - sl)) if is_tp
+           else max(adv_full, s * (entry - price)) if is_sl else adv_full)
     return is_sl or is_tp, gap_sl or gap_tp, reason, price, fav, adv
+
+
+def _stop_fill(s: float, level: float, path: np.ndarray) -> float:
+    """First path point at or beyond ``level``, no better than it (``exits.stop_fill``)."""
+    for x in path:
+        if s * (x - level) <= 0:
+            return min(x, level) if s > 0 else max(x, level)
+    return level
 
 
 class NumpyTradingEnv(gym.Env):
@@ -71,6 +85,7 @@ class NumpyTradingEnv(gym.Env):
         self.coefs = coefs or {"pnl": 1.0, "drawdown": 1.0, "size": 0.01, "alignment": 0.05,
                                "tp_bonus": 5.0}
         self.n_paths, self.n_bars = self.m["close"].shape
+        self.m.setdefault("intrabar", np.zeros((self.n_paths, self.n_bars, 0)))
         self.action_space = gym.spaces.Discrete(1 + 2 * self.n_tp)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.window + 10,), np.float32)
         self._rng = np.random.default_rng(seed)
@@ -83,7 +98,7 @@ class NumpyTradingEnv(gym.Env):
         g = lambda x: float(np.asarray(x))  # noqa: E731
         mk = params.market
         market = {k: np.asarray(getattr(mk, k)) for k in
-                  ("open", "high", "low", "close", "volume", "vol_unit", "trend")}
+                  ("open", "high", "low", "close", "volume", "vol_unit", "trend", "intrabar")}
         c = params.coefs
         return cls(market, window=env.window, tp_mults=tuple(np.asarray(params.tp_mults)),
                    sl_mult=g(params.sl_mult), fee_bps=g(params.fee_bps),
@@ -151,7 +166,9 @@ class NumpyTradingEnv(gym.Env):
         held = self.side != 0
         s_old = float(self.side)
 
-        old = (_resolve_bar(s_old, self.entry, self.tp, self.sl, o, h, lo, self.sl_first, True)
+        path = m["intrabar"][p, nb]
+        old = (_resolve_bar(s_old, self.entry, self.tp, self.sl, o, h, lo, self.sl_first, True,
+                            path)
                if held else None)
         manual = held and not old[1] and want != self.side
         opens = not held and want != 0
@@ -167,7 +184,7 @@ class NumpyTradingEnv(gym.Env):
             cost_in = entry_cost = self._cost(units * o, units, bar_vol, volume)
             risk = units * self.sl_mult * vu_t
             entry_bar, mfe, mae = nb, 0.0, 0.0
-            bar = _resolve_bar(side, o, tp, sl, o, h, lo, self.sl_first, False)
+            bar = _resolve_bar(side, o, tp, sl, o, h, lo, self.sl_first, False, path)
         live = (held and not manual) or opens
         if live:
             mfe, mae = max(mfe, bar[4]), max(mae, bar[5])

@@ -11,13 +11,19 @@ DEFAULT_VOL_SPAN = 20
 
 @struct.dataclass
 class MarketData:
-    """OHLCV paths, all ``[n_paths, n_bars]`` (``symbol_id`` is ``[n_paths]``).
+    """OHLCV paths, all ``[n_paths, n_bars]`` (``symbol_id`` is ``[n_paths]``, ``intrabar``
+    ``[n_paths, n_bars, m]``).
 
     vol_unit: causal volatility unit in price units at bar t (EWMA of the true range over bars
               <= t); TP/SL distances are multiples of it.
     regime:   regime label per bar (int32), -1 where unknown (real data).
     trend:    direction of the regime in force at bar t in [-1, 1], 0 where unknown.
     symbol_id: integer symbol of each path (for per-symbol statistics).
+    intrabar: the bar's known price path after its open, in time order, last point = close
+              (``low <= point <= high``). Synthetic bars store their ``substeps`` points; bars
+              whose path is unknown (CSV data) have ``m = 0`` (a zero-size axis, so every
+              market has the same pytree structure). The exit resolver fills a stop crossed
+              inside the bar at the first point at or beyond it (``env/exits.py``).
     """
 
     open: jax.Array
@@ -29,6 +35,7 @@ class MarketData:
     regime: jax.Array
     trend: jax.Array
     symbol_id: jax.Array
+    intrabar: jax.Array
 
     @property
     def n_paths(self) -> int:
@@ -37,6 +44,11 @@ class MarketData:
     @property
     def n_bars(self) -> int:
         return self.close.shape[1]
+
+    @property
+    def n_intrabar(self) -> int:
+        """Known intrabar points per bar (0: only OHLC is known)."""
+        return self.intrabar.shape[-1]
 
 
 def causal_vol_unit(high: jax.Array, low: jax.Array, close: jax.Array,
@@ -57,10 +69,14 @@ def causal_vol_unit(high: jax.Array, low: jax.Array, close: jax.Array,
 
 
 def make_market_data(open, high, low, close, volume=None, regime=None, trend=None,
-                     symbol_id=None, vol_span: int = DEFAULT_VOL_SPAN) -> MarketData:
+                     symbol_id=None, vol_span: int = DEFAULT_VOL_SPAN,
+                     intrabar=None) -> MarketData:
     """Build a ``MarketData`` from ``[n_paths, n_bars]`` arrays (1-D arrays become one path).
 
-    Missing volume -> zeros, regime -> -1, trend -> 0, symbol_id -> 0.
+    Missing volume -> zeros, regime -> -1, trend -> 0, symbol_id -> 0, intrabar -> no known
+    intrabar path (``[n_paths, n_bars, 0]``). ``intrabar`` is ``[n_paths, n_bars, m]`` (or
+    ``[n_bars, m]`` for one path): every point within ``[low, high]`` of its bar and the last
+    point equal to the close (checked when the arrays are concrete, i.e. outside ``jit``).
     """
     arrs = [jnp.asarray(a, jnp.float32) for a in (open, high, low, close)]
     arrs = [a[None, :] if a.ndim == 1 else a for a in arrs]
@@ -80,6 +96,18 @@ def make_market_data(open, high, low, close, volume=None, regime=None, trend=Non
             raise ValueError(f"MarketData: {name} has shape {x.shape}, expected {shp}")
         return x
 
+    if intrabar is None:
+        ib = jnp.zeros((*shape, 0), jnp.float32)
+    else:
+        ib = jnp.asarray(intrabar, jnp.float32)
+        if ib.ndim == 2 and len(shape) == 2 and shape[0] == 1:
+            ib = ib[None]
+        if ib.ndim != 3 or ib.shape[:2] != shape:
+            raise ValueError(f"MarketData: intrabar has shape {ib.shape}, expected "
+                             f"{(*shape, 'm')} ([n_paths, n_bars, points per bar])")
+        if ib.shape[-1] and not any(isinstance(a, jax.core.Tracer) for a in (ib, h, lo, c)):
+            _check_intrabar(ib, h, lo, c)
+
     return MarketData(
         open=o, high=h, low=lo, close=c,
         volume=_opt(volume, 0.0, jnp.float32, "volume"),
@@ -87,4 +115,18 @@ def make_market_data(open, high, low, close, volume=None, regime=None, trend=Non
         regime=_opt(regime, -1, jnp.int32, "regime"),
         trend=_opt(trend, 0.0, jnp.float32, "trend"),
         symbol_id=_opt(symbol_id, 0, jnp.int32, "symbol_id", shp=shape[:1]),
+        intrabar=ib,
     )
+
+
+def _check_intrabar(ib: jax.Array, high: jax.Array, low: jax.Array, close: jax.Array) -> None:
+    """Host check of the intrabar contract; the error names the first bad (path, bar)."""
+    tol = 1e-6 * jnp.maximum(jnp.abs(high), 1.0)
+    bad = ((jnp.max(ib, axis=-1) > high + tol) | (jnp.min(ib, axis=-1) < low - tol)
+           | (jnp.abs(ib[..., -1] - close) > tol))
+    if bool(jnp.any(bad)):
+        p, b = (int(i) for i in jnp.argwhere(bad)[0])
+        raise ValueError(
+            f"MarketData: intrabar[{p}, {b}] = {ib[p, b].tolist()} is not a path of its bar "
+            f"(low {float(low[p, b])}, high {float(high[p, b])}, close {float(close[p, b])}): "
+            "expected every point within [low, high] and the last point equal to the close")
