@@ -3,7 +3,7 @@
 This is what a typical CPU trading-RL stack looks like: one Python object per env, one Python
 ``step`` per bar. It follows ``tpfl_jax.env.trading.TradingEnv`` rule for rule (fills at the
 next open; TP/SL per bar with gaps filled at the open, a stop crossed inside a bar filled at the
-first intrabar point beyond it when the market has an intrabar path, and SL first when both
+first intrabar point beyond it if a jump crossed it (else at the level), and SL first when both
 touch; manual exit on flat/opposite; time barrier; ``end`` exit on truncation; fee +
 half-spread (+ sqrt impact) per side; reward = ``compute_reward`` terms with the env's
 coefficients; ruin termination), so SB3-on-numpy and JAX-PPO-on-TradingEnv train on the same
@@ -26,10 +26,10 @@ _NO_PATH = np.zeros(0)
 
 
 def _resolve_bar(s: float, entry: float, tp: float, sl: float, o: float, h: float, lo: float,
-                 sl_first: bool, check_gap: bool, path: np.ndarray = _NO_PATH
-                 ) -> tuple[bool, bool, int, float, float, float]:
+                 sl_first: bool, check_gap: bool, path: np.ndarray = _NO_PATH,
+                 jump: np.ndarray = _NO_PATH) -> tuple[bool, bool, int, float, float, float]:
     """``(exited, gap, reason, price, fav, adv)`` exactly as ``env.exits.resolve_bar``
-    (``path``: the bar's intrabar points; a stop fills at the first one at or beyond it)."""
+    (``path``/``jump``: the bar's intrabar points and jump flags)."""
     fav_px = h if s > 0 else lo
     adv_px = lo if s > 0 else h
     gap_sl = check_gap and s * (o - sl) <= 0
@@ -41,7 +41,7 @@ def _resolve_bar(s: float, entry: float, tp: float, sl: float, o: float, h: floa
     intrabar_tp = tp_touch and not intrabar_sl
     is_sl = gap_sl or (not gap_tp and intrabar_sl)
     is_tp = gap_tp or (not gap_sl and intrabar_tp)
-    price = o if (gap_sl or gap_tp) else (_stop_fill(s, sl, path) if is_sl else tp)
+    price = o if (gap_sl or gap_tp) else (_stop_fill(s, sl, path, jump) if is_sl else tp)
     reason = EXIT_TP if is_tp else (EXIT_SL if is_sl else EXIT_NONE)
     fav_full = max(s * (fav_px - entry), 0.0)
     fav = max(s * (o - entry), 0.0) if is_sl else fav_full
@@ -51,10 +51,13 @@ def _resolve_bar(s: float, entry: float, tp: float, sl: float, o: float, h: floa
     return is_sl or is_tp, gap_sl or gap_tp, reason, price, fav, adv
 
 
-def _stop_fill(s: float, level: float, path: np.ndarray) -> float:
-    """First path point at or beyond ``level``, no better than it (``exits.stop_fill``)."""
-    for x in path:
+def _stop_fill(s: float, level: float, path: np.ndarray, jump: np.ndarray) -> float:
+    """The first path point at or beyond ``level`` if a jump moved into it, else the level;
+    never better than the level (``exits.stop_fill``)."""
+    for x, j in zip(path, jump, strict=True):
         if s * (x - level) <= 0:
+            if not j:
+                return level
             return min(x, level) if s > 0 else max(x, level)
     return level
 
@@ -86,6 +89,7 @@ class NumpyTradingEnv(gym.Env):
                                "tp_bonus": 5.0}
         self.n_paths, self.n_bars = self.m["close"].shape
         self.m.setdefault("intrabar", np.zeros((self.n_paths, self.n_bars, 0)))
+        self.m.setdefault("intrabar_jump", np.ones(self.m["intrabar"].shape))
         self.action_space = gym.spaces.Discrete(1 + 2 * self.n_tp)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.window + 10,), np.float32)
         self._rng = np.random.default_rng(seed)
@@ -98,7 +102,8 @@ class NumpyTradingEnv(gym.Env):
         g = lambda x: float(np.asarray(x))  # noqa: E731
         mk = params.market
         market = {k: np.asarray(getattr(mk, k)) for k in
-                  ("open", "high", "low", "close", "volume", "vol_unit", "trend", "intrabar")}
+                  ("open", "high", "low", "close", "volume", "vol_unit", "trend", "intrabar",
+                   "intrabar_jump")}
         c = params.coefs
         return cls(market, window=env.window, tp_mults=tuple(np.asarray(params.tp_mults)),
                    sl_mult=g(params.sl_mult), fee_bps=g(params.fee_bps),
@@ -166,9 +171,9 @@ class NumpyTradingEnv(gym.Env):
         held = self.side != 0
         s_old = float(self.side)
 
-        path = m["intrabar"][p, nb]
+        path, jump = m["intrabar"][p, nb], m["intrabar_jump"][p, nb]
         old = (_resolve_bar(s_old, self.entry, self.tp, self.sl, o, h, lo, self.sl_first, True,
-                            path)
+                            path, jump)
                if held else None)
         manual = held and not old[1] and want != self.side
         opens = not held and want != 0
@@ -184,7 +189,8 @@ class NumpyTradingEnv(gym.Env):
             cost_in = entry_cost = self._cost(units * o, units, bar_vol, volume)
             risk = units * self.sl_mult * vu_t
             entry_bar, mfe, mae = nb, 0.0, 0.0
-            bar = _resolve_bar(side, o, tp, sl, o, h, lo, self.sl_first, False, path)
+            bar = _resolve_bar(side, o, tp, sl, o, h, lo, self.sl_first, False, path,
+                               jump)
         live = (held and not manual) or opens
         if live:
             mfe, mae = max(mfe, bar[4]), max(mae, bar[5])
@@ -243,6 +249,7 @@ class NumpyTradingEnv(gym.Env):
         truncated = new_time >= self.max_steps
         trade = {"closed": closes, "exit_reason": reason if closes else EXIT_NONE,
                  "pnl": trade_pnl, "r_realised": trade_pnl / max(risk, 1e-12) if closes else 0.0,
-                 "hit": closes and hit, "tp_zone_accuracy": acc}
+                 "hit": closes and hit, "tp_zone_accuracy": acc,
+                 "exit_price": exit_price if closes else 0.0}
         info = {"trade": trade, "reward_terms": terms, "equity": equity}
         return self._obs(), float(reward), bool(terminated), bool(truncated), info
