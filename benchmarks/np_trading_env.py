@@ -2,13 +2,14 @@
 
 This is what a typical CPU trading-RL stack looks like: one Python object per env, one Python
 ``step`` per bar. It follows ``tpfl_jax.env.trading.TradingEnv`` rule for rule (fills at the
-next open; TP/SL per bar with gaps filled at the open and SL first when both touch; manual exit
-on flat/opposite; time barrier; ``end`` exit on truncation; fee + half-spread (+ sqrt impact)
-per side; reward = ``compute_reward`` terms with the env's coefficients; ruin termination), so
-SB3-on-numpy and JAX-PPO-on-TradingEnv train on the same MDP. ``tests/test_np_trading_env.py``
-checks it step for step against ``TradingEnv``. Not ported: the ``premature`` analytics flag of
-the trade record (never observed, not in the reward). Computation is float64 (the JAX env is
-float32), so values agree to float32 rounding.
+next open; TP/SL per bar with gaps filled at the open, a stop crossed inside a bar filled at the
+first intrabar point beyond it if a jump crossed it (else at the level), and SL first when both
+touch; manual exit on flat/opposite; time barrier; ``end`` exit on truncation; fee +
+half-spread (+ sqrt impact) per side; reward = ``compute_reward`` terms with the env's
+coefficients; ruin termination), so SB3-on-numpy and JAX-PPO-on-TradingEnv train on the same
+MDP. ``tests/test_np_trading_env.py`` checks it step for step against ``TradingEnv``. Not
+ported: the ``premature`` analytics flag of the trade record (never observed, not in the
+reward). Computation is float64 (the JAX env is float32), so values agree to float32 rounding.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ import numpy as np
 
 from tpfl_jax.env.stats import EXIT_END, EXIT_MANUAL, EXIT_NONE, EXIT_SL, EXIT_TIME, EXIT_TP
 
+_NO_PATH = np.zeros(0)
+
 
 def _resolve_bar(s: float, entry: float, tp: float, sl: float, o: float, h: float, lo: float,
-                 sl_first: bool, check_gap: bool) -> tuple[bool, bool, int, float, float, float]:
-    """``(exited, gap, reason, price, fav, adv)`` exactly as ``env.exits.resolve_bar``."""
+                 sl_first: bool, check_gap: bool, path: np.ndarray = _NO_PATH,
+                 jump: np.ndarray = _NO_PATH) -> tuple[bool, bool, int, float, float, float]:
+    """``(exited, gap, reason, price, fav, adv)`` exactly as ``env.exits.resolve_bar``
+    (``path``/``jump``: the bar's intrabar points and jump flags)."""
     fav_px = h if s > 0 else lo
     adv_px = lo if s > 0 else h
     gap_sl = check_gap and s * (o - sl) <= 0
@@ -36,13 +41,25 @@ def _resolve_bar(s: float, entry: float, tp: float, sl: float, o: float, h: floa
     intrabar_tp = tp_touch and not intrabar_sl
     is_sl = gap_sl or (not gap_tp and intrabar_sl)
     is_tp = gap_tp or (not gap_sl and intrabar_tp)
-    price = o if (gap_sl or gap_tp) else (sl if is_sl else tp)
+    price = o if (gap_sl or gap_tp) else (_stop_fill(s, sl, path, jump) if is_sl else tp)
     reason = EXIT_TP if is_tp else (EXIT_SL if is_sl else EXIT_NONE)
     fav_full = max(s * (fav_px - entry), 0.0)
     fav = max(s * (o - entry), 0.0) if is_sl else fav_full
     adv_full = max(s * (entry - adv_px), 0.0)
-    adv = min(adv_full, abs(entry - sl)) if is_tp else adv_full
+    adv = (min(adv_full, abs(entry - sl)) if is_tp
+           else max(adv_full, s * (entry - price)) if is_sl else adv_full)
     return is_sl or is_tp, gap_sl or gap_tp, reason, price, fav, adv
+
+
+def _stop_fill(s: float, level: float, path: np.ndarray, jump: np.ndarray) -> float:
+    """The first path point at or beyond ``level`` if a jump moved into it, else the level;
+    never better than the level (``exits.stop_fill``)."""
+    for x, j in zip(path, jump, strict=True):
+        if s * (x - level) <= 0:
+            if not j:
+                return level
+            return min(x, level) if s > 0 else max(x, level)
+    return level
 
 
 class NumpyTradingEnv(gym.Env):
@@ -56,7 +73,9 @@ class NumpyTradingEnv(gym.Env):
                  position_size: float = 1.0, initial_equity: float = 10_000.0,
                  ruin_floor: float = 0.5, max_holding: int = 20, sl_first: bool = True,
                  max_steps_in_episode: int = 200, tp_reward_weight: float = 1.0,
-                 coefs: dict[str, float] | None = None, seed: int | None = None):
+                 coefs: dict[str, float] | None = None, accuracy: str = "skill",
+                 drawdown_mode: str = "increase", alignment_source: str = "causal",
+                 reward_vol: str = "episode", seed: int | None = None):
         super().__init__()
         self.m = {k: np.asarray(v, np.float64) for k, v in market.items()}
         self.window = int(window)
@@ -68,9 +87,13 @@ class NumpyTradingEnv(gym.Env):
         self.max_holding, self.sl_first = int(max_holding), bool(sl_first)
         self.max_steps = int(max_steps_in_episode)
         self.tp_reward_weight = float(tp_reward_weight)
-        self.coefs = coefs or {"pnl": 1.0, "drawdown": 1.0, "size": 0.01, "alignment": 0.05,
+        self.coefs = coefs or {"pnl": 20.0, "drawdown": 1.0, "size": 0.01, "alignment": 0.0,
                                "tp_bonus": 5.0}
+        self.accuracy, self.drawdown_mode = accuracy, drawdown_mode
+        self.alignment_source, self.reward_vol = alignment_source, reward_vol
         self.n_paths, self.n_bars = self.m["close"].shape
+        self.m.setdefault("intrabar", np.zeros((self.n_paths, self.n_bars, 0)))
+        self.m.setdefault("intrabar_jump", np.ones(self.m["intrabar"].shape))
         self.action_space = gym.spaces.Discrete(1 + 2 * self.n_tp)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.window + 10,), np.float32)
         self._rng = np.random.default_rng(seed)
@@ -83,8 +106,20 @@ class NumpyTradingEnv(gym.Env):
         g = lambda x: float(np.asarray(x))  # noqa: E731
         mk = params.market
         market = {k: np.asarray(getattr(mk, k)) for k in
-                  ("open", "high", "low", "close", "volume", "vol_unit", "trend")}
+                  ("open", "high", "low", "close", "volume", "vol_unit", "trend", "intrabar",
+                   "intrabar_jump")}
         c = params.coefs
+        from tpfl_jax.env.trading import (
+            ACCURACY_MODES,
+            ALIGNMENT_SOURCES,
+            DRAWDOWN_MODES,
+            REWARD_VOL_MODES,
+        )
+
+        modes = {"accuracy": ACCURACY_MODES[int(params.accuracy)],
+                 "drawdown_mode": DRAWDOWN_MODES[int(params.drawdown_mode)],
+                 "alignment_source": ALIGNMENT_SOURCES[int(params.alignment_source)],
+                 "reward_vol": REWARD_VOL_MODES[int(params.reward_vol)]}
         return cls(market, window=env.window, tp_mults=tuple(np.asarray(params.tp_mults)),
                    sl_mult=g(params.sl_mult), fee_bps=g(params.fee_bps),
                    half_spread_bps=g(params.half_spread_bps), impact_coef=g(params.impact_coef),
@@ -94,12 +129,16 @@ class NumpyTradingEnv(gym.Env):
                    max_steps_in_episode=int(params.max_steps_in_episode),
                    tp_reward_weight=g(params.tp_reward_weight),
                    coefs={k: g(getattr(c, k)) for k in
-                          ("pnl", "drawdown", "size", "alignment", "tp_bonus")}, **kwargs)
+                          ("pnl", "drawdown", "size", "alignment", "tp_bonus")},
+                   **modes, **kwargs)
 
     # ------------------------------------------------------------------ state
     def _flat(self, equity: float) -> None:
         self.time = 0
         self.equity = self.peak = equity
+        self.max_dd = 0.0
+        m, p, t = self.m, self.path, self.bar
+        self.episode_vol = m["vol_unit"][p, t] / m["close"][p, t]
         self._clear()
 
     def _clear(self) -> None:
@@ -151,7 +190,9 @@ class NumpyTradingEnv(gym.Env):
         held = self.side != 0
         s_old = float(self.side)
 
-        old = (_resolve_bar(s_old, self.entry, self.tp, self.sl, o, h, lo, self.sl_first, True)
+        path, jump = m["intrabar"][p, nb], m["intrabar_jump"][p, nb]
+        old = (_resolve_bar(s_old, self.entry, self.tp, self.sl, o, h, lo, self.sl_first, True,
+                            path, jump)
                if held else None)
         manual = held and not old[1] and want != self.side
         opens = not held and want != 0
@@ -167,7 +208,8 @@ class NumpyTradingEnv(gym.Env):
             cost_in = entry_cost = self._cost(units * o, units, bar_vol, volume)
             risk = units * self.sl_mult * vu_t
             entry_bar, mfe, mae = nb, 0.0, 0.0
-            bar = _resolve_bar(side, o, tp, sl, o, h, lo, self.sl_first, False)
+            bar = _resolve_bar(side, o, tp, sl, o, h, lo, self.sl_first, False, path,
+                               jump)
         live = (held and not manual) or opens
         if live:
             mfe, mae = max(mfe, bar[4]), max(mae, bar[5])
@@ -196,26 +238,40 @@ class NumpyTradingEnv(gym.Env):
         equity = old_equity + step_pnl
         peak = max(self.peak, equity)
         drawdown = 1.0 - equity / peak
+        max_dd = max(self.max_dd, drawdown)
 
         hit = reason == EXIT_TP
-        acc = 0.0
+        acc = bonus_acc = 0.0
         trade_pnl = 0.0
         if closes:
             trade_pnl = side * units * (exit_price - entry) - entry_cost - cost_out
             acc = 1.0 if hit else min(max(mfe / max(abs(tp - entry), 1e-12), 0.0), 1.0)
+            p0 = self.sl_mult / (tpm + self.sl_mult)        # no-edge hit probability
+            bonus_acc = {"mfe_ratio": acc, "hit": float(hit),
+                         "skill": float(hit) - p0}[self.accuracy]
         still_open = live and not closes
         cf = self.coefs
+        vol = max(bar_vol if self.reward_vol == "bar" else self.episode_vol, 1e-8)
+        dd = drawdown if self.drawdown_mode == "level" else (max_dd - self.max_dd) / vol
+        if self.alignment_source == "hidden_label":
+            signal = m["trend"][p, nb]
+        else:
+            w = self.window
+            move = m["close"][p, t] - m["close"][p, t - w]
+            signal = math.tanh(move / max(vu_t * math.sqrt(w), 1e-8))
         terms = {
-            "pnl": cf["pnl"] * (step_pnl / old_equity) / max(bar_vol, 1e-8),
-            "drawdown_penalty": -cf["drawdown"] * abs(drawdown),
+            "pnl": cf["pnl"] * (step_pnl / old_equity) / vol,
+            "drawdown_penalty": -cf["drawdown"] * abs(dd),
             "size_penalty": -cf["size"] * (self.position_size if still_open else 0.0),
-            "alignment": cf["alignment"] * (side * m["trend"][p, nb] if in_market else 0.0),
-            "tp_bonus": acc * cf["tp_bonus"] * self.tp_reward_weight if acc > 0 else 0.0,
+            "alignment": cf["alignment"] * (side * signal if in_market else 0.0),
+            "tp_bonus": (bonus_acc * cf["tp_bonus"] * self.tp_reward_weight
+                         if bonus_acc > 0 else 0.0),
         }
         reward = (terms["pnl"] + terms["drawdown_penalty"] + terms["size_penalty"]
                   + terms["alignment"] + terms["tp_bonus"])
 
         self.time, self.bar, self.equity, self.peak = new_time, nb, equity, peak
+        self.max_dd = max_dd
         if still_open:
             self.side, self.units, self.entry, self.tp, self.sl = int(side), units, entry, tp, sl
             self.tp_mult, self.risk, self.entry_cost = tpm, risk, entry_cost
@@ -226,6 +282,7 @@ class NumpyTradingEnv(gym.Env):
         truncated = new_time >= self.max_steps
         trade = {"closed": closes, "exit_reason": reason if closes else EXIT_NONE,
                  "pnl": trade_pnl, "r_realised": trade_pnl / max(risk, 1e-12) if closes else 0.0,
-                 "hit": closes and hit, "tp_zone_accuracy": acc}
+                 "hit": closes and hit, "tp_zone_accuracy": acc,
+                 "exit_price": exit_price if closes else 0.0}
         info = {"trade": trade, "reward_terms": terms, "equity": equity}
         return self._obs(), float(reward), bool(terminated), bool(truncated), info

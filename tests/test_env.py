@@ -21,7 +21,9 @@ def bars_market(overrides=None, trend=0.0):
     return MarketData(open=f(ohlc[:, 0]), high=f(ohlc[:, 1]), low=f(ohlc[:, 2]),
                       close=f(ohlc[:, 3]), volume=f(np.full(N_BARS, 1e6)),
                       vol_unit=f(np.ones(N_BARS)), regime=jnp.zeros((1, N_BARS), jnp.int32),
-                      trend=f(np.full(N_BARS, trend)), symbol_id=jnp.zeros((1,), jnp.int32))
+                      trend=f(np.full(N_BARS, trend)), symbol_id=jnp.zeros((1,), jnp.int32),
+                      intrabar=jnp.zeros((1, N_BARS, 0), jnp.float32),
+                      intrabar_jump_bits=jnp.zeros((1, N_BARS, 0), jnp.uint32))
 
 
 ENV = TradingEnv(window=2, n_tp=2, premature_horizon=3)

@@ -17,12 +17,22 @@ from np_trading_env import NumpyTradingEnv  # noqa: E402
 
 from tpfl_jax.env.stats import EXIT_REASONS  # noqa: E402
 from tpfl_jax.env.trading import TradingEnv  # noqa: E402
+from tpfl_jax.market import synthetic  # noqa: E402
 
 
-@pytest.mark.parametrize("impact,sl_first", [(0.0, True), (0.5, False)])
-def test_numpy_port_matches_trading_env(impact, sl_first):
+def _market(kind):
+    if kind == "ohlc":
+        return tiny_market(n_paths=3, n_bars=128, seed=3)
+    # intrabar paths with frequent jumps: stops crossed by a jump fill at the post-jump price
+    return synthetic.generate("merton", jax.random.key(5), n_paths=3, n_bars=128, substeps=8,
+                              jump_intensity=0.5, jump_vol=0.03)
+
+
+@pytest.mark.parametrize("impact,sl_first,kind", [(0.0, True, "ohlc"), (0.5, False, "ohlc"),
+                                                  (0.0, True, "jumps")])
+def test_numpy_port_matches_trading_env(impact, sl_first, kind):
     env = TradingEnv(window=8, n_tp=3)
-    params = env.make_params(tiny_market(n_paths=3, n_bars=128, seed=3),
+    params = env.make_params(_market(kind),
                              tp_mults=(0.5, 1.0, 2.0), max_steps_in_episode=60, max_holding=6,
                              sl_mult=2.0, impact_coef=impact, sl_first=sl_first,
                              tp_reward_weight=1.7)
@@ -30,6 +40,7 @@ def test_numpy_port_matches_trading_env(impact, sl_first):
     step = jax.jit(env.step_env)
     rng = np.random.default_rng(0)
     reasons = set()
+    sl_slips = []
     for ep in range(3):
         obs_j, state = env.reset_env(jax.random.key(ep), params)
         obs_n, _ = port.reset(options={"path": int(state.path), "bar": int(state.bar)})
@@ -54,8 +65,14 @@ def test_numpy_port_matches_trading_env(impact, sl_first):
                                        err_msg=where)
             np.testing.assert_allclose(info_n["equity"], float(info_j["equity"]), rtol=1e-5,
                                        err_msg=where)
+            np.testing.assert_allclose(info_n["trade"]["exit_price"], tr["exit_price"],
+                                       rtol=1e-5, err_msg=where)
             if tr["closed"]:
                 reasons.add(EXIT_REASONS[int(tr["exit_reason"])])
+                if EXIT_REASONS[int(tr["exit_reason"])] == "sl":
+                    sl_slips.append(abs(float(tr["exit_price"] - tr["sl_price"])))
             if term_n or trunc_n:
                 break
     assert {"tp", "sl", "manual"} <= reasons and len(reasons) >= 4, reasons  # + time / end
+    if kind == "jumps":   # some stops were crossed by a jump (filled beyond the level)
+        assert max(sl_slips) > 1e-3, sl_slips

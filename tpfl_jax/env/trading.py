@@ -236,7 +236,9 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
         risk = jnp.where(opens, units_new * params.sl_mult * vu_t, state.risk)
         entry_bar = jnp.where(opens, nb, state.entry_bar)
         # one resolver call for either; a trade entered at this open cannot gap
-        bar = resolve_bar(side, entry, tp, sl, o, h, lo, params.sl_first, check_gap=~opens)
+        ib, ib_jump = m.bar_path(p, nb)   # known intrabar path (m = 0 for OHLC data)
+        bar = resolve_bar(side, entry, tp, sl, o, h, lo, params.sl_first, check_gap=~opens,
+                          intrabar=ib, intrabar_jump=ib_jump)
         # resting TP/SL orders fill first on a gap; otherwise flat / opposite side closes
         # the carried trade at the open
         manual = held & ~bar.gap & (want != state.side)

@@ -12,7 +12,10 @@ Every generator is one engine (`simulate`) fed by a kind-specific parameter stru
   intensity ``jump_intensity`` per bar and ``N(jump_mean, jump_vol**2)`` sizes;
 * open = previous close (times ``exp(N(0, gap_vol**2))`` if ``gap_vol > 0``; bar 0 opens at s0),
   close = last intrabar point, high / low = max / min over the open and all intrabar points, so
-  ``low <= open, close <= high`` holds exactly;
+  ``low <= open, close <= high`` holds exactly; the ``m`` intrabar points are kept in
+  ``MarketData.intrabar`` (``[n_paths, n_bars, m]``) and the substeps with a jump in
+  ``intrabar_jump``: a stop crossed by a jump fills at the post-jump price, one crossed by the
+  (continuous) diffusion at its level (``env/exits.py``);
 * volume = ``volume_base * LogNormal(mean 1, volume_vol) * (1 + |z_t|) / E[1 + |z|]`` (> 0,
   larger on large moves).
 
@@ -286,6 +289,7 @@ def _simulate(key, p: MixedParams, symbol_id, *, n_paths: int, n_bars: int, subs
     inner = jnp.exp(log_open[..., None] + path[..., :-1])  # intrabar points before the last
     high = jnp.maximum(jnp.maximum(open_, close), jnp.max(inner, axis=-1, initial=-jnp.inf))
     low = jnp.minimum(jnp.minimum(open_, close), jnp.min(inner, axis=-1, initial=jnp.inf))
+    intrabar = jnp.concatenate([inner, close[..., None]], axis=-1)  # last point = close exactly
 
     vv = jnp.asarray(p.volume_vol, _F32)
     noise = jnp.exp(vv * vol_z - 0.5 * vv * vv)
@@ -294,7 +298,8 @@ def _simulate(key, p: MixedParams, symbol_id, *, n_paths: int, n_bars: int, subs
     trend = jnp.sign(drift)[regime]
     sym = jnp.broadcast_to(jnp.asarray(symbol_id, jnp.int32), (n_paths,))
     return make_market_data(open_, high, low, close, volume=volume, regime=regime, trend=trend,
-                            symbol_id=sym, vol_span=vol_span)
+                            symbol_id=sym, vol_span=vol_span, intrabar=intrabar,
+                            intrabar_jump=n_jumps > 0)
 
 
 def gbm(key: jax.Array, n_paths: int, n_bars: int, params: GBMParams | None = None, *,
