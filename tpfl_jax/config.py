@@ -4,8 +4,10 @@ objects before anything touches JAX.
 The YAML files under the repository's ``configs/`` fill these schemas: ``config.yaml`` starts
 its defaults list with ``base_config`` (the :class:`Config` schema), so a misspelt key or a
 value of the wrong type fails at compose time with Hydra's error naming the key, before any
-compile. ``to_objects`` turns the composed ``DictConfig`` into frozen dataclasses / pytrees;
-no ``DictConfig`` is ever passed into jitted code.
+compile; a misspelt key added with ``+`` fails in ``to_container`` (closed schemas), and
+out-of-range values in ``to_objects`` (``tpfl_jax.validate``). ``to_objects`` turns the
+composed ``DictConfig`` into frozen dataclasses / pytrees; no ``DictConfig`` is ever passed
+into jitted code.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from tpfl_jax.agents.ppo import PPOConfig
 from tpfl_jax.loop import LOOP_POLICY_KINDS, LoopConfig, make_loop_policy
+from tpfl_jax.validate import GuardSection, check_config, check_known_keys
 
 
 @dataclass
@@ -38,6 +41,9 @@ class EnvConfig:
     max_holding: int = 20
     sl_first: bool = True
     max_steps_in_episode: int = 100
+    # Not read by any app: the weight is train.weights (tpfl-train),
+    # policy.policies[i].initial_weight (tpfl-loop) or clm.policy's decision (tpfl-clm).
+    # A value other than 1.0 is refused (validate.check_config) rather than silently ignored.
     tp_reward_weight: float = 1.0
 
 
@@ -45,7 +51,9 @@ class EnvConfig:
 class MarketConfig:
     """Market source. ``source=synthetic``: fresh ``kind`` paths every cycle (``params``
     override the generator's defaults). ``source=csv``: an OHLCV file (``path``) cut into
-    walk-forward train/deploy windows of ``train_bars`` / ``deploy_bars``."""
+    walk-forward train/deploy windows of ``train_bars`` / ``deploy_bars``; ``sep`` is the CSV
+    separator, ``timestamp`` the time column's name, ``columns`` maps a field (timestamp,
+    open, high, low, close, volume) to the file's column (null volume: none)."""
 
     source: str = "synthetic"
     kind: str = "regime"
@@ -57,6 +65,9 @@ class MarketConfig:
     path: str | None = None
     train_bars: int = 400
     deploy_bars: int = 200
+    sep: str = ","
+    timestamp: str | None = None
+    columns: dict[str, str | None] = field(default_factory=dict)
 
 
 def _schema(cls: type, name: str, extra: tuple[tuple[str, type, Any], ...] = ()) -> type:
@@ -152,9 +163,12 @@ class Config:
     train: TrainSection = field(default_factory=TrainSection)
     clm: ClmSection = field(default_factory=ClmSection)
     mesh: MeshSection = field(default_factory=MeshSection)
+    guard: GuardSection = field(default_factory=GuardSection)
     experiment: str = "default"
     seed: int = 0
     compile_cache: bool = True
+    # null: $TPFL_COMPILE_CACHE_DIR, else $XDG_CACHE_HOME/tpfl_jax/jax or ~/.cache/tpfl_jax/jax
+    compile_cache_dir: str | None = None
     progress: bool = True
 
 
@@ -189,6 +203,7 @@ def to_container(cfg: DictConfig | Config) -> Config:
     """The composed config as the :class:`Config` dataclass (``OmegaConf.to_object``)."""
     if isinstance(cfg, Config):
         return cfg
+    check_known_keys(cfg)          # closed schemas: keys added with ``+`` must exist
     obj = OmegaConf.to_object(cfg)
     if not isinstance(obj, Config):
         raise TypeError(f"config: expected the base_config schema, got {type(obj).__name__}")
@@ -201,6 +216,7 @@ def to_objects(cfg: DictConfig | Config) -> Objects:
     from tpfl_jax.env.trading import TradingEnv
 
     c = to_container(cfg)
+    check_config(c)                # ranges and finiteness, every bad key in one error
     e = c.env
     try:
         env = TradingEnv(window=e.window, n_tp=len(e.tp_mults),
