@@ -219,6 +219,11 @@ def check_config(c: Any) -> None:
             ck.num(f"market.{k}", getattr(m, k), lo=1, hi=INT32_MAX, integer=True)
         if not isinstance(m.sep, str) or not m.sep:
             ck.bad("market.sep", m.sep, "a non-empty column separator, e.g. ',' or ';'")
+        cols = dict(m.columns or {})
+        if m.timestamp and cols.get("timestamp") not in (None, m.timestamp):
+            ck.bad("market.timestamp", m.timestamp,
+                   f"the same column as market.columns.timestamp ({cols['timestamp']!r}) or "
+                   "only one of the two")
         from tpfl_jax.market.data import OHLCV_FIELDS
 
         known = ("timestamp", *OHLCV_FIELDS)

@@ -162,12 +162,16 @@ class Runner:
         self.progress, self.guard = progress, guard
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.ckpt_dir = self.out_dir / "checkpoints"
-        self.manager = ocp.CheckpointManager(
-            self.ckpt_dir,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        self.max_to_keep = max_to_keep
+        self.manager = self._new_manager()
         self._check_identity()
         self._fns = _compiled_fns(config, env, num_seeds, env_params)
         self.ppo = self._fns.ppo
+
+    def _new_manager(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
+            self.ckpt_dir,
+            options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True))
 
     # ------------------------------------------------------------------ integrity
     def identity(self) -> dict[str, Any]:
@@ -265,6 +269,8 @@ class Runner:
             except Exception as e:  # noqa: BLE001 - any orbax failure = a damaged checkpoint
                 problems.append((step, f"cannot be read: {type(e).__name__}: "
                                        f"{str(e).splitlines()[0][:200] if str(e) else ''}"))
+                self.manager.close()            # a failed restore leaves orbax state behind
+                self.manager = self._new_manager()
                 continue
             want, got = digests.get(step), tree_digest(restored)
             if want is not None and want != got:
@@ -278,7 +284,8 @@ class Runner:
             for bad, problem in problems:
                 self._quarantine(bad, problem)
             if problems:
-                self.manager.reload()
+                self.manager.close()
+                self.manager = self._new_manager()
             return _from_saveable(restored), int(step)
         listing = "; ".join(f"checkpoint {s} at {self.ckpt_dir / str(s)} {p}"
                             for s, p in problems)
