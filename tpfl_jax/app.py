@@ -12,6 +12,7 @@ validated (``tpfl_jax.validate``) before anything is compiled or written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -102,9 +103,11 @@ def build_market(c: Config, env: Any, env_kwargs: dict[str, Any], loop_cfg: Any)
 
         if not m.path:
             raise ValueError("config.market.path: required for market.source=csv")
-        columns = dict(m.columns or {})
+        columns = {k: v for k, v in dataclasses.asdict(m.columns).items() if v is not None}
         if m.timestamp:
-            columns.setdefault("timestamp", m.timestamp)
+            columns["timestamp"] = m.timestamp
+        if m.no_volume:
+            columns["volume"] = None
         frame = read_ohlcv(m.path, columns, sep=m.sep)
         source = to_windows(frame, len(frame))
         spec = WalkForwardMarkets(train_bars=m.train_bars, deploy_bars=m.deploy_bars,
@@ -128,6 +131,10 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
 
     c = to_container(cfg)          # typed dataclasses: nothing below sees a DictConfig
     obj = to_objects(c)
+    n_p, n_s, n_c = len(obj.policy_names), obj.num_seeds, obj.loop.num_cycles
+    V.check_run_memory(c, obj.ppo, "loop", n_p * n_s, obs_size=obj.env.window + 10,
+                       n_actions=1 + 2 * obj.env.n_tp, cycles=n_c,
+                       deploy_envs=obj.loop.deploy_envs, keep_trades=obj.loop.keep_trades)
     out.mkdir(parents=True, exist_ok=True)
     setup_jax(cache_dir)
     import jax
@@ -143,10 +150,6 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
         stack_policies,
     )
 
-    n_p, n_s, n_c = len(obj.policy_names), obj.num_seeds, obj.loop.num_cycles
-    V.check_run_memory(c, obj.ppo, "loop", n_p * n_s, obs_size=obj.env.window + 10,
-                       n_actions=1 + 2 * obj.env.n_tp, cycles=n_c,
-                       deploy_envs=obj.loop.deploy_envs, keep_trades=obj.loop.keep_trades)
     bar = tqdm(total=5, desc="tpfl-loop", disable=not c.progress, unit="phase")
     bar.set_postfix_str("markets")
     spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)

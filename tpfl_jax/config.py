@@ -48,12 +48,24 @@ class EnvConfig:
 
 
 @dataclass
+class ColumnsSection:
+    """The CSV columns of the OHLCV fields (null: found by name, case-insensitively)."""
+
+    open: str | None = None
+    high: str | None = None
+    low: str | None = None
+    close: str | None = None
+    volume: str | None = None
+
+
+@dataclass
 class MarketConfig:
     """Market source. ``source=synthetic``: fresh ``kind`` paths every cycle (``params``
     override the generator's defaults). ``source=csv``: an OHLCV file (``path``) cut into
     walk-forward train/deploy windows of ``train_bars`` / ``deploy_bars``; ``sep`` is the CSV
-    separator, ``timestamp`` the time column's name, ``columns`` maps a field (timestamp,
-    open, high, low, close, volume) to the file's column (null volume: none)."""
+    separator, ``timestamp`` the time column's name (null: a usual name, e.g. Date),
+    ``columns.<field>`` the file's column of an OHLCV field and ``no_volume`` says the file
+    has no volume column (volume 0)."""
 
     source: str = "synthetic"
     kind: str = "regime"
@@ -67,7 +79,8 @@ class MarketConfig:
     deploy_bars: int = 200
     sep: str = ","
     timestamp: str | None = None
-    columns: dict[str, str | None] = field(default_factory=dict)
+    columns: ColumnsSection = field(default_factory=ColumnsSection)
+    no_volume: bool = False
 
 
 def _schema(cls: type, name: str, extra: tuple[tuple[str, type, Any], ...] = ()) -> type:

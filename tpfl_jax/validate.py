@@ -219,17 +219,13 @@ def check_config(c: Any) -> None:
             ck.num(f"market.{k}", getattr(m, k), lo=1, hi=INT32_MAX, integer=True)
         if not isinstance(m.sep, str) or not m.sep:
             ck.bad("market.sep", m.sep, "a non-empty column separator, e.g. ',' or ';'")
-        cols = dict(m.columns or {})
-        if m.timestamp and cols.get("timestamp") not in (None, m.timestamp):
-            ck.bad("market.timestamp", m.timestamp,
-                   f"the same column as market.columns.timestamp ({cols['timestamp']!r}) or "
-                   "only one of the two")
-        from tpfl_jax.market.data import OHLCV_FIELDS
-
-        known = ("timestamp", *OHLCV_FIELDS)
-        for k in dict(m.columns or {}):
-            if k not in known:
-                ck.bad(f"market.columns.{k}", m.columns[k], f"a key in {list(known)}")
+        if m.no_volume and m.columns.volume is not None:
+            ck.bad("market.no_volume", m.no_volume,
+                   f"false when market.columns.volume names a column ({m.columns.volume!r})")
+        for k in ("timestamp",):
+            v = getattr(m, k)
+            if v is not None and (not isinstance(v, str) or not v.strip()):
+                ck.bad(f"market.{k}", v, "null or a column name")
 
     p = c.ppo
     ints_ok = True
@@ -382,8 +378,10 @@ def check_memory(footprint: Mapping[str, int], n_agents: int, guard: GuardSectio
                  what: str) -> None:
     """Refuse (``ConfigError``) when the estimated footprint cannot fit in memory."""
     limit, n_dev, plat = device_memory_bytes()
+    limit_text = f"{limit / 2**30:.3g} GiB"
     if guard is not None and guard.max_memory_gb is not None:
         limit = int(guard.max_memory_gb * 2**30)
+        limit_text = f"{guard.max_memory_gb:g} GiB (guard.max_memory_gb)"
     if limit <= 0:
         return
     total = footprint["total"]
@@ -394,7 +392,7 @@ def check_memory(footprint: Mapping[str, int], n_agents: int, guard: GuardSectio
                           if k != "total" and v)
         raise ConfigError(
             f"{what}: needs at least {per_dev / 2**30:.3g} GiB per {plat} device ({parts}; "
-            f"{n_agents} agent(s) over {n_dev} device(s)) but {limit / 2**30:.3g} GiB is "
+            f"{n_agents} agent(s) over {n_dev} device(s)) but {limit_text} is "
             "available; reduce ppo.num_envs / ppo.num_steps / ppo.total_timesteps, the number "
             "of seeds or policies/weights, or market sizes (guard.max_memory_gb sets the "
             "limit)")

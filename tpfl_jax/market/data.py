@@ -85,7 +85,8 @@ def _resolve(df: pd.DataFrame, field: str, columns: Mapping[str, str | None],
     if len(matches) > 1:
         raise ValueError(f"{source}: column {field!r} is ambiguous, case-insensitive matches "
                          f"{matches}; pass columns={{{field!r}: ...}} (Hydra: "
-                         f"market.columns.{field}=NAME)")
+                         f"market.{'timestamp' if field == 'timestamp' else 'columns.' + field}"
+                         "=NAME)")
     if field == "timestamp":
         for name in TIMESTAMP_NAMES[1:]:
             matches = [c for c in df.columns if str(c).lower() == name]
@@ -104,7 +105,8 @@ def _resolve(df: pd.DataFrame, field: str, columns: Mapping[str, str | None],
         return None
     raise ValueError(f"{source}: missing column {field!r}; present columns: {present} "
                      f"(map names with columns={{{field!r}: 'YourName'}}; Hydra: "
-                     f"market.columns.{field}=YourName)")
+                     f"market.columns.{field}=YourName"
+                     + (", or market.no_volume=true" if field == "volume" else "") + ")")
 
 
 def _parse_one(x: object) -> pd.Timestamp | None:
