@@ -155,10 +155,12 @@ def test_fixed_policy_and_validation():
 def test_sharded_loop_sweep_matches_loop_run(small):
     # tpfl-loop runs the loop through distributed.make_loop_sweep (policies x seeds flattened
     # policy-major onto the mesh): same [P, S, C] layout and values as loop.run's vmap(vmap).
-    from tpfl_jax.distributed import make_loop_sweep
+    from tpfl_jax.distributed import MeshConfig, make_loop_sweep
 
     res = small["res"]
-    run = make_loop_sweep(small["loop"])
+    # pad: the P*S configurations need not divide the device count (e.g. 14 on 8 devices with
+    # XLA_FLAGS=--xla_force_host_platform_device_count=8); the app's mesh default pads too
+    run = make_loop_sweep(small["loop"], mesh_cfg=MeshConfig(on_indivisible="pad"))
     got = jax.device_get(run.aot(seed_keys(0, N_SEEDS), policies(), small["data"], small["ep"],
                                  small["pc"].hparams())())
     assert got.weight.shape == res.weight.shape

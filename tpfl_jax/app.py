@@ -3,12 +3,16 @@
 Configs live in the repository's ``configs/`` (schema: ``tpfl_jax.config.Config``). Every run
 writes into its Hydra output dir: ``config_resolved.yaml``, ``metrics.jsonl``, ``summary.csv``,
 trades (parquet), checkpoints (orbax), PNG plots and ``report.md``. The JAX persistent
-compilation cache lives in the run's (or sweep's) dir, so multirun jobs of one shape compile
-once. ``python -m tpfl_jax.app {loop,train,clm,report} [overrides]`` works without installing.
+compilation cache is user-level (``validate.compile_cache_dir``: config ``compile_cache_dir``,
+``$TPFL_COMPILE_CACHE_DIR``, ``$XDG_CACHE_HOME/tpfl_jax/jax`` or ``~/.cache/tpfl_jax/jax``), so
+a second run of one shape does not recompile and run dirs hold no executables. Every config is
+validated (``tpfl_jax.validate``) before anything is compiled or written.
+``python -m tpfl_jax.app {loop,train,clm,report} [overrides]`` works without installing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -21,30 +25,33 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from tpfl_jax import validate as V
 from tpfl_jax.config import Config, to_container, to_objects
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 
 # --------------------------------------------------------------------------- helpers
-def _out_dir() -> tuple[Path, Path]:
-    """(run output dir, compile-cache dir) of the current Hydra job."""
+def _out_dir(cfg: DictConfig) -> tuple[Path, Path]:
+    """(run output dir, user-level compile-cache dir) of the current Hydra job."""
     hc = HydraConfig.get()
-    out = Path(hc.runtime.output_dir)
-    from hydra.types import RunMode
+    return Path(hc.runtime.output_dir), V.compile_cache_dir(cfg.get("compile_cache_dir"))
 
-    root = Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else out
-    return out, root / ".jax_cache"
+
+def quiet_jax_logs() -> None:
+    """Drop jax's INFO lines about absent backends ("Unable to initialize backend 'tpu'")
+    from every user's log; warnings and errors still show."""
+    import logging
+
+    for name in ("jax._src.xla_bridge", "absl"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def setup_jax(cache_dir: Path | None) -> None:
     """Enable the persistent compilation cache in ``cache_dir`` (None: leave it off)."""
-    import logging
-
     import jax
 
-    logging.getLogger("absl").setLevel(logging.WARNING)
-
+    quiet_jax_logs()
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", str(cache_dir))
@@ -96,7 +103,12 @@ def build_market(c: Config, env: Any, env_kwargs: dict[str, Any], loop_cfg: Any)
 
         if not m.path:
             raise ValueError("config.market.path: required for market.source=csv")
-        frame = read_ohlcv(m.path)
+        columns = {k: v for k, v in dataclasses.asdict(m.columns).items() if v is not None}
+        if m.timestamp:
+            columns["timestamp"] = m.timestamp
+        if m.no_volume:
+            columns["volume"] = None
+        frame = read_ohlcv(m.path, columns, sep=m.sep)
         source = to_windows(frame, len(frame))
         spec = WalkForwardMarkets(train_bars=m.train_bars, deploy_bars=m.deploy_bars,
                                   window=env.window)
@@ -182,6 +194,10 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
 
     c = to_container(cfg)          # typed dataclasses: nothing below sees a DictConfig
     obj = to_objects(c)
+    n_p, n_s, n_c = len(obj.policy_names), obj.num_seeds, obj.loop.num_cycles
+    V.check_run_memory(c, obj.ppo, "loop", n_p * n_s, obs_size=obj.env.window + 10,
+                       n_actions=1 + 2 * obj.env.n_tp, cycles=n_c,
+                       deploy_envs=obj.loop.deploy_envs, keep_trades=obj.loop.keep_trades)
     out.mkdir(parents=True, exist_ok=True)
     setup_jax(cache_dir)
     import jax
@@ -211,7 +227,6 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
     go = D.make_loop_sweep(loop, mesh_cfg=obj.mesh).aot(*args)   # policies x seeds, sharded
     t_compile = time.perf_counter() - t0
     bar.update(1)
-    n_p, n_s, n_c = len(obj.policy_names), obj.num_seeds, obj.loop.num_cycles
     bar.set_postfix_str(f"run {n_p} policies x {n_s} seeds x {n_c} cycles")
     t0 = time.perf_counter()
     res = jax.block_until_ready(go())
@@ -226,6 +241,8 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
         p, s, cy, u = np.argwhere(~np.asarray(res.train["finite"]))[0]
         raise FloatingPointError(f"tpfl-loop: non-finite PPO loss/params (policy "
                                  f"{obj.policy_names[p]}, seed {s}, cycle {cy}, update {u + 1})")
+    V.check_divergence(res.train, c.guard, lambda i: (
+        f"tpfl-loop policy {obj.policy_names[i[0]]}, seed {i[1]}, cycle {i[2]}"))
 
     rows = []
     names = obj.policy_names
@@ -303,6 +320,11 @@ def run_train(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.D
     other processes of a multi-host job return an empty frame."""
     c = to_container(cfg)
     obj = to_objects(c)
+    V.check_train(c)
+    weights = [float(w) for w in c.train.weights]
+    n_s = c.train.num_seeds
+    V.check_run_memory(c, obj.ppo, "train", len(weights) * n_s, obs_size=obj.env.window + 10,
+                       n_actions=1 + 2 * obj.env.n_tp, deploy_envs=c.train.eval_episodes)
     out.mkdir(parents=True, exist_ok=True)
     setup_jax(cache_dir)
     import jax
@@ -314,14 +336,19 @@ def run_train(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.D
     from tpfl_jax.agents.runner import Runner
 
     spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
+    need = obj.env.window + int(c.env.max_steps_in_episode) + 2
+    try:       # the held-out window must exist in full (no clamped slice into training bars)
+        spec.check(source, 1, need)
+    except ValueError as e:
+        raise ValueError(f"config.market / config.env ({c.market.path or c.market.kind}): "
+                         f"{e}") from None
     train_m, test_m = spec.cycle_markets(source, jax.random.key(c.seed), 0)
-    weights = [float(w) for w in c.train.weights]
-    n_s = c.train.num_seeds
     base = env_params.replace(market=train_m)
     if len(weights) == 1 and jax.process_count() == 1:
         runner = Runner(obj.ppo, obj.env, base.replace(tp_reward_weight=jnp.float32(weights[0])),
                         out, seed=c.seed, num_seeds=n_s, chunk_updates=c.train.chunk_updates,
-                        checkpoint_every=c.train.chunk_updates, progress=c.progress)
+                        checkpoint_every=c.train.chunk_updates, progress=c.progress,
+                        guard=c.guard)
         r = runner.run()
         runner.close()
         params = jax.tree.map(lambda x: x[None], r.runner_state.params)
@@ -347,6 +374,9 @@ def run_train(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.D
                     row = {"weight": wt, "update": u + 1}
                     row.update({k: _jsonable(v[i, :, u]) for k, v in m.items()})
                     f.write(json.dumps(row) + "\n")
+        # metrics.jsonl above is the diagnosis; a diverged run writes nothing as good below
+        V.check_divergence(m, c.guard, lambda i: f"tpfl-train weight {weights[i[0]]}, "
+                                                 f"seed {i[1]}")
         curves = {f"w={wt}": np.asarray(m["episode_return"][i], float)
                   for i, wt in enumerate(weights)}
         ckpt = _checkpointer()
@@ -399,6 +429,7 @@ def run_clm(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> dict[s
                          f"no mesh.num_processes / {D.ENV_NUM_PROCESSES} above 1")
     c = to_container(cfg)
     obj = to_objects(c)
+    V.check_clm(c, out)
     out.mkdir(parents=True, exist_ok=True)
     setup_jax(cache_dir)
     from tpfl_jax.clm.adapters import PPOBacktestAdapter, PPOTrainingAdapter
@@ -407,7 +438,7 @@ def run_clm(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> dict[s
     from tpfl_jax.clm.registry import ModelRegistry
     from tpfl_jax.tracking.tracker import TPPerformanceTracker
 
-    db = out / c.clm.db
+    db = V.confine(out, c.clm.db, "config.clm.db")
     tracker = TPPerformanceTracker(db)
     registry = ModelRegistry(db)
     env_kwargs = {k: v for k, v in obj.env_kwargs.items() if k != "tp_reward_weight"}
@@ -449,10 +480,12 @@ def _hydra_job(fn, distributed: bool = True):
         from tpfl_jax.config import to_mesh_config
         from tpfl_jax.distributed import init_distributed, sync_processes
 
+        quiet_jax_logs()
         if distributed:
             init_distributed(to_mesh_config(cfg))    # no-op unless several processes
-        out, cache = _out_dir()
+        out, cache = _out_dir(cfg)
         if jax.process_index() == 0:
+            V.check_resume(out, cfg)                 # before the old run's record is replaced
             _write_config(cfg, out)
         try:
             result = fn(cfg, out, cache if cfg.compile_cache else None)

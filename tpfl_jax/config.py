@@ -4,8 +4,10 @@ objects before anything touches JAX.
 The YAML files under the repository's ``configs/`` fill these schemas: ``config.yaml`` starts
 its defaults list with ``base_config`` (the :class:`Config` schema), so a misspelt key or a
 value of the wrong type fails at compose time with Hydra's error naming the key, before any
-compile. ``to_objects`` turns the composed ``DictConfig`` into frozen dataclasses / pytrees;
-no ``DictConfig`` is ever passed into jitted code.
+compile; a misspelt key added with ``+`` fails in ``to_container`` (closed schemas), and
+out-of-range values in ``to_objects`` (``tpfl_jax.validate``). ``to_objects`` turns the
+composed ``DictConfig`` into frozen dataclasses / pytrees; no ``DictConfig`` is ever passed
+into jitted code.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from tpfl_jax.agents.ppo import PPOConfig
 from tpfl_jax.loop import LOOP_POLICY_KINDS, LoopConfig, make_loop_policy
+from tpfl_jax.validate import GuardSection, check_config, check_known_keys
 
 
 @dataclass
@@ -55,6 +58,9 @@ class EnvConfig:
     max_holding: int = 20
     sl_first: bool = True
     max_steps_in_episode: int = 100
+    # Not read by any app: the weight is train.weights (tpfl-train),
+    # policy.policies[i].initial_weight (tpfl-loop) or clm.policy's decision (tpfl-clm).
+    # A value other than 1.0 is refused (validate.check_config) rather than silently ignored.
     tp_reward_weight: float = 1.0
     accuracy: str = "skill"
     drawdown_mode: str = "increase"
@@ -64,10 +70,24 @@ class EnvConfig:
 
 
 @dataclass
+class ColumnsSection:
+    """The CSV columns of the OHLCV fields (null: found by name, case-insensitively)."""
+
+    open: str | None = None
+    high: str | None = None
+    low: str | None = None
+    close: str | None = None
+    volume: str | None = None
+
+
+@dataclass
 class MarketConfig:
     """Market source. ``source=synthetic``: fresh ``kind`` paths every cycle (``params``
     override the generator's defaults). ``source=csv``: an OHLCV file (``path``) cut into
-    walk-forward train/deploy windows of ``train_bars`` / ``deploy_bars``."""
+    walk-forward train/deploy windows of ``train_bars`` / ``deploy_bars``; ``sep`` is the CSV
+    separator, ``timestamp`` the time column's name (null: a usual name, e.g. Date),
+    ``columns.<field>`` the file's column of an OHLCV field and ``no_volume`` says the file
+    has no volume column (volume 0)."""
 
     source: str = "synthetic"
     kind: str = "regime"
@@ -79,6 +99,10 @@ class MarketConfig:
     path: str | None = None
     train_bars: int = 400
     deploy_bars: int = 200
+    sep: str = ","
+    timestamp: str | None = None
+    columns: ColumnsSection = field(default_factory=ColumnsSection)
+    no_volume: bool = False
 
 
 def _schema(cls: type, name: str, extra: tuple[tuple[str, type, Any], ...] = ()) -> type:
@@ -188,9 +212,12 @@ class Config:
     clm: ClmSection = field(default_factory=ClmSection)
     mesh: MeshSection = field(default_factory=MeshSection)
     audit: AuditSection = field(default_factory=AuditSection)
+    guard: GuardSection = field(default_factory=GuardSection)
     experiment: str = "default"
     seed: int = 0
     compile_cache: bool = True
+    # null: $TPFL_COMPILE_CACHE_DIR, else $XDG_CACHE_HOME/tpfl_jax/jax or ~/.cache/tpfl_jax/jax
+    compile_cache_dir: str | None = None
     progress: bool = True
 
 
@@ -225,6 +252,7 @@ def to_container(cfg: DictConfig | Config) -> Config:
     """The composed config as the :class:`Config` dataclass (``OmegaConf.to_object``)."""
     if isinstance(cfg, Config):
         return cfg
+    check_known_keys(cfg)          # closed schemas: keys added with ``+`` must exist
     obj = OmegaConf.to_object(cfg)
     if not isinstance(obj, Config):
         raise TypeError(f"config: expected the base_config schema, got {type(obj).__name__}")
@@ -237,6 +265,7 @@ def to_objects(cfg: DictConfig | Config) -> Objects:
     from tpfl_jax.env.trading import TradingEnv
 
     c = to_container(cfg)
+    check_config(c)                # ranges and finiteness, every bad key in one error
     e = c.env
     try:
         env = TradingEnv(window=e.window, n_tp=len(e.tp_mults),

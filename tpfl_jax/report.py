@@ -141,13 +141,35 @@ def write_report(run_dir: Path, table: pd.DataFrame, header: str, plots: list[Pa
     return path
 
 
+SUMMARY_COLUMNS = ("policy", "final_pnl", "final_sharpe")
+
+
+def _read_summary(f: Path) -> pd.DataFrame:
+    """One ``summary.csv``; unreadable or without ``SUMMARY_COLUMNS`` -> ``ValueError``
+    naming the file and what is missing."""
+    try:
+        df = pd.read_csv(f)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"tpfl-report: {f}: not a summary table ({type(e).__name__}: "
+                         f"{str(e).strip()[:200]})") from None
+    missing = [c for c in SUMMARY_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"tpfl-report: {f}: missing column(s) {missing}; present: "
+                         f"{[str(c) for c in df.columns]} (expected a summary.csv written by "
+                         "tpfl-loop or tpfl-train)")
+    return df
+
+
 def collect(path: str | Path) -> pd.DataFrame:
     """Every ``summary.csv`` under ``path`` (a run or a multirun dir), with a ``run`` column and
     the job's overrides (from ``.hydra/overrides.yaml``) as ``overrides``."""
     path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"tpfl-report: {path} is not a directory; expected a run or "
+                                "multirun output directory")
     frames = []
     for f in sorted(path.rglob("summary.csv")):
-        df = pd.read_csv(f)
+        df = _read_summary(f)
         df.insert(0, "run", str(f.parent.relative_to(path)) or ".")
         ov = f.parent / ".hydra" / "overrides.yaml"
         df.insert(1, "overrides", " ".join(

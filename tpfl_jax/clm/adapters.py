@@ -34,7 +34,7 @@ class TrainedModel:
 
     params: the trained parameters (a pytree; checkpointed by the registry when
             ``checkpoint_path`` is None), or None.
-    metrics: training summary metrics (host floats).
+    metrics: training summary metrics (host floats; None where undefined).
     config: the training configuration actually used (JSON-serialisable).
     checkpoint_path: where the adapter already saved the parameters, if it did.
     """
@@ -187,7 +187,10 @@ class PPOTrainingAdapter:
         metrics = {k: np.asarray(v) for k, v in jax.device_get(result.metrics).items()}
         ret = metrics.get("episode_return", np.zeros(1))
         finite = ret[np.isfinite(ret)]
-        summary = {"final_episode_return": float(finite[-1]) if finite.size else float("nan"),
+        # no episode finished during training (a budget shorter than an episode): None, not
+        # NaN (the registry stores standard JSON)
+        summary = {"final_episode_return": float(finite[-1]) if finite.size else None,
+                   "episodes_finished": float(np.nansum(metrics.get("episodes", 0.0))),
                    "num_updates": float(cfg.num_updates)}
         for k in ("tp_hit_rate", "mean_r", "trades"):
             if k in metrics:

@@ -22,7 +22,10 @@ Policies (``POLICY_NAMES``; the seed's table is ``seed_table``):
   middle of the hit-rate band (defaults: 2.0 at 0.45, 1.0 at 0.575, 0.5 at 0.70); invalid ->
   w_default. Uses the hit rate only.
 
-Comparisons run in float32 (the dtype of ``TPStats``).
+On device (the closed loop) comparisons run in float32, the dtype of ``TPStats``. The host
+decision (``decide_weight``, the CLM) runs the same functions in float64 on the CPU, with the
+parameters at the decimals they were given, so the CLM decides like the seed's Python floats
+on its own inputs (a tracker mean R of 1.1999999999999997 is below r_good = 1.2).
 """
 
 from __future__ import annotations
@@ -126,7 +129,8 @@ def make_policy_params(policy: str = "seed_table", **overrides: float) -> Policy
 
 
 def _f32(x) -> jax.Array:
-    return jnp.asarray(x, jnp.float32)
+    """Policy float dtype: float32, or float64 when traced under ``jax.enable_x64`` (host)."""
+    return jnp.asarray(x, jnp.result_type(float))
 
 
 def _table(hit, r, lo, hi, p: PolicyParams) -> tuple[jax.Array, jax.Array]:
@@ -325,8 +329,17 @@ def decide_weight(feedback: Mapping[str, Any] | None, policy: str = "seed_table"
     params = make_policy_params(policy) if params is None else params.replace(
         policy_id=jnp.int32(POLICY_NAMES.index(policy)))
     state = init_policy_state() if state is None else state
-    stats = stats_from_feedback(feedback, volatility)
-    w, new_state, code = _apply_jit(stats, state, params)
+    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+        # float64 on the host: float32 leaves back at their decimals (host_float: 1.2f -> 1.2)
+        def f64(x):
+            x = np.asarray(x)
+            return (jnp.asarray(host_float(x), jnp.float64)
+                    if np.issubdtype(x.dtype, np.floating) else jnp.asarray(x))
+        stats = stats_from_feedback(feedback, volatility)
+        w, new_state, code = _apply_jit(stats, jax.tree.map(f64, state),
+                                        jax.tree.map(f64, params))
+        w = np.float32(w)
+        new_state = PolicyState(weight=jnp.float32(w), n_updates=jnp.int32(new_state.n_updates))
     weight, code = host_float(w), int(code)
     hit = None if feedback is None else float(feedback["tp_hit_rate"])
     r = None if feedback is None else float(feedback["avg_r_multiple"])

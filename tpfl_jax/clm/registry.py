@@ -9,7 +9,6 @@ Every state change is one transaction.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from tpfl_jax.clm.models import (
     symbol_key,
 )
 from tpfl_jax.tracking.sqlite import SqliteStore
+from tpfl_jax.validate import confine, first_non_finite, safe_name, tree_digest
 
 SCHEMA_COMPONENT = "registry"
 SCHEMA_VERSION = 1
@@ -97,13 +97,18 @@ def _json_default(o: Any) -> Any:
 
 
 def to_json(value: dict[str, Any], what: str) -> str:
-    """``value`` as JSON (numpy/jax scalars and arrays, enums, datetimes converted)."""
+    """``value`` as standard JSON (numpy/jax scalars and arrays, enums, datetimes converted);
+    NaN/inf anywhere is a ``ValueError`` naming the key (JSON has no NaN)."""
     if not isinstance(value, dict):
         raise ValueError(f"{what} = {value!r}; expected a dict")
+    bad = first_non_finite(value)
+    if bad is not None:
+        raise ValueError(f"{what}{bad} is not finite; expected finite numbers (standard JSON "
+                         "has no NaN/inf)")
     try:
-        return json.dumps(value, default=_json_default, sort_keys=True)
-    except TypeError as e:
-        raise ValueError(f"{what}: {e}; expected JSON-serialisable values") from None
+        return json.dumps(value, default=_json_default, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what}: {e}; expected JSON-serialisable finite values") from None
 
 
 class ModelRegistry(SqliteStore):
@@ -198,9 +203,6 @@ class ModelRegistry(SqliteStore):
         mt, key = ModelType(model_type).value, symbol_key(symbol)
         params_json = to_json(params, "register: params")
         metrics_json = to_json(metrics, "register: metrics")
-        for k, v in metrics.items():
-            if isinstance(v, float) and math.isnan(v):
-                raise ValueError(f"register: metrics[{k!r}] is NaN; expected a number")
         trig = TriggerReason(trigger_reason).value if trigger_reason is not None else None
         now = time.time_ns()
         with self._transaction() as cur:
@@ -313,30 +315,61 @@ class ModelRegistry(SqliteStore):
                 "error": r[7]}
 
     # -- checkpoints -------------------------------------------------------------------------
+    def checkpoint_path_for(self, version_id: int) -> Path:
+        """Where ``save_checkpoint`` writes a version: one directory directly under
+        ``checkpoint_dir`` named from the model type, symbol key (``safe_name``) and version,
+        so no symbol can place it elsewhere (``../x`` becomes ``.._x-<digest>``)."""
+        v = self.get(version_id)
+        key = v.symbol.replace("*", "ALL").replace(",", "+")
+        name = f"{v.model_type.value}_{safe_name(key)}_v{v.version}"
+        return confine(self.checkpoint_dir, name, f"model version {version_id} checkpoint")
+
     def save_checkpoint(self, version_id: int, pytree: Any) -> str:
-        """Save ``pytree`` with orbax under ``checkpoint_dir`` and record its path."""
+        """Save ``pytree`` with orbax under ``checkpoint_dir`` (``checkpoint_path_for``), its
+        SHA-256 digest beside it (``digest.json``), and record the path."""
+        import jax
         import orbax.checkpoint as ocp
 
-        v = self.get(version_id)
-        safe = v.symbol.replace("*", "ALL").replace(",", "+")
-        path = self.checkpoint_dir / f"{v.model_type.value}_{safe}_v{v.version}"
+        path = self.checkpoint_path_for(version_id)
+        bad = first_non_finite(jax.tree.map(np.asarray, jax.device_get(pytree)))
+        if bad is not None:
+            raise ValueError(f"save_checkpoint: version {version_id}: params{bad}; expected "
+                             "finite parameters")
+        host = jax.device_get(pytree)
         with ocp.CheckpointManager(path) as mgr:
-            mgr.save(0, args=ocp.args.StandardSave(pytree))
+            mgr.save(0, args=ocp.args.StandardSave(host))
             mgr.wait_until_finished()
+        (path / "digest.json").write_text(json.dumps({"sha256": tree_digest(host)}))
         with self._transaction() as cur:
             cur.execute("UPDATE model_versions SET checkpoint_path = ? WHERE id = ?",
                         (str(path), version_id))
         return str(path)
 
     def load_checkpoint(self, version_id: int, target: Any) -> Any:
-        """Restore a version's checkpoint into a pytree shaped like ``target``."""
+        """Restore a version's checkpoint into a pytree shaped like ``target``; verified against
+        its recorded digest (``ValueError`` "checkpoint ... at PATH is damaged" otherwise)."""
         import orbax.checkpoint as ocp
 
         v = self.get(version_id)
         if v.checkpoint_path is None:
             raise ValueError(f"load_checkpoint: version {version_id} has no checkpoint")
-        with ocp.CheckpointManager(v.checkpoint_path) as mgr:
-            step = mgr.latest_step()
-            if step is None:
-                raise ValueError(f"load_checkpoint: no checkpoint under {v.checkpoint_path}")
-            return mgr.restore(step, args=ocp.args.StandardRestore(target))
+        path = Path(v.checkpoint_path)
+        try:
+            with ocp.CheckpointManager(path) as mgr:
+                step = mgr.latest_step()
+                if step is None:
+                    raise ValueError("no checkpoint step in it")
+                restored = mgr.restore(step, args=ocp.args.StandardRestore(target))
+        except Exception as e:  # noqa: BLE001 - any orbax failure = a damaged checkpoint
+            raise ValueError(f"load_checkpoint: checkpoint of version {version_id} at {path} is "
+                             f"damaged ({type(e).__name__}: {str(e)[:200]})") from None
+        digest_file = path / "digest.json"
+        if digest_file.exists():
+            try:
+                want = json.loads(digest_file.read_text())["sha256"]
+            except (ValueError, KeyError, TypeError):
+                want = None
+            if want != tree_digest(restored):
+                raise ValueError(f"load_checkpoint: checkpoint of version {version_id} at {path} "
+                                 f"is damaged (restored values do not match {digest_file})")
+        return restored

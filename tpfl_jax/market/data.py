@@ -6,11 +6,18 @@ filled or reordered.
 
 Rows are 0-based positions in the data as read; a CSV's header is line 1, so row ``i`` is file
 line ``i + 2``.
+
+The time column is ``timestamp`` or one of the usual names (``TIMESTAMP_NAMES``: Date,
+Datetime, Time, ...), matched case-insensitively; without one the row order is the time, with a
+warning. Timestamps with different UTC offsets are converted to UTC; naive and offset-carrying
+timestamps in one file are an error. Prices must survive the float32 cast of ``MarketData``
+(no overflow to inf, no underflow to 0).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Literal
 
@@ -23,6 +30,9 @@ PRICE_FIELDS = ("open", "high", "low", "close")
 OHLCV_FIELDS = (*PRICE_FIELDS, "volume")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz", ".txt")
+# column names recognised as the time column (case-insensitive), in order of preference
+TIMESTAMP_NAMES = ("timestamp", "datetime", "date_time", "date", "time", "open_time", "ts")
+_F32 = np.finfo(np.float32)
 
 
 class _Rows:
@@ -74,19 +84,68 @@ def _resolve(df: pd.DataFrame, field: str, columns: Mapping[str, str | None],
         return matches[0]
     if len(matches) > 1:
         raise ValueError(f"{source}: column {field!r} is ambiguous, case-insensitive matches "
-                         f"{matches}; pass columns={{{field!r}: ...}}")
+                         f"{matches}; pass columns={{{field!r}: ...}} (Hydra: "
+                         f"market.{'timestamp' if field == 'timestamp' else 'columns.' + field}"
+                         "=NAME)")
     if field == "timestamp":
+        for name in TIMESTAMP_NAMES[1:]:
+            matches = [c for c in df.columns if str(c).lower() == name]
+            if len(matches) > 1:
+                raise ValueError(f"{source}: time column ambiguous, case-insensitive matches "
+                                 f"{matches}; pass columns={{'timestamp': ...}} (Hydra: "
+                                 "market.timestamp=NAME)")
+            if matches:
+                others = [c for c in df.columns if str(c).lower() in TIMESTAMP_NAMES
+                          and c != matches[0]]
+                if others:
+                    raise ValueError(f"{source}: several time columns {[matches[0], *others]}; "
+                                     "pass columns={'timestamp': ...} (Hydra: "
+                                     "market.timestamp=NAME) or join date and time into one")
+                return matches[0]
         return None
     raise ValueError(f"{source}: missing column {field!r}; present columns: {present} "
-                     f"(map names with columns={{{field!r}: 'YourName'}})")
+                     f"(map names with columns={{{field!r}: 'YourName'}}; Hydra: "
+                     f"market.columns.{field}=YourName"
+                     + (", or market.no_volume=true" if field == "volume" else "") + ")")
+
+
+def _parse_one(x: object) -> pd.Timestamp | None:
+    try:
+        ts = pd.Timestamp(x)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return None if ts is pd.NaT else ts
 
 
 def _timestamps(raw: pd.Series, rows: _Rows) -> pd.Series:
-    """Timestamps: strings parsed to datetimes; numbers and datetimes kept as they are."""
+    """Timestamps: strings parsed to datetimes (different UTC offsets -> UTC); numbers and
+    datetimes kept as they are. A row that parses alone but not with the others names the
+    conflict (naive vs with a UTC offset, or another format)."""
     if raw.dtype == object or pd.api.types.is_string_dtype(raw.dtype):
-        parsed = pd.to_datetime(raw, errors="coerce")
-        _fail(rows, (parsed.isna() & raw.notna()).to_numpy(),
-              lambda i: f"unparseable timestamp {raw.iloc[i]!r}")
+        try:
+            parsed = pd.to_datetime(raw, errors="coerce")
+        except (ValueError, TypeError, OverflowError):   # several UTC offsets: one time axis
+            parsed = pd.to_datetime(raw, errors="coerce", utc=True)
+        bad = (parsed.isna() & raw.notna()).to_numpy()
+
+        def rule(i: int) -> str:
+            alone = _parse_one(raw.iloc[i])
+            good = np.flatnonzero(~bad & raw.notna().to_numpy())
+            if alone is None or not good.size:
+                return (f"unparseable timestamp {raw.iloc[i]!r} (rule: dates/times pandas can "
+                        "parse, e.g. ISO 8601)")
+            j = int(good[0])
+            ref = _parse_one(raw.iloc[j])
+            aware = alone.tzinfo is not None
+            if ref is not None and aware != (ref.tzinfo is not None):
+                kind = ("with a UTC offset", "naive (no UTC offset)")
+                return (f"timestamp {raw.iloc[i]!r} is {kind[0] if aware else kind[1]} but row "
+                        f"{j} ({raw.iloc[j]!r}) is {kind[1] if aware else kind[0]} (rule: all "
+                        "timestamps with a UTC offset, or none)")
+            return (f"timestamp {raw.iloc[i]!r} has another format than row {j} "
+                    f"({raw.iloc[j]!r}) (rule: one timestamp format per file)")
+
+        _fail(rows, bad, rule)
         return parsed
     return raw
 
@@ -118,6 +177,12 @@ def _validate(df: pd.DataFrame, columns: Mapping[str, str | None] | None, source
     names = {f: _resolve(df, f, columns, source) for f in ("timestamp", *OHLCV_FIELDS)}
 
     ts_col = names["timestamp"]
+    if ts_col is None and "timestamp" not in columns and (
+            isinstance(df.index, pd.RangeIndex) or pd.api.types.is_integer_dtype(df.index)):
+        warnings.warn(f"{source}: no time column (looked for {list(TIMESTAMP_NAMES)}, any "
+                      f"case; present: {[str(c) for c in df.columns]}); the row order is taken "
+                      "as time. Name the column with columns={'timestamp': ...} (Hydra: "
+                      "market.timestamp=NAME)", stacklevel=3)
     raw_ts = pd.Series(df.index if ts_col is None else df[ts_col]).reset_index(drop=True)
     rows = _Rows(df, raw_ts, source, csv_lines, ts_from_index=ts_col is None)
     ts = rows.ts = _timestamps(raw_ts.rename("timestamp"), rows)
@@ -153,6 +218,16 @@ def _validate(df: pd.DataFrame, columns: Mapping[str, str | None] | None, source
         x = out[field]
         _fail(rows, x <= 0, lambda i, x=x, f=field: f"{f} = {x[i]} is not positive "
                                                     "(rule: prices > 0)")
+    for field in OHLCV_FIELDS:       # MarketData is float32: no overflow to inf, no underflow
+        x = out[field]
+        _fail(rows, np.abs(x) > _F32.max,
+              lambda i, x=x, f=field: f"{f} = {x[i]} overflows float32 (max {_F32.max:.4g}); "
+                                      "rescale the data (rule: values within float32 range)")
+        tiny = (x > 0) & (x < _F32.tiny) if field != "volume" else np.zeros(len(x), bool)
+        _fail(rows, tiny,
+              lambda i, x=x, f=field: f"{f} = {x[i]} underflows float32 (smallest normal "
+                                      f"{_F32.tiny:.4g}); rescale the data (rule: values "
+                                      "within float32 range)")
     _fail(rows, h < lo, lambda i: f"high = {h[i]} < low = {lo[i]} (rule: high >= low)")
     for field, x in (("open", o), ("close", c)):
         _fail(rows, (x < lo) | (x > h),
@@ -165,23 +240,49 @@ def _validate(df: pd.DataFrame, columns: Mapping[str, str | None] | None, source
 
 def read_ohlcv(path: str | os.PathLike, columns: Mapping[str, str | None] | None = None, *,
                file_format: Literal["csv", "parquet"] | None = None,
-               index_col: int | str | None = None) -> pd.DataFrame:
+               index_col: int | str | None = None, sep: str = ",") -> pd.DataFrame:
     """Read a CSV or parquet file and return the validated canonical frame (``validate_ohlcv``).
 
-    The format comes from the suffix unless ``file_format`` is given. CSV: ``index_col`` is passed
-    to ``pandas.read_csv``; without it, an unnamed first column (what ``DataFrame.to_csv`` writes
-    for the index) is taken as the index.
+    The format comes from the suffix unless ``file_format`` is given. CSV: ``sep`` and
+    ``index_col`` are passed to ``pandas.read_csv``; without ``index_col``, an unnamed first
+    column (what ``DataFrame.to_csv`` writes for the index) is taken as the index. A missing,
+    empty, binary or unparseable file, or one without data rows, is a ``ValueError`` naming it.
     """
     path = os.fspath(path)
     fmt = file_format or _format_of(path)
-    if fmt == "parquet":
-        df = pd.read_parquet(path)
-    elif fmt == "csv":
-        df = pd.read_csv(path, index_col=index_col)
-        if index_col is None and len(df.columns) and str(df.columns[0]).startswith("Unnamed: 0"):
-            df = df.set_index(df.columns[0]).rename_axis(None)
-    else:
-        raise ValueError(f"unknown file_format {fmt!r}; use 'csv' or 'parquet'")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file" + (" (a directory)" if os.path.isdir(path)
+                                                    else ""))
+    try:
+        if fmt == "parquet":
+            df = pd.read_parquet(path)
+        elif fmt == "csv":
+            df = pd.read_csv(path, index_col=index_col, sep=sep)
+            if (index_col is None and len(df.columns)
+                    and str(df.columns[0]).startswith("Unnamed: 0")):
+                df = df.set_index(df.columns[0]).rename_axis(None)
+        else:
+            raise ValueError(f"unknown file_format {fmt!r}; use 'csv' or 'parquet'")
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: the file is empty; expected a header line and data rows "
+                         "of OHLCV bars") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a text CSV file (byte {e.start} cannot be decoded as "
+                         f"{e.encoding}); expected UTF-8 text with one bar per line") from None
+    except (pd.errors.ParserError, OSError, ValueError, TypeError) as e:
+        if isinstance(e, ValueError) and str(e).startswith("unknown file_format"):
+            raise
+        raise ValueError(f"{path}: cannot read as {fmt} ({type(e).__name__}: "
+                         f"{str(e).strip()[:300]})") from None
+    if len(df) == 0:
+        raise ValueError(f"{path}: no data rows (columns {[str(c) for c in df.columns]}); "
+                         "expected at least one OHLCV bar")
+    if fmt == "csv" and len(df.columns) == 1 and sep not in str(df.columns[0]):
+        others = [s for s in (";", "\t", "|", ",") if s != sep and s in str(df.columns[0])]
+        if others:
+            raise ValueError(f"{path}: one column {str(df.columns[0])!r} with separator "
+                             f"{sep!r}; the file looks {others[0]!r}-separated (pass sep="
+                             f"{others[0]!r}; Hydra: market.sep='{others[0]}')")
     return _validate(df, columns, path, csv_lines=fmt == "csv")
 
 

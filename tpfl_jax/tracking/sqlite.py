@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -25,18 +26,52 @@ class SqliteStore:
         if synchronous not in SYNCHRONOUS_LEVELS:
             raise ValueError(f"synchronous = {synchronous!r}; expected one of {SYNCHRONOUS_LEVELS}")
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = False
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
-                                     check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
+                                         check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        except (sqlite3.Error, OSError) as e:
+            self._open_read_only(e, timeout)
         self._conn.execute(f"PRAGMA synchronous={synchronous}")
         self._conn.execute("PRAGMA foreign_keys=ON")
+
+    def _open_read_only(self, err: BaseException, timeout: float) -> None:
+        """An existing database in a directory we cannot write (WAL needs its -wal/-shm files
+        there): open it read-only; anything else is a ``ValueError`` naming the path."""
+        p = Path(self.path)
+        parent = p.parent if str(p.parent) else Path(".")
+        if isinstance(err, sqlite3.DatabaseError) and "not a database" in str(err):
+            raise ValueError(f"{self.path}: not an SQLite database ({err})") from None
+        if not p.is_file():
+            raise ValueError(f"{self.path}: cannot create the database ({type(err).__name__}: "
+                             f"{err}); expected a writable directory {parent}") from None
+        try:
+            uri = f"{p.resolve().as_uri()}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error:
+            try:            # a WAL database without its -shm file in a read-only directory
+                conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
+                                       timeout=timeout, isolation_level=None,
+                                       check_same_thread=False)
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.Error as e2:
+                raise ValueError(f"{self.path}: cannot open the database ({err}; read-only: "
+                                 f"{e2}); expected a readable SQLite file") from None
+        self._conn = conn
+        self.read_only = True
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
         """One write transaction: committed on success, rolled back on any exception."""
+        if self.read_only:
+            raise ValueError(f"{self.path}: opened read-only (its directory is not writable); "
+                             "cannot write. Copy the database to a writable directory")
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -50,8 +85,33 @@ class SqliteStore:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
 
+    def _check_tables(self, component: str, ddl: str) -> None:
+        """Every table of ``ddl`` that exists already has the columns ``ddl`` gives it (a
+        foreign table of the same name is a ``ValueError`` naming the file and table)."""
+        for stmt in filter(str.strip, ddl.split(";")):
+            m = re.match(r"\s*CREATE TABLE IF NOT EXISTS (\w+)\s*\((.*)\)\s*$", stmt, re.S)
+            if not m:
+                continue
+            table, body = m.group(1), m.group(2)
+            want = [ln.split()[0] for ln in body.split(",\n") if ln.split()
+                    and ln.split()[0].upper() not in ("UNIQUE", "PRIMARY", "FOREIGN", "CHECK")]
+            have = [r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")]
+            if have and have != want:
+                raise ValueError(f"{self.path}: table {table!r} exists with columns {have}, not "
+                                 f"the {component}'s {want}; it was not written by tpfl_jax. "
+                                 "Use another database file")
+
     def _ensure_schema(self, component: str, version: int, ddl: str) -> None:
         """Create ``ddl``'s tables if missing and check/record the component's schema version."""
+        with self._lock:
+            self._check_tables(component, ddl)
+            if self.read_only:
+                rows = self._conn.execute("SELECT version FROM schema_version WHERE component "
+                                          "= ?", (component,)).fetchall()
+                if rows and rows[0][0] != version:
+                    raise RuntimeError(f"{self.path}: {component} schema version {rows[0][0]}, "
+                                       f"this code reads version {version}")
+                return
         with self._transaction() as cur:
             cur.execute("CREATE TABLE IF NOT EXISTS schema_version ("
                         "component TEXT PRIMARY KEY, version INTEGER NOT NULL)")

@@ -115,7 +115,9 @@ _INSERT = (f"INSERT INTO tp_trades ({', '.join(_COLUMNS)}) "
 _KIND_TEXT = {
     "str": "a non-empty string", "side": "+1/-1 or 'long'/'short'",
     "reason": f"one of {CLOSED_EXIT_REASONS} (or its code 1..5)", "bool": "a bool (or 0/1)",
-    "time": "a datetime, pandas Timestamp or ISO-8601 string", "int": "an integer >= 0",
+    "time": "a datetime, pandas Timestamp or ISO-8601 string within 1677-09-22..2262-04-11 "
+            "(nanoseconds since 1970 in int64)",
+    "int": f"an integer in [0, {2**63 - 1}] (SQLite INTEGER)",
     "pos": "a finite number > 0", "nonneg": "a finite number >= 0",
     "unit": "a finite number in [0, 1]", "float": "a finite number",
 }
@@ -128,6 +130,15 @@ class _FieldError(ValueError):
 
 def _is_missing(v: Any) -> bool:
     return v is None or v is pd.NaT or (v is pd.NA)
+
+
+def _cell_missing(v: Any) -> bool:
+    """A DataFrame cell holding pandas' missing value (NaN, NaT, None, pd.NA)."""
+    if _is_missing(v):
+        return True
+    if isinstance(v, (float, np.floating)):
+        return bool(np.isnan(v))
+    return isinstance(v, np.datetime64) and bool(np.isnat(v))
 
 
 def _convert(field: str, kind: str, v: Any) -> Any:
@@ -168,19 +179,21 @@ def _convert(field: str, kind: str, v: Any) -> Any:
         if isinstance(v, (str, datetime, np.datetime64, pd.Timestamp)):
             try:
                 ts = pd.Timestamp(v)
-            except (ValueError, TypeError) as e:
-                raise bad from e
-            if ts is pd.NaT:
-                raise bad
-            ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-            return int(ts.value)
+                if ts is pd.NaT:
+                    raise bad
+                ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+                return int(ts.as_unit("ns").value)
+            except (ValueError, TypeError, OverflowError) as e:   # incl. out of ns bounds
+                if e is bad:
+                    raise
+                raise bad from None
         raise bad
     if kind == "int":
         if isinstance(v, (bool, np.bool_)):
             raise bad
         if isinstance(v, (float, np.floating)) and math.isfinite(v) and float(v).is_integer():
             v = int(v)
-        if not isinstance(v, (int, np.integer)) or v < 0:
+        if not isinstance(v, (int, np.integer)) or v < 0 or int(v) > 2**63 - 1:
             raise bad
         return int(v)
     # numeric kinds
@@ -319,7 +332,10 @@ class TPPerformanceTracker(SqliteStore):
         raises ``ValueError`` naming the row and field, and nothing is written.
         """
         if isinstance(trades, pd.DataFrame):
-            records = trades.to_dict("records")
+            # pandas' missing value (NaN / NaT / None) in a cell = the field is absent, as a
+            # dict row without that key (a required field still has to be there)
+            records = [{k: v for k, v in r.items() if not _cell_missing(v)}
+                       for r in trades.to_dict("records")]
             labels = list(trades.index)
         else:
             records = [dict(r) for r in trades]
