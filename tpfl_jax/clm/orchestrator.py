@@ -41,6 +41,7 @@ DEFAULT_PROMOTION_CRITERIA: dict[str, float | None] = {
     "max_drawdown": None,      # metrics["max_drawdown"] <= this
     "min_improvement": 0.0,    # sharpe_ratio >= production's sharpe_ratio + this
 }
+STATEFUL_POLICIES = ("ema", "gated", "expectancy")   # start from the production weight
 DEFAULT_CONFIG: dict[str, Any] = {
     "strategy_id": "RL_V3",    # tracker strategy when training_params has no 'strategy_id'
     "policy": "seed_table",
@@ -195,7 +196,7 @@ class ClmOrchestrator:
                 volatility = float(tracker.get_tp_stats(
                     strategy_id, job.symbol, cfg["min_attempts"], **extra).volatility)
             state = None
-            if policy in ("ema", "gated"):
+            if policy in STATEFUL_POLICIES:
                 state = init_policy_state(self._previous_weight(job))
             decision = decide_weight(feedback, policy, state,
                                      make_policy_params(policy, **cfg["policy_params"]),
