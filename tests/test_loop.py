@@ -25,10 +25,12 @@ from tpfl_jax.loop import (
 from tpfl_jax.market.types import make_market_data
 from tpfl_jax.replay import all_deploy_trades, replay_weights
 
-KINDS = ("fixed", "fixed", "seed_table", "ema", "vol_scaled", "gated", "continuous")
-INIT_W = (0.5, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+KINDS = ("fixed", "fixed", "seed_table", "ema", "vol_scaled", "gated", "continuous",
+         "expectancy")
+INIT_W = (0.5, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 # vol_scaled thresholds scaled around the traded volatility so the branch matters
-OVERRIDES = ({}, {}, {}, {"ema_alpha": 0.5}, {"vol_ref": 0.005}, {"z": 1.0}, {})
+OVERRIDES = ({}, {}, {}, {"ema_alpha": 0.5}, {"vol_ref": 0.005}, {"z": 1.0}, {},
+             {"skill_margin": -0.5})
 N_SEEDS, N_CYCLES, MIN_ATTEMPTS = 2, 3, 10
 
 
@@ -54,8 +56,9 @@ def small():
     ep = env.make_params(data, max_steps_in_episode=40)
     markets = WalkForwardMarkets(train_bars=240, deploy_bars=100, window=env.window)
     cfg = LoopConfig(num_cycles=N_CYCLES, deploy_envs=12, keep_trades=True,
-                     min_attempts=MIN_ATTEMPTS, deterministic=False)
-    pc = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 2, widths=(16,),
+                     min_attempts=MIN_ATTEMPTS, feedback_mode="sampled", chunk_updates=1,
+                     return_window=1, entropy_frac=1.0)
+    pc = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 4, widths=(16,),
                    update_epochs=1, num_minibatches=2)
     loop = make_loop(cfg, pc, env, markets, ep)
     check_inputs(loop, data, env, ep)
@@ -83,8 +86,31 @@ def test_shapes_and_fixed_policies(small):
     assert np.any(res.next_weight[2:] != 1.0)
 
 
+def test_both_deploy_modes_and_training_summary(small):
+    res, pc = small["res"], small["pc"]
+    shape = (len(KINDS), N_SEEDS, N_CYCLES)
+    for k in ("pnl", "hit_rate", "tp_skill", "pnl_per_trade"):
+        for mode in ("sampled", "greedy"):
+            assert res.deploy[f"{mode}/{k}"].shape == shape
+        # plain keys are the feedback mode (sampled here)
+        np.testing.assert_array_equal(res.deploy[k], res.deploy[f"sampled/{k}"])
+    assert not np.allclose(res.deploy["greedy/pnl"], res.deploy["sampled/pnl"])
+    np.testing.assert_allclose(res.deploy["tp_skill"],
+                               res.deploy["hit_rate"] - res.deploy["no_edge_hit_rate"], atol=1e-6)
+    tr = res.training
+    assert set(tr) == {"updates", "converged", "entropy", "entropy_max", "return"}
+    assert np.all((tr["updates"] >= 1) & (tr["updates"] <= pc.num_updates))
+    np.testing.assert_allclose(tr["entropy_max"], np.log(11), rtol=1e-6)
+    assert np.all(tr["entropy"] <= tr["entropy_max"] + 1e-5)
+    # curves hold exactly the updates used (NaN after them)
+    used = np.isfinite(res.train["loss"]).sum(-1)
+    np.testing.assert_array_equal(used, tr["updates"])
+    # a cycle stops early only with the criterion met
+    assert np.all(tr["converged"] | (tr["updates"] == pc.num_updates))
+
+
 def test_one_compile_for_new_seeds_and_policy_values(small):
-    res2 = small["run"](seed_keys(7, N_SEEDS), policies((0.7, 1.5, 1.0, 0.8, 1.0, 1.2, 1.0)),
+    res2 = small["run"](seed_keys(7, N_SEEDS), policies((0.7, 1.5, 1.0, 0.8, 1.0, 1.2, 1.0, 1.0)),
                         small["data"], small["ep"], small["pc"].hparams())
     np.testing.assert_array_equal(np.asarray(res2.weight)[1], 1.5)
     assert not np.allclose(np.asarray(res2.deploy["pnl"]), small["res"].deploy["pnl"])
@@ -127,8 +153,8 @@ def test_walk_forward_deploy_window_is_out_of_sample():
         assert start + 184 + 16 == start + 200
     with pytest.raises(ValueError, match="cycles need"):
         env = TradingEnv()
-        loop = make_loop(LoopConfig(num_cycles=5), PPOConfig(num_envs=2, num_steps=8,
-                                                            total_timesteps=16), env, mk,
+        loop = make_loop(LoopConfig(num_cycles=5, chunk_updates=1),
+                         PPOConfig(num_envs=2, num_steps=8, total_timesteps=16), env, mk,
                          env.make_params(data, max_steps_in_episode=40))
         check_inputs(loop, data, env, env.make_params(data, max_steps_in_episode=40))
 
@@ -150,6 +176,10 @@ def test_fixed_policy_and_validation():
         make_loop_policy("fixed", -1.0)
     with pytest.raises(ValueError, match="num_cycles"):
         LoopConfig(num_cycles=0)
+    for bad in ({"history": "decayed"}, {"feedback_mode": "mode"}, {"entropy_frac": 1.5},
+                {"chunk_updates": 0}, {"converge": 1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            LoopConfig(**bad)
 
 
 def test_sharded_loop_sweep_matches_loop_run(small):
@@ -165,3 +195,78 @@ def test_sharded_loop_sweep_matches_loop_run(small):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(res), strict=True):
         np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-5,
                                    atol=1e-6)
+
+
+@pytest.fixture(scope="module", params=["cumulative", "window"])
+def history_run(request):
+    """The loop with tracker history on device (4 cycles; window = the last 2 cycles)."""
+    env = TradingEnv()
+    data = gbm_market(4, 720, seed=1)
+    ep = env.make_params(data, max_steps_in_episode=40)
+    markets = WalkForwardMarkets(train_bars=240, deploy_bars=100, window=env.window)
+    cfg = LoopConfig(num_cycles=4, deploy_envs=8, keep_trades=True, min_attempts=12,
+                     history=request.param, history_window=2, chunk_updates=1, r_source="actual",
+                     feedback_mode="greedy", carry_optimizer=False)
+    pc = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 2, widths=(16,),
+                   update_epochs=1, num_minibatches=2)
+    loop = make_loop(cfg, pc, env, markets, ep)
+    check_inputs(loop, data, env, ep)
+    res = jax.device_get(loop.run(seed_keys(3, N_SEEDS), policies(), data, ep, pc.hparams()))
+    return dict(cfg=cfg, res=res)
+
+
+def test_history_aggregates_earlier_cycles(history_run):
+    cfg, res = history_run["cfg"], history_run["res"]
+    per_cycle = res.deploy["greedy/trades"] * cfg.deploy_envs    # this cycle's own attempts
+    np.testing.assert_allclose(res.deploy["trades"], res.deploy["greedy/trades"])
+    if cfg.history == "cumulative":
+        expect = np.cumsum(per_cycle, axis=-1)
+    else:
+        expect = per_cycle + np.concatenate([np.zeros_like(per_cycle[..., :1]),
+                                             per_cycle[..., :-1]], axis=-1)
+    np.testing.assert_allclose(res.stats.total_attempts, expect, rtol=1e-6)
+    # a later cycle's policy sees more trades than that cycle deployed
+    assert np.all(res.stats.total_attempts[..., 1:] >= per_cycle[..., 1:])
+    assert np.any(res.stats.total_attempts[..., 1:] > per_cycle[..., 1:])
+
+
+def test_host_replay_agrees_in_every_history_mode(history_run):
+    cfg, res = history_run["cfg"], history_run["res"]
+    host = replay_weights(res, KINDS, OVERRIDES, INIT_W, min_attempts=cfg.min_attempts,
+                          r_source=cfg.r_source, history=cfg.history,
+                          history_window=cfg.history_window)
+    np.testing.assert_allclose(host, res.next_weight, rtol=0, atol=1e-6)
+    assert np.any(res.next_weight[2:] != 1.0)
+
+
+def test_plateau_criterion_hand_cases():
+    from tpfl_jax.loop import plateaued
+
+    r = jnp.array([1.0, 2.0, 3.0, 4.0, jnp.nan, jnp.nan])
+    assert not bool(plateaued(r, 3, 2, 0.5))          # fewer than 2 windows of chunks
+    assert not bool(plateaued(r, 4, 2, 0.5))          # (3.5 - 1.5) = 2 > 0.5 * sd 1.29
+    assert bool(plateaued(r, 4, 2, 1.6))              # 2 <= 1.6 * 1.29
+    flat = jnp.array([5.0, 4.0, 5.0, 4.0, 4.5, 4.4])
+    assert bool(plateaued(flat, 6, 2, 0.0))           # 4.45 - 4.5 <= 0
+    assert bool(plateaued(flat, 4, 1, 0.0))           # 4 - 5 <= 0
+
+
+def test_continue_opt_state_keeps_moments_restarts_schedule():
+    import optax
+
+    from tpfl_jax.agents.ppo import continue_opt_state, make_optimizer
+
+    pc = PPOConfig(num_envs=2, num_steps=4, total_timesteps=32, num_minibatches=1,
+                   update_epochs=1)
+    tx = make_optimizer(pc, pc.hparams())
+    params = {"w": jnp.ones(3)}
+    st = tx.init(params)
+    for _ in range(3):
+        _, st = tx.update({"w": jnp.full(3, 0.5)}, st, params)
+    fresh = tx.init(params)
+    cont = continue_opt_state(fresh, st)
+    assert int(cont[1].count) == 0                                     # schedule restarts
+    np.testing.assert_array_equal(cont[1].inner_state[0].mu["w"], st[1].inner_state[0].mu["w"])
+    assert int(cont[1].inner_state[0].count) == 3                      # Adam bias correction
+    upd, _ = tx.update({"w": jnp.full(3, 0.5)}, cont, params)
+    assert np.all(np.isfinite(optax.global_norm(upd)))

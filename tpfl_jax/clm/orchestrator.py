@@ -50,6 +50,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "r_source": "estimated",   # or 'actual' (mean realised R)
     "feedback_last_n": None,   # only the last N trades
     "feedback_window": None,   # only trades within this duration (e.g. '30D')
+    "feedback_until": None,    # end of the feedback period (None: now; e.g. a replay's clock)
     "enable_tp_optimizer_logging": False,
     "tp_optimizer": {},        # kwargs of tracker.tp_distance_recommendations
     "promotion_criteria": {},  # merged over DEFAULT_PROMOTION_CRITERIA
@@ -188,6 +189,8 @@ class ClmOrchestrator:
                 extra["last_n"] = cfg["feedback_last_n"]
             if cfg["feedback_window"] is not None:
                 extra["window"] = cfg["feedback_window"]
+            if cfg["feedback_until"] is not None:
+                extra["until"] = cfg["feedback_until"]
             feedback = tracker.get_strategy_tp_feedback(
                 strategy_id=strategy_id, symbol=job.symbol, min_attempts=cfg["min_attempts"],
                 **extra)
