@@ -25,13 +25,16 @@ from tpfl_jax.loop import (
 from tpfl_jax.market.types import make_market_data
 from tpfl_jax.replay import all_deploy_trades, replay_weights
 
-KINDS = ("fixed", "fixed", "seed_table", "ema", "vol_scaled", "gated", "continuous",
-         "expectancy")
-INIT_W = (0.5, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+FEEDBACK = ("seed_table", "ema", "vol_scaled", "gated", "continuous", "expectancy")
 # vol_scaled thresholds scaled around the traded volatility so the branch matters
-OVERRIDES = ({}, {}, {}, {"ema_alpha": 0.5}, {"vol_ref": 0.005}, {"z": 1.0}, {},
-             {"skill_margin": -0.5})
-N_SEEDS, N_CYCLES, MIN_ATTEMPTS = 2, 3, 10
+FB_OVERRIDES = ({}, {"ema_alpha": 0.5}, {"vol_ref": 0.005}, {"z": 1.0}, {},
+                {"skill_margin": -0.5})
+# every feedback kind with each feedback history (one compile: history is a policy leaf)
+HISTORY = ("cycle",) * 8 + ("cumulative",) * 6 + ("window",) * 6
+KINDS = ("fixed", "fixed", *FEEDBACK, *FEEDBACK, *FEEDBACK)
+INIT_W = (0.5, 2.0) + (1.0,) * 18
+OVERRIDES = ({}, {}, *FB_OVERRIDES, *FB_OVERRIDES, *FB_OVERRIDES)
+N_SEEDS, N_CYCLES, MIN_ATTEMPTS, HIST_WINDOW = 2, 3, 10, 2
 
 
 def gbm_market(n_paths: int, n_bars: int, seed: int = 0):
@@ -44,8 +47,8 @@ def gbm_market(n_paths: int, n_bars: int, seed: int = 0):
 
 
 def policies(init_w=INIT_W):
-    return stack_policies([make_loop_policy(k, w, **o)
-                           for k, w, o in zip(KINDS, init_w, OVERRIDES, strict=True)])
+    return stack_policies([make_loop_policy(k, w, h, **o) for k, w, o, h in
+                           zip(KINDS, init_w, OVERRIDES, HISTORY, strict=True)])
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,7 @@ def small():
     markets = WalkForwardMarkets(train_bars=240, deploy_bars=100, window=env.window)
     cfg = LoopConfig(num_cycles=N_CYCLES, deploy_envs=12, keep_trades=True,
                      min_attempts=MIN_ATTEMPTS, feedback_mode="sampled", chunk_updates=1,
-                     return_window=1, entropy_frac=1.0)
+                     return_window=1, entropy_frac=1.0, history_window=HIST_WINDOW)
     pc = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 4, widths=(16,),
                    update_epochs=1, num_minibatches=2)
     loop = make_loop(cfg, pc, env, markets, ep)
@@ -110,7 +113,7 @@ def test_both_deploy_modes_and_training_summary(small):
 
 
 def test_one_compile_for_new_seeds_and_policy_values(small):
-    res2 = small["run"](seed_keys(7, N_SEEDS), policies((0.7, 1.5, 1.0, 0.8, 1.0, 1.2, 1.0, 1.0)),
+    res2 = small["run"](seed_keys(7, N_SEEDS), policies((0.7, 1.5, 1.0, 0.8) + INIT_W[4:]),
                         small["data"], small["ep"], small["pc"].hparams())
     np.testing.assert_array_equal(np.asarray(res2.weight)[1], 1.5)
     assert not np.allclose(np.asarray(res2.deploy["pnl"]), small["res"].deploy["pnl"])
@@ -133,10 +136,12 @@ def test_device_stats_match_tp_stats_of_kept_trades(small):
 
 
 def test_host_replay_through_tracker_and_orchestrator_agrees(small):
-    host = replay_weights(small["res"], KINDS, OVERRIDES, INIT_W, min_attempts=MIN_ATTEMPTS)
+    # every history mode: the tracker's window / cumulative selection on the replay clock
+    host = replay_weights(small["res"], KINDS, OVERRIDES, INIT_W, min_attempts=MIN_ATTEMPTS,
+                          history=HISTORY, history_window=HIST_WINDOW)
     np.testing.assert_allclose(host, small["res"].next_weight, rtol=0, atol=1e-6)
     df = all_deploy_trades(small["res"], [f"{k}{i}" for i, k in enumerate(KINDS)])
-    assert len(df) == int(small["res"].stats.total_attempts.sum())
+    assert len(df) == round(float((small["res"].deploy["trades"] * 12).sum()))
     assert {"policy", "seed", "cycle", "tp_reward_weight", "r_realised"} <= set(df.columns)
 
 
@@ -197,46 +202,21 @@ def test_sharded_loop_sweep_matches_loop_run(small):
                                    atol=1e-6)
 
 
-@pytest.fixture(scope="module", params=["cumulative", "window"])
-def history_run(request):
-    """The loop with tracker history on device (4 cycles; window = the last 2 cycles)."""
-    env = TradingEnv()
-    data = gbm_market(4, 720, seed=1)
-    ep = env.make_params(data, max_steps_in_episode=40)
-    markets = WalkForwardMarkets(train_bars=240, deploy_bars=100, window=env.window)
-    cfg = LoopConfig(num_cycles=4, deploy_envs=8, keep_trades=True, min_attempts=12,
-                     history=request.param, history_window=2, chunk_updates=1, r_source="actual",
-                     feedback_mode="greedy", carry_optimizer=False)
-    pc = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 2, widths=(16,),
-                   update_epochs=1, num_minibatches=2)
-    loop = make_loop(cfg, pc, env, markets, ep)
-    check_inputs(loop, data, env, ep)
-    res = jax.device_get(loop.run(seed_keys(3, N_SEEDS), policies(), data, ep, pc.hparams()))
-    return dict(cfg=cfg, res=res)
-
-
-def test_history_aggregates_earlier_cycles(history_run):
-    cfg, res = history_run["cfg"], history_run["res"]
-    per_cycle = res.deploy["greedy/trades"] * cfg.deploy_envs    # this cycle's own attempts
-    np.testing.assert_allclose(res.deploy["trades"], res.deploy["greedy/trades"])
-    if cfg.history == "cumulative":
-        expect = np.cumsum(per_cycle, axis=-1)
-    else:
-        expect = per_cycle + np.concatenate([np.zeros_like(per_cycle[..., :1]),
-                                             per_cycle[..., :-1]], axis=-1)
-    np.testing.assert_allclose(res.stats.total_attempts, expect, rtol=1e-6)
-    # a later cycle's policy sees more trades than that cycle deployed
-    assert np.all(res.stats.total_attempts[..., 1:] >= per_cycle[..., 1:])
-    assert np.any(res.stats.total_attempts[..., 1:] > per_cycle[..., 1:])
-
-
-def test_host_replay_agrees_in_every_history_mode(history_run):
-    cfg, res = history_run["cfg"], history_run["res"]
-    host = replay_weights(res, KINDS, OVERRIDES, INIT_W, min_attempts=cfg.min_attempts,
-                          r_source=cfg.r_source, history=cfg.history,
-                          history_window=cfg.history_window)
-    np.testing.assert_allclose(host, res.next_weight, rtol=0, atol=1e-6)
-    assert np.any(res.next_weight[2:] != 1.0)
+def test_history_aggregates_earlier_cycles(small):
+    res = small["res"]
+    own = res.deploy["trades"] * 12                   # each cycle's own deploy attempts
+    hist = np.array(HISTORY)
+    cyc, cum, win = (np.flatnonzero(hist == h) for h in ("cycle", "cumulative", "window"))
+    np.testing.assert_allclose(res.stats.total_attempts[cyc], own[cyc], rtol=1e-6)
+    np.testing.assert_allclose(res.stats.total_attempts[cum], np.cumsum(own[cum], -1),
+                               rtol=1e-6)
+    prev = np.concatenate([np.zeros_like(own[win][..., :1]), own[win][..., :-1]], -1)
+    np.testing.assert_allclose(res.stats.total_attempts[win], own[win] + prev, rtol=1e-6)
+    # a cumulative policy sees the earlier cycles' trades; the window forgets cycle 0 at c=2
+    assert np.all(res.stats.total_attempts[cum][..., 1:] > own[cum][..., 1:])
+    assert np.all(res.stats.total_attempts[win][..., 2] < res.stats.total_attempts[cum][..., 2])
+    # same kind, same cycle-0 decision whatever the history
+    np.testing.assert_array_equal(res.next_weight[cyc[2:], :, 0], res.next_weight[cum, :, 0])
 
 
 def test_plateau_criterion_hand_cases():

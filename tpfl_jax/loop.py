@@ -23,10 +23,11 @@ program that, for every policy x seed (``vmap`` x ``vmap``), runs ``config.num_c
    modes), accumulating closed trades into TP sums and deployment metrics inside ``lax.scan``
    (no per-step outputs unless ``keep_trades``). The trades of ``feedback_mode`` (default
    ``'sampled'``: the policy as trained) feed the weight policy;
-4. the feedback stats are that deployment's sums aggregated over ``history`` (``'cycle'``: this
-   cycle only; ``'cumulative'``: every cycle so far; ``'window'``: the last ``history_window``
-   cycles, the tracker's time ``window`` with one cycle per period), and the weight policy maps
-   them and its state to the next cycle's weight.
+4. the feedback stats are that deployment's sums aggregated over the policy's ``history``
+   (``'cycle'``: this cycle only; ``'cumulative'``: every cycle so far; ``'window'``: the last
+   ``config.history_window`` cycles, the tracker's time ``window`` with one cycle per period;
+   a traced per-policy code, so arms with different histories share one compile), and the
+   weight policy maps them and its state to the next cycle's weight.
 
 Policies: ``fixed`` (keeps its initial weight) and every ``clm.policies.POLICY_NAMES`` kind, all
 in one :class:`LoopPolicy` pytree so a stack of them vmaps. Every seed uses the same market and
@@ -91,8 +92,8 @@ class LoopConfig:
     -> no feedback (invalid stats). r_source: ``'estimated'`` (the seed's 1 / hit rate) or
     ``'actual'`` (mean realised R) as the stats' ``avg_r_multiple``. keep_trades: also return
     every feedback-mode deploy step's trade record (``[P, S, C, T, deploy_envs]``; small runs).
-    history / history_window: the feedback aggregate (``'cycle'``, ``'cumulative'`` or
-    ``'window'`` over the last ``history_window`` cycles). converge, chunk_updates,
+    history_window: the cycles a ``'window'``-history policy aggregates (each policy's
+    ``history`` is a :class:`LoopPolicy` leaf). converge, chunk_updates,
     entropy_frac, return_window, return_tol: the training criterion (module docstring).
     carry_optimizer: carry the Adam moments across cycles (the LR schedule restarts).
     """
@@ -103,7 +104,6 @@ class LoopConfig:
     min_attempts: int = 10
     r_source: str = "estimated"
     keep_trades: bool = False
-    history: str = "cycle"
     history_window: int = 3
     converge: bool = True
     chunk_updates: int = 8
@@ -118,8 +118,7 @@ class LoopConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"LoopConfig.{name} = {v!r}; expected an int >= 1")
-        choices = {"r_source": ("estimated", "actual"), "feedback_mode": DEPLOY_MODES,
-                   "history": HISTORY_MODES}
+        choices = {"r_source": ("estimated", "actual"), "feedback_mode": DEPLOY_MODES}
         for name, ok in choices.items():
             if getattr(self, name) not in ok:
                 raise ValueError(f"LoopConfig.{name} = {getattr(self, name)!r}; expected one "
@@ -224,18 +223,25 @@ Markets = SyntheticMarkets | WalkForwardMarkets
 # --------------------------------------------------------------------------- policies
 @struct.dataclass
 class LoopPolicy:
-    """A weight policy of the loop: ``kind`` indexes ``LOOP_POLICY_KINDS`` (0 = fixed)."""
+    """A weight policy of the loop: ``kind`` indexes ``LOOP_POLICY_KINDS`` (0 = fixed);
+    ``history`` indexes ``HISTORY_MODES`` (the feedback aggregate over cycles)."""
 
     kind: jax.Array
     initial_weight: jax.Array
     params: PolicyParams
+    history: jax.Array = 0
 
 
-def make_loop_policy(kind: str, initial_weight: float = 1.0, **overrides: float) -> LoopPolicy:
-    """A :class:`LoopPolicy` of ``kind`` (``fixed`` or a clm policy) with param overrides."""
+def make_loop_policy(kind: str, initial_weight: float = 1.0, history: str = "cycle",
+                     **overrides: float) -> LoopPolicy:
+    """A :class:`LoopPolicy` of ``kind`` (``fixed`` or a clm policy) with its feedback
+    ``history`` (``HISTORY_MODES``) and param overrides."""
     if kind not in LOOP_POLICY_KINDS:
         raise ValueError(f"make_loop_policy: kind = {kind!r}; expected one of "
                          f"{LOOP_POLICY_KINDS}")
+    if history not in HISTORY_MODES:
+        raise ValueError(f"make_loop_policy: history = {history!r}; expected one of "
+                         f"{HISTORY_MODES}")
     w = initial_weight
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w < 0:
         raise ValueError(f"make_loop_policy: initial_weight = {w!r}; expected a finite "
@@ -246,7 +252,8 @@ def make_loop_policy(kind: str, initial_weight: float = 1.0, **overrides: float)
     clm_kind = "seed_table" if kind == "fixed" else kind
     return LoopPolicy(kind=jnp.int32(LOOP_POLICY_KINDS.index(kind)),
                       initial_weight=jnp.float32(w),
-                      params=make_policy_params(clm_kind, **overrides))
+                      params=make_policy_params(clm_kind, **overrides),
+                      history=jnp.int32(HISTORY_MODES.index(history)))
 
 
 def stack_policies(policies: list[LoopPolicy]) -> LoopPolicy:
@@ -526,14 +533,10 @@ def make_loop(config: LoopConfig, ppo_config: PPOConfig, env: Any, markets: Mark
                 if mode == fb_mode:
                     dep |= m
             cur = own[fb_mode]
-            if config.history == "cycle":
-                agg = cur
-            elif config.history == "cumulative":
-                cum = cum + cur
-                agg = cum
-            else:
-                ring = jnp.roll(ring, 1, axis=0).at[0].set(cur)
-                agg = ring.sum(0)
+            cum = cum + cur
+            ring = jnp.roll(ring, 1, axis=0).at[0].set(cur)
+            agg = jnp.select([policy.history == 0, policy.history == 1], [cur, cum],
+                             ring.sum(0))
             stats = _stats(agg)
             w_next, pstate, code = loop_policy_step(stats, pstate, policy)
             y = (w, w_next, code, stats, dep, curves, summary, outs[fb_mode])

@@ -72,22 +72,24 @@ def _history_window(history: str, history_window: int) -> str | None:
 
 def replay_weights(result: Any, kinds: Sequence[str], policy_params: Sequence[dict[str, float]],
                    initial_weights: Sequence[float], *, min_attempts: int = 10,
-                   r_source: str = "estimated", history: str = "cycle", history_window: int = 3,
-                   tracker: TPPerformanceTracker | None = None) -> np.ndarray:
+                   r_source: str = "estimated", history: str | Sequence[str] = "cycle",
+                   history_window: int = 3, tracker: TPPerformanceTracker | None = None
+                   ) -> np.ndarray:
     """Next weights ``[P, S, C]`` recomputed on the host from the run's deployed trades.
 
     For every policy x seed the host chain starts at ``initial_weights[p]``; each cycle's trades
     are recorded under strategy ``loop/p{p}/s{s}`` on the replay clock (module docstring), a
     production model carrying the weight in force is registered, and the CLM enrichment step
-    picks the next weight from the tracker's feedback over ``history``. ``fixed`` policies keep
-    their initial weight. ``ValueError`` for a ``history`` the loop does not know (the window
-    must not exceed 10**4 days).
+    picks the next weight from the tracker's feedback over ``history`` (one mode, or one per
+    policy). ``fixed`` policies keep their initial weight.
     """
-    window = _history_window(history, history_window)
-    if window is not None and int(history_window) > 10_000:
-        raise ValueError(f"replay_weights: history_window = {history_window}; expected <= 10000")
-    tracker = TPPerformanceTracker(":memory:") if tracker is None else tracker
     w_dev = np.asarray(result.weight)
+    hist = [history] * w_dev.shape[0] if isinstance(history, str) else list(history)
+    if len(hist) != w_dev.shape[0]:
+        raise ValueError(f"replay_weights: {len(hist)} history modes for {w_dev.shape[0]} "
+                         "policies")
+    windows = [_history_window(h, history_window) for h in hist]
+    tracker = TPPerformanceTracker(":memory:") if tracker is None else tracker
     n_p, n_s, n_c = w_dev.shape
     out = np.zeros((n_p, n_s, n_c), np.float64)
     day, noon = pd.Timedelta(days=1), pd.Timedelta(hours=12)
@@ -117,7 +119,7 @@ def replay_weights(result: Any, kinds: Sequence[str], policy_params: Sequence[di
                 orch = ClmOrchestrator(registry, None, None, {  # type: ignore[arg-type]
                     "policy": kinds[p], "policy_params": dict(policy_params[p]),
                     "min_attempts": min_attempts, "r_source": r_source,
-                    "feedback_window": window,
+                    "feedback_window": windows[p],
                     "feedback_until": REPLAY_T0 + c * day + noon}, tracker=tracker)
                 job = TrainingJob(ModelType.RL_V3, None, TriggerReason.PERIODIC,
                                   {"strategy_id": strategy})
