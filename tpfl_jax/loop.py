@@ -48,13 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tpfl_jax.agents.ppo import (
-    PPOConfig,
-    PPOHParams,
-    continue_opt_state,
-    make_ppo,
-    policy_action,
-)
+from tpfl_jax.agents.networks import to_env_action
+from tpfl_jax.agents.ppo import PPOConfig, PPOHParams, continue_opt_state, make_ppo
 from tpfl_jax.clm.policies import (
     POLICY_NAMES,
     PolicyParams,
@@ -411,14 +406,19 @@ def make_loop(config: LoopConfig, ppo_config: PPOConfig, env: Any, markets: Mark
             return rs, k + 1, done, bufs, rets, ent
 
         c0 = (rs, jnp.int32(0), jnp.bool_(False), bufs, rets, jnp.float32(jnp.nan))
-        rs, k, done, bufs, rets, ent = jax.lax.while_loop(cond, body, c0)
+        if config.converge:
+            rs, k, done, bufs, rets, ent = jax.lax.while_loop(cond, body, c0)
+        else:                       # a fixed budget: one chunk of every update, no while_loop
+            rs, k, done, bufs, rets, ent = body(c0)
         idx = jnp.arange(n_chunks)
         ret_last, _ = _masked_nanmean(rets, (idx >= k - config.return_window) & (idx < k))
         summary = {"updates": k * chunk, "converged": done, "entropy": ent,
                    "entropy_max": jnp.float32(ent_max), "return": ret_last}
         return rs, bufs, summary
 
-    def deploy(params, obs_rms, ep, key, greedy: bool, keep: bool):
+    def deploy(params, obs_rms, ep, key, greedy: jax.Array):
+        """One deploy episode per env; ``greedy`` (traced) picks argmax over sampled actions,
+        so both modes run as one vmapped scan (one env step in the compiled program)."""
         k_reset, k_run = jax.random.split(key)
         obs, st = v_reset(jax.random.split(k_reset, n_dep), ep)
         f = jnp.zeros((n_dep,), jnp.float32)
@@ -429,8 +429,11 @@ def make_loop(config: LoopConfig, ppo_config: PPOConfig, env: Any, markets: Mark
         def step(carry, k):
             obs, st, active, eq_prev, peak, max_dd, ep_rew, sums = carry
             k_act, k_step = jax.random.split(k)
-            action = policy_action(network, params, obs, None if greedy else k_act,
-                                   obs_rms if obs_norm else None, ppo_config.obs_clip)
+            x = obs_rms.normalize(obs, ppo_config.obs_clip) if obs_norm else \
+                obs.astype(jnp.float32)
+            dist, _ = network.apply(params, x)
+            action = to_env_action(network.spec,
+                                   jnp.where(greedy, dist.mode(), dist.sample(k_act)))
             obs, st, reward, term, trunc, info = v_step(jax.random.split(k_step, n_dep), st,
                                                         action, ep)
             tr = info["trade"]
@@ -454,7 +457,7 @@ def make_loop(config: LoopConfig, ppo_config: PPOConfig, env: Any, markets: Mark
             }
             sums = {k: sums[k] + add[k] for k in sums}
             ep_rew = ep_rew + reward * act
-            out = {"trade": tr, "active": active} if keep else {}
+            out = {"trade": tr, "active": active} if config.keep_trades else {}
             active = active & ~(term | trunc)
             return (obs, st, active, eq, peak_n, max_dd, ep_rew, sums), out
 
@@ -524,22 +527,21 @@ def make_loop(config: LoopConfig, ppo_config: PPOConfig, env: Any, markets: Mark
                                        if config.carry_optimizer else rs.opt_state))
             rs, curves, summary = train_cycle(rs, ep_tr)
             ep_dep = env_params.replace(market=deploy_m, tp_reward_weight=w)
-            dep, outs, own = {}, {}, {}
-            for mode in DEPLOY_MODES:
-                keep = config.keep_trades and mode == fb_mode
-                own[mode], m, outs[mode] = deploy(rs.params, rs.obs_rms, ep_dep, k_dep,
-                                                  mode == "greedy", keep)
-                dep |= {f"{mode}/{k}": v for k, v in m.items()}
-                if mode == fb_mode:
-                    dep |= m
-            cur = own[fb_mode]
+            greedy = jnp.array([m == "greedy" for m in DEPLOY_MODES])
+            sums, m, outs = jax.vmap(deploy, in_axes=(None, None, None, None, 0))(
+                rs.params, rs.obs_rms, ep_dep, k_dep, greedy)
+            fb = DEPLOY_MODES.index(fb_mode)
+            dep = {f"{mode}/{k}": v[i] for i, mode in enumerate(DEPLOY_MODES)
+                   for k, v in m.items()} | {k: v[fb] for k, v in m.items()}
+            out = jax.tree.map(lambda x: x[fb], outs)
+            cur = sums[fb]
             cum = cum + cur
             ring = jnp.roll(ring, 1, axis=0).at[0].set(cur)
             agg = jnp.select([policy.history == 0, policy.history == 1], [cur, cum],
                              ring.sum(0))
             stats = _stats(agg)
             w_next, pstate, code = loop_policy_step(stats, pstate, policy)
-            y = (w, w_next, code, stats, dep, curves, summary, outs[fb_mode])
+            y = (w, w_next, code, stats, dep, curves, summary, out)
             return (rs.params, rs.obs_rms, rs.ret_rms, rs.opt_state, pstate, (cum, ring)), y
 
         carry0 = (rs0.params, rs0.obs_rms, rs0.ret_rms, rs0.opt_state, pstate0, hist0)
