@@ -40,7 +40,7 @@ def test_paper_is_bigger_than_default():
     assert p.loop.deploy_envs >= 1000 and not p.loop.keep_trades
 
 
-@pytest.mark.parametrize("group", ["env", "market", "ppo", "policy", "loop", "mesh"])
+@pytest.mark.parametrize("group", ["env", "market", "ppo", "policy", "loop", "mesh", "logger"])
 def test_every_group_option_composes(group):
     for f in sorted((Path(CONFIG_DIR) / group).glob("*.yaml")):
         over = [f"{group}={f.stem}"] + (["market.path=x.csv"] if f.stem == "csv" else [])
@@ -67,6 +67,44 @@ def test_bad_values_fail_before_compile_naming_the_field():
         to_objects(_compose(["loop.r_source=guess"]))
     with pytest.raises(ValueError, match="config.ppo"):
         to_objects(_compose(["ppo.num_minibatches=7"]))
+
+
+def test_control_arms_are_in_every_policy_set():
+    d = to_objects(_compose([]))
+    assert d.control_names == ("fixed_1.0", "fixed_0.0")
+    for f in sorted((Path(CONFIG_DIR) / "policy").glob("*.yaml")):
+        cfg = _compose([f"policy={f.stem}"])
+        fixed = {float(p.initial_weight) for p in cfg.policy.policies if p.kind == "fixed"}
+        assert {0.0, 1.0} <= fixed, f.stem                 # declared, not only auto-added
+    for e in EXPERIMENTS:
+        o = to_objects(_compose([f"experiment={e}"]))
+        assert {"fixed_1.0", "fixed_0.0"} <= set(o.policy_names), e
+
+
+def test_missing_control_arms_are_added_with_a_log_line(caplog):
+    over = ["policy=seed_vs_fixed", "policy.policies=[{name: st, kind: seed_table}]"]
+    with caplog.at_level("WARNING", logger="tpfl_jax.config"):
+        o = to_objects(_compose(over))
+    assert o.policy_names == ("st", "fixed_1.0", "fixed_0.0")
+    assert o.control_names == ("fixed_1.0", "fixed_0.0")
+    assert "added the control arm fixed_0.0" in caplog.text
+    # a control under another name is found by kind and weight, not added
+    o = to_objects(_compose(["policy.policies=[{name: base, kind: fixed, initial_weight: 1.0},"
+                             "{name: off, kind: fixed, initial_weight: 0.0}]"]))
+    assert o.control_names == ("base", "off") and len(o.policy_names) == 2
+    with pytest.raises(ValueError, match="'fixed_0.0' is taken"):
+        to_objects(_compose(["policy.policies=[{name: fixed_0.0, kind: ema}]"]))
+
+
+def test_history_is_a_loop_default_with_per_policy_overrides():
+    o = to_objects(_compose(["loop.history=cumulative"]))
+    assert set(o.policy_histories) == {"cumulative"}
+    o = to_objects(_compose(["policy=seed_vs_fixed", "+policy.policies.2.history=window"]))
+    assert o.policy_histories == ("cycle", "cycle", "window")
+    with pytest.raises(ValueError, match="config.loop.history"):
+        to_objects(_compose(["loop.history=decayed"]))
+    with pytest.raises(ValueError, match="config.loop"):
+        to_objects(_compose(["loop.feedback_mode=mode"]))
 
 
 def test_mesh_group_converts_to_a_frozen_mesh_config():
@@ -126,14 +164,29 @@ def test_tiny_loop_end_to_end_produces_every_artefact(tmp_path):
 
     assert any(Path(os.environ[COMPILE_CACHE_ENV]).iterdir())
     assert not (out / ".jax_cache").exists()
+    for name in ("paired.csv", "training.csv", "paired_primary.png", "audit_table.csv",
+                 "audit_summary.json", "audit_reward_pnl.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert "## Reward audit" in (out / "report.md").read_text()
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 3 * 2 * 2   # policies x seeds x cycles
+    assert len(rows) == 4 * 2 * 2   # policies x seeds x cycles
+    assert {"deploy_greedy_pnl", "deploy_sampled_pnl", "train_updates", "train_converged",
+            "train_final_entropy", "train_entropy_max", "stats_no_edge_hit_rate"} <= set(rows[0])
     summary = pd.read_csv(out / "summary.csv")
-    assert set(summary["policy"]) == {"fixed_1.0", "seed_table", "ema"}
+    assert set(summary["policy"]) == {"fixed_0.0", "fixed_1.0", "seed_table", "ema"}
+    paired = pd.read_csv(out / "paired.csv")
+    prim = paired[paired["metric"] == "oos_pnl"]
+    assert set(prim["control"]) == {"fixed_1.0", "fixed_0.0"} and len(prim) == 2 * 3
+    # the paired differences are the per-seed differences of summary.csv
+    wide = summary.pivot(index="seed", columns="policy", values="oos_pnl")
+    r = prim.set_index(["control", "arm"]).loc[("fixed_1.0", "fixed_0.0")]
+    assert r["mean_diff"] == pytest.approx((wide["fixed_0.0"] - wide["fixed_1.0"]).mean())
     trades = pd.read_parquet(out / "trades.parquet")
     assert len(trades) == sum(r["stats_total_attempts"] for r in rows)
     report = (out / "report.md").read_text()
     assert "fixed_1.0" in report and "±" in report and "weight_trajectory.png" in report
+    assert report.index("Primary metric: `oos_pnl`") < report.index("Descriptive")
+    assert "Holm" in report and "paired_primary.png" in report
     assert "plots and report" in proc.stdout and "seed_table" in proc.stdout
 
     # tpfl-report on the run dir rebuilds the table

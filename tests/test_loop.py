@@ -25,11 +25,16 @@ from tpfl_jax.loop import (
 from tpfl_jax.market.types import make_market_data
 from tpfl_jax.replay import all_deploy_trades, replay_weights
 
-KINDS = ("fixed", "fixed", "seed_table", "ema", "vol_scaled", "gated", "continuous")
-INIT_W = (0.5, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+FEEDBACK = ("seed_table", "ema", "vol_scaled", "gated", "continuous", "expectancy")
 # vol_scaled thresholds scaled around the traded volatility so the branch matters
-OVERRIDES = ({}, {}, {}, {"ema_alpha": 0.5}, {"vol_ref": 0.005}, {"z": 1.0}, {})
-N_SEEDS, N_CYCLES, MIN_ATTEMPTS = 2, 3, 10
+FB_OVERRIDES = ({}, {"ema_alpha": 0.5}, {"vol_ref": 0.005}, {"z": 1.0}, {},
+                {"skill_margin": -0.5})
+# every feedback kind with each feedback history (one compile: history is a policy leaf)
+HISTORY = ("cycle",) * 8 + ("cumulative",) * 6 + ("window",) * 6
+KINDS = ("fixed", "fixed", *FEEDBACK, *FEEDBACK, *FEEDBACK)
+INIT_W = (0.5, 2.0) + (1.0,) * 18
+OVERRIDES = ({}, {}, *FB_OVERRIDES, *FB_OVERRIDES, *FB_OVERRIDES)
+N_SEEDS, N_CYCLES, MIN_ATTEMPTS, HIST_WINDOW = 2, 3, 10, 2
 
 
 def gbm_market(n_paths: int, n_bars: int, seed: int = 0):
@@ -42,8 +47,8 @@ def gbm_market(n_paths: int, n_bars: int, seed: int = 0):
 
 
 def policies(init_w=INIT_W):
-    return stack_policies([make_loop_policy(k, w, **o)
-                           for k, w, o in zip(KINDS, init_w, OVERRIDES, strict=True)])
+    return stack_policies([make_loop_policy(k, w, h, **o) for k, w, o, h in
+                           zip(KINDS, init_w, OVERRIDES, HISTORY, strict=True)])
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +59,9 @@ def small():
     ep = env.make_params(data, max_steps_in_episode=40)
     markets = WalkForwardMarkets(train_bars=240, deploy_bars=100, window=env.window)
     cfg = LoopConfig(num_cycles=N_CYCLES, deploy_envs=12, keep_trades=True,
-                     min_attempts=MIN_ATTEMPTS, deterministic=False)
-    pc = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 2, widths=(16,),
+                     min_attempts=MIN_ATTEMPTS, feedback_mode="sampled", chunk_updates=1,
+                     return_window=1, entropy_frac=1.0, history_window=HIST_WINDOW)
+    pc = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 4, widths=(16,),
                    update_epochs=1, num_minibatches=2)
     loop = make_loop(cfg, pc, env, markets, ep)
     check_inputs(loop, data, env, ep)
@@ -83,8 +89,31 @@ def test_shapes_and_fixed_policies(small):
     assert np.any(res.next_weight[2:] != 1.0)
 
 
+def test_both_deploy_modes_and_training_summary(small):
+    res, pc = small["res"], small["pc"]
+    shape = (len(KINDS), N_SEEDS, N_CYCLES)
+    for k in ("pnl", "hit_rate", "tp_skill", "pnl_per_trade"):
+        for mode in ("sampled", "greedy"):
+            assert res.deploy[f"{mode}/{k}"].shape == shape
+        # plain keys are the feedback mode (sampled here)
+        np.testing.assert_array_equal(res.deploy[k], res.deploy[f"sampled/{k}"])
+    assert not np.allclose(res.deploy["greedy/pnl"], res.deploy["sampled/pnl"])
+    np.testing.assert_allclose(res.deploy["tp_skill"],
+                               res.deploy["hit_rate"] - res.deploy["no_edge_hit_rate"], atol=1e-6)
+    tr = res.training
+    assert set(tr) == {"updates", "converged", "entropy", "entropy_max", "return"}
+    assert np.all((tr["updates"] >= 1) & (tr["updates"] <= pc.num_updates))
+    np.testing.assert_allclose(tr["entropy_max"], np.log(11), rtol=1e-6)
+    assert np.all(tr["entropy"] <= tr["entropy_max"] + 1e-5)
+    # curves hold exactly the updates used (NaN after them)
+    used = np.isfinite(res.train["loss"]).sum(-1)
+    np.testing.assert_array_equal(used, tr["updates"])
+    # a cycle stops early only with the criterion met
+    assert np.all(tr["converged"] | (tr["updates"] == pc.num_updates))
+
+
 def test_one_compile_for_new_seeds_and_policy_values(small):
-    res2 = small["run"](seed_keys(7, N_SEEDS), policies((0.7, 1.5, 1.0, 0.8, 1.0, 1.2, 1.0)),
+    res2 = small["run"](seed_keys(7, N_SEEDS), policies((0.7, 1.5, 1.0, 0.8) + INIT_W[4:]),
                         small["data"], small["ep"], small["pc"].hparams())
     np.testing.assert_array_equal(np.asarray(res2.weight)[1], 1.5)
     assert not np.allclose(np.asarray(res2.deploy["pnl"]), small["res"].deploy["pnl"])
@@ -107,10 +136,12 @@ def test_device_stats_match_tp_stats_of_kept_trades(small):
 
 
 def test_host_replay_through_tracker_and_orchestrator_agrees(small):
-    host = replay_weights(small["res"], KINDS, OVERRIDES, INIT_W, min_attempts=MIN_ATTEMPTS)
+    # every history mode: the tracker's window / cumulative selection on the replay clock
+    host = replay_weights(small["res"], KINDS, OVERRIDES, INIT_W, min_attempts=MIN_ATTEMPTS,
+                          history=HISTORY, history_window=HIST_WINDOW)
     np.testing.assert_allclose(host, small["res"].next_weight, rtol=0, atol=1e-6)
     df = all_deploy_trades(small["res"], [f"{k}{i}" for i, k in enumerate(KINDS)])
-    assert len(df) == int(small["res"].stats.total_attempts.sum())
+    assert len(df) == round(float((small["res"].deploy["trades"] * 12).sum()))
     assert {"policy", "seed", "cycle", "tp_reward_weight", "r_realised"} <= set(df.columns)
 
 
@@ -127,8 +158,8 @@ def test_walk_forward_deploy_window_is_out_of_sample():
         assert start + 184 + 16 == start + 200
     with pytest.raises(ValueError, match="cycles need"):
         env = TradingEnv()
-        loop = make_loop(LoopConfig(num_cycles=5), PPOConfig(num_envs=2, num_steps=8,
-                                                            total_timesteps=16), env, mk,
+        loop = make_loop(LoopConfig(num_cycles=5, chunk_updates=1),
+                         PPOConfig(num_envs=2, num_steps=8, total_timesteps=16), env, mk,
                          env.make_params(data, max_steps_in_episode=40))
         check_inputs(loop, data, env, env.make_params(data, max_steps_in_episode=40))
 
@@ -150,6 +181,10 @@ def test_fixed_policy_and_validation():
         make_loop_policy("fixed", -1.0)
     with pytest.raises(ValueError, match="num_cycles"):
         LoopConfig(num_cycles=0)
+    for bad in ({"history": "decayed"}, {"feedback_mode": "mode"}, {"entropy_frac": 1.5},
+                {"chunk_updates": 0}, {"converge": 1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            LoopConfig(**bad)
 
 
 def test_sharded_loop_sweep_matches_loop_run(small):
@@ -167,3 +202,53 @@ def test_sharded_loop_sweep_matches_loop_run(small):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(res), strict=True):
         np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-5,
                                    atol=1e-6)
+
+
+def test_history_aggregates_earlier_cycles(small):
+    res = small["res"]
+    own = res.deploy["trades"] * 12                   # each cycle's own deploy attempts
+    hist = np.array(HISTORY)
+    cyc, cum, win = (np.flatnonzero(hist == h) for h in ("cycle", "cumulative", "window"))
+    np.testing.assert_allclose(res.stats.total_attempts[cyc], own[cyc], rtol=1e-6)
+    np.testing.assert_allclose(res.stats.total_attempts[cum], np.cumsum(own[cum], -1),
+                               rtol=1e-6)
+    prev = np.concatenate([np.zeros_like(own[win][..., :1]), own[win][..., :-1]], -1)
+    np.testing.assert_allclose(res.stats.total_attempts[win], own[win] + prev, rtol=1e-6)
+    # a cumulative policy sees the earlier cycles' trades; the window forgets cycle 0 at c=2
+    assert np.all(res.stats.total_attempts[cum][..., 1:] > own[cum][..., 1:])
+    assert np.all(res.stats.total_attempts[win][..., 2] < res.stats.total_attempts[cum][..., 2])
+    # same kind, same cycle-0 decision whatever the history
+    np.testing.assert_array_equal(res.next_weight[cyc[2:], :, 0], res.next_weight[cum, :, 0])
+
+
+def test_plateau_criterion_hand_cases():
+    from tpfl_jax.loop import plateaued
+
+    r = jnp.array([1.0, 2.0, 3.0, 4.0, jnp.nan, jnp.nan])
+    assert not bool(plateaued(r, 3, 2, 0.5))          # fewer than 2 windows of chunks
+    assert not bool(plateaued(r, 4, 2, 0.5))          # (3.5 - 1.5) = 2 > 0.5 * sd 1.29
+    assert bool(plateaued(r, 4, 2, 1.6))              # 2 <= 1.6 * 1.29
+    flat = jnp.array([5.0, 4.0, 5.0, 4.0, 4.5, 4.4])
+    assert bool(plateaued(flat, 6, 2, 0.0))           # 4.45 - 4.5 <= 0
+    assert bool(plateaued(flat, 4, 1, 0.0))           # 4 - 5 <= 0
+
+
+def test_continue_opt_state_keeps_moments_restarts_schedule():
+    import optax
+
+    from tpfl_jax.agents.ppo import continue_opt_state, make_optimizer
+
+    pc = PPOConfig(num_envs=2, num_steps=4, total_timesteps=32, num_minibatches=1,
+                   update_epochs=1)
+    tx = make_optimizer(pc, pc.hparams())
+    params = {"w": jnp.ones(3)}
+    st = tx.init(params)
+    for _ in range(3):
+        _, st = tx.update({"w": jnp.full(3, 0.5)}, st, params)
+    fresh = tx.init(params)
+    cont = continue_opt_state(fresh, st)
+    assert int(cont[1].count) == 0                                     # schedule restarts
+    np.testing.assert_array_equal(cont[1].inner_state[0].mu["w"], st[1].inner_state[0].mu["w"])
+    assert int(cont[1].inner_state[0].count) == 3                      # Adam bias correction
+    upd, _ = tx.update({"w": jnp.full(3, 0.5)}, cont, params)
+    assert np.all(np.isfinite(optax.global_norm(upd)))

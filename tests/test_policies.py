@@ -19,13 +19,18 @@ REPO = Path(__file__).resolve().parents[1]
 F = np.float32
 
 
-def stats(hit, r, attempts=100.0, valid=True, vol=0.0) -> TPStats:
+def stats(hit, r, attempts=100.0, valid=True, vol=0.0, pnl=None, no_edge=0.5) -> TPStats:
+    """Stats with actual R = ``r``; PnL per trade defaults to ``r`` (same sign)."""
     hit, r = jnp.broadcast_arrays(jnp.asarray(hit, jnp.float32), jnp.asarray(r, jnp.float32))
     a = jnp.broadcast_to(jnp.asarray(attempts, jnp.float32), hit.shape)
+    pnl = r if pnl is None else jnp.broadcast_to(jnp.asarray(pnl, jnp.float32), hit.shape)
     return TPStats(total_attempts=a, total_hits=jnp.round(hit * a), tp_hit_rate=hit,
                    avg_r_multiple=r, actual_r=r, premature_exit_rate=jnp.zeros_like(hit),
                    valid=jnp.broadcast_to(jnp.asarray(valid), hit.shape),
-                   volatility=jnp.broadcast_to(jnp.asarray(vol, jnp.float32), hit.shape))
+                   volatility=jnp.broadcast_to(jnp.asarray(vol, jnp.float32), hit.shape),
+                   pnl_per_trade=pnl,
+                   no_edge_hit_rate=jnp.broadcast_to(jnp.asarray(no_edge, jnp.float32),
+                                                     hit.shape))
 
 
 _APPLY = jax.jit(P.apply_policy)  # one compile serves every policy (policy_id is traced)
@@ -224,3 +229,37 @@ def test_policies_import_no_glue():
             "assert not bad, bad")
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_expectancy_moves_on_economics_not_hit_rate_alone():
+    prev = P.init_policy_state(1.0)
+    # positive expectancy, hit 0.6 above the no-edge 0.5 -> up one step
+    w, st, c = run("expectancy", stats(0.6, 0.2, pnl=3.0, no_edge=0.5), prev)
+    assert (w, c) == (1.25, P.REASON_EXP_UP) and int(st.n_updates) == 1
+    # same hit rate, negative expectancy -> down one step
+    w, _, c = run("expectancy", stats(0.6, -0.2, pnl=-3.0, no_edge=0.5), prev)
+    assert (w, c) == (0.75, P.REASON_EXP_DOWN)
+    # positive expectancy but no TP skill (hit below the no-edge rate) -> hold
+    w, _, c = run("expectancy", stats(0.4, 0.2, pnl=3.0, no_edge=0.5), prev)
+    assert (w, c) == (1.0, P.REASON_EXP_HOLD)
+    # R and PnL disagree in sign -> hold; invalid -> hold (no data)
+    assert run("expectancy", stats(0.6, 0.2, pnl=-1.0), prev)[2] == P.REASON_EXP_HOLD
+    assert run("expectancy", stats(0.6, 0.2, valid=False), prev)[:3:2] == (1.0, P.REASON_NO_DATA)
+    # a chain of steps is clipped to [w_min, w_max]; skill_margin gates the raise
+    st = P.init_policy_state(1.9)
+    assert run("expectancy", stats(0.6, 0.2, no_edge=0.5), st)[0] == 2.0
+    assert run("expectancy", stats(0.6, -0.2), P.init_policy_state(0.1), w_min=0.0)[0] == 0.0
+    assert run("expectancy", stats(0.55, 0.2, no_edge=0.5), prev, skill_margin=0.1)[0] == 1.0
+    with pytest.raises(ValueError, match="exp_step"):
+        P.make_policy_params("expectancy", exp_step=0.0)
+
+
+def test_expectancy_host_decision_reads_tracker_edge_keys():
+    fb = {"tp_hit_rate": 0.6, "avg_r_multiple": 1 / 0.6, "total_attempts": 50,
+          "actual_r_multiple": 0.3, "pnl_per_trade": 12.0, "no_edge_hit_rate": 0.4}
+    d = P.decide_weight(fb, "expectancy", P.init_policy_state(1.5))
+    assert d.weight == 1.75 and d.reason.startswith("Positive expectancy")
+    d = P.decide_weight(fb | {"actual_r_multiple": -0.3, "pnl_per_trade": -12.0}, "expectancy")
+    assert d.weight == 0.75 and "Negative expectancy" in d.reason
+    s = P.stats_from_feedback(fb)
+    assert float(s.tp_skill) == pytest.approx(0.2)

@@ -20,6 +20,7 @@ from tpfl_jax.env.stats import R_CAP, TRADE_KEYS, tp_stats
 from tpfl_jax.tracking import tracker as tr
 from tpfl_jax.tracking.tracker import (
     ACTUAL_R_KEY,
+    EDGE_KEYS,
     FEEDBACK_KEYS,
     TPPerformanceTracker,
     get_tp_tracker,
@@ -58,12 +59,19 @@ def t():
 def test_feedback_matches_issue_example(t):
     t.record_trades(trades_df(20, 6), strategy_id="RL_V3", symbol="BTCUSDT")
     fb = t.get_strategy_tp_feedback("RL_V3", "BTCUSDT")
-    assert set(fb) == set(FEEDBACK_KEYS) | {ACTUAL_R_KEY}
+    assert set(fb) == set(FEEDBACK_KEYS) | {ACTUAL_R_KEY} | set(EDGE_KEYS)
     assert fb["total_attempts"] == 20 and fb["total_hits"] == 6 and fb["total_misses"] == 14
     assert fb["tp_hit_rate"] == pytest.approx(0.30)
     assert fb["avg_r_multiple"] == pytest.approx(1 / 0.3) and round(fb["avg_r_multiple"], 2) == 3.33
     assert fb[ACTUAL_R_KEY] == pytest.approx((6 * 2.0 - 14 * 1.0) / 20)
     assert fb["premature_exit_rate"] == 0.0
+    # per-trade economics: mean PnL, no-edge hit rate sl / (tp + sl) = 1 / (1 + 2), skill
+    assert fb["pnl_per_trade"] == pytest.approx((6 * 2.0 - 14 * 1.0) / 20)
+    assert fb["no_edge_hit_rate"] == pytest.approx(1 / 3)
+    assert fb["tp_skill"] == pytest.approx(0.3 - 1 / 3)
+    st = t.get_tp_stats("RL_V3", "BTCUSDT")
+    assert float(st.pnl_per_trade) == pytest.approx(-0.1)
+    assert float(st.tp_skill) == pytest.approx(0.3 - 1 / 3, abs=1e-6)
 
 
 def test_min_attempts_boundary_and_validation(t):

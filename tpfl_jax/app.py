@@ -205,7 +205,6 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
     from tpfl_jax import distributed as D
     from tpfl_jax import report
     from tpfl_jax.loop import (
-        DEPLOY_KEYS,
         check_inputs,
         make_loop,
         make_loop_policy,
@@ -218,8 +217,9 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
     spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
     loop = make_loop(obj.loop, obj.ppo, obj.env, spec, env_params)
     check_inputs(loop, source, obj.env, env_params)
-    policies = stack_policies([make_loop_policy(k, w, **p) for k, w, p in zip(
-        obj.policy_kinds, obj.initial_weights, obj.policy_params, strict=True)])
+    policies = stack_policies([make_loop_policy(k, w, h, **p) for k, w, p, h in zip(
+        obj.policy_kinds, obj.initial_weights, obj.policy_params, obj.policy_histories,
+        strict=True)])
     args = (seed_keys(obj.seed, obj.num_seeds), policies, source, env_params, obj.ppo.hparams())
     bar.update(1)
     bar.set_postfix_str("compile")
@@ -244,37 +244,10 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
     V.check_divergence(res.train, c.guard, lambda i: (
         f"tpfl-loop policy {obj.policy_names[i[0]]}, seed {i[1]}, cycle {i[2]}"))
 
-    rows = []
     names = obj.policy_names
-    with (out / "metrics.jsonl").open("w") as f:
-        for p in range(n_p):
-            for s in range(n_s):
-                for cy in range(n_c):
-                    row = {"policy": names[p], "seed": s, "cycle": cy,
-                           "weight": float(res.weight[p, s, cy]),
-                           "next_weight": float(res.next_weight[p, s, cy]),
-                           "reason": int(res.reason[p, s, cy])}
-                    for fld in ("total_attempts", "total_hits", "tp_hit_rate", "avg_r_multiple",
-                                "actual_r", "premature_exit_rate", "valid", "volatility"):
-                        row[f"stats_{fld}"] = _jsonable(getattr(res.stats, fld)[p, s, cy])
-                    for k in DEPLOY_KEYS:
-                        row[f"deploy_{k}"] = _jsonable(res.deploy[k][p, s, cy])
-                    for k, v in res.train.items():
-                        curve = np.asarray(v[p, s, cy], float)
-                        row[f"train_{k}"] = _jsonable(np.nanmean(curve[len(curve) // 2:])
-                                                      if np.isfinite(curve).any() else np.nan)
-                    f.write(json.dumps(row) + "\n")
-                    rows.append(row)
-    cycles = pd.DataFrame(rows)
+    cycles = _cycle_rows(res, names, n_s, n_c, out / "metrics.jsonl")
     cycles.to_csv(out / "cycles.csv", index=False)
-    last = cycles[cycles["cycle"] == n_c - 1].set_index(["policy", "seed"])
-    allc = cycles.groupby(["policy", "seed"], sort=False)
-    summary = pd.DataFrame({
-        "final_pnl": last["deploy_pnl"], "final_sharpe": last["deploy_sharpe"],
-        "oos_pnl": allc["deploy_pnl"].mean(), "oos_sharpe": allc["deploy_sharpe"].mean(),
-        "hit_rate": allc["deploy_hit_rate"].mean(), "actual_r": allc["deploy_actual_r"].mean(),
-        "final_weight": last["weight"],
-    }).reset_index()
+    summary = loop_summary(cycles)
     summary.to_csv(out / "summary.csv", index=False)
 
     if obj.loop.keep_trades:
@@ -286,30 +259,182 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
               {"params": res.params, "obs_rms": res.obs_rms})
     ckpt.wait_until_finished()
 
-    table = report.policy_table(summary)
+    paired, plots = _paired_stats(c, obj, summary, out)
+    training = report.training_table(cycles)
+    training.to_csv(out / "training.csv", index=False)
+    table = report.policy_table(summary, rank=False)
     table.to_csv(out / "policy_table.csv", index=False)
-    plots = report.plot_loop(out, cycles)
+    plots += report.plot_loop(out, cycles)
     curves = {n: np.asarray(res.train["episode_return"][p]).reshape(n_s, -1)
               for p, n in enumerate(names)}
     plots.append(report.plot_curves(out / "learning_curves.png", curves, "episode_return",
-                                    "Training episode return per policy (cycles concatenated)"))
-    report.write_report(out, table, f"tpfl-loop: {c.experiment} ({n_p} policies x {n_s} seeds "
-                        f"x {n_c} cycles)", plots)
+                                    "Training episode return per policy (cycles concatenated, "
+                                    "update cap per cycle; gaps = updates not needed)"))
+    report.write_loop_report(
+        out, f"tpfl-loop: {c.experiment} ({n_p} policies x {n_s} seeds x {n_c} cycles)",
+        paired, c.stats.primary_metric, training, table, plots,
+        notes=_loop_notes(obj, c))
     audit = reward_audit(c, obj.env, env_params, spec, source, out, quiet=True)
     _append_audit(out, audit)
     (out / "timing.json").write_text(json.dumps({"compile_s": t_compile, "run_s": t_run}))
+    _log_experiment(cfg, c, out, cycles, paired)
     bar.update(1)
     bar.close()
     pd.set_option("display.width", 160)
-    show = table[["policy", "final_pnl", "final_pnl_ci95", "final_sharpe", "final_sharpe_ci95",
-                  "hit_rate", "actual_r", "final_weight"]]
     print(f"\ncompile {t_compile:.1f}s, run {t_run:.1f}s "
           f"({n_p} policies x {n_s} seeds x {n_c} cycles)")
-    print(show.to_string(float_format=lambda x: f"{x:.4g}"))
+    print(training.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    prim = paired[c.stats.primary_metric]
+    print(f"primary metric {c.stats.primary_metric}: arm - control per seed "
+          f"(Holm-adjusted {c.stats.level:.0%} intervals)")
+    print(prim[["control", "arm", "mean_diff", "holm_lo", "holm_hi", "p_holm", "reject",
+                "mde"]].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     if audit is not None:
         print(audit.text())
     print(f"plots and report: {out}")
     return table
+
+
+def _cycle_rows(res: Any, names: tuple[str, ...], n_s: int, n_c: int,
+                path: Path) -> pd.DataFrame:
+    """One row per policy x seed x cycle (also written to ``path`` as JSON lines)."""
+    rows = []
+    used = np.asarray(res.training["updates"])
+    with path.open("w") as f:
+        for p in range(len(names)):
+            for s in range(n_s):
+                for cy in range(n_c):
+                    row = {"policy": names[p], "seed": s, "cycle": cy,
+                           "weight": float(res.weight[p, s, cy]),
+                           "next_weight": float(res.next_weight[p, s, cy]),
+                           "reason": int(res.reason[p, s, cy])}
+                    for fld in ("total_attempts", "total_hits", "tp_hit_rate", "avg_r_multiple",
+                                "actual_r", "premature_exit_rate", "valid", "volatility",
+                                "pnl_per_trade", "no_edge_hit_rate"):
+                        row[f"stats_{fld}"] = _jsonable(getattr(res.stats, fld)[p, s, cy])
+                    for k, v in res.deploy.items():
+                        row[f"deploy_{k.replace('/', '_')}"] = _jsonable(v[p, s, cy])
+                    u = int(used[p, s, cy])
+                    for k, v in res.train.items():
+                        curve = np.asarray(v[p, s, cy], float)[:u]
+                        half = curve[len(curve) // 2:]
+                        row[f"train_{k}"] = _jsonable(np.nanmean(half) if np.isfinite(half).any()
+                                                      else np.nan)
+                    tr = {k: np.asarray(v[p, s, cy]) for k, v in res.training.items()}
+                    row |= {"train_updates": u, "train_converged": bool(tr["converged"]),
+                            "train_final_entropy": _jsonable(tr["entropy"]),
+                            "train_entropy_max": _jsonable(tr["entropy_max"]),
+                            "train_final_return": _jsonable(tr["return"])}
+                    f.write(json.dumps(row) + "\n")
+                    rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def loop_summary(cycles: pd.DataFrame) -> pd.DataFrame:
+    """One row per policy x seed: final-cycle and out-of-sample means. ``oos_*`` average
+    cycles 1..C-1 (cycle 0 trains every feedback arm at its initial weight; all cycles when
+    C = 1); plain deploy metrics are the feedback mode's, ``_greedy`` / ``_sampled`` each
+    mode's."""
+    n_c = int(cycles["cycle"].max()) + 1
+    last = cycles[cycles["cycle"] == n_c - 1].set_index(["policy", "seed"])
+    oos = cycles[cycles["cycle"] >= 1] if n_c > 1 else cycles
+    g = oos.groupby(["policy", "seed"], sort=False)
+    allc = cycles.groupby(["policy", "seed"], sort=False)
+    return pd.DataFrame({
+        "final_pnl": last["deploy_pnl"], "final_sharpe": last["deploy_sharpe"],
+        "oos_pnl": g["deploy_pnl"].mean(), "oos_pnl_greedy": g["deploy_greedy_pnl"].mean(),
+        "oos_pnl_sampled": g["deploy_sampled_pnl"].mean(),
+        "oos_sharpe": g["deploy_sharpe"].mean(), "oos_tp_skill": g["deploy_tp_skill"].mean(),
+        "hit_rate": g["deploy_hit_rate"].mean(), "actual_r": g["deploy_actual_r"].mean(),
+        "final_weight": last["weight"], "updates": allc["train_updates"].mean(),
+        "converged": allc["train_converged"].mean(),
+    }).reset_index()
+
+
+def _paired_stats(c: Config, obj: Any, summary: pd.DataFrame, out: Path
+                  ) -> tuple[dict[str, pd.DataFrame], list[Path]]:
+    """Paired tables per declared metric (``paired.csv``) and the primary metric's plot."""
+    from tpfl_jax import stats as ST
+
+    st = c.stats
+    metrics = list(dict.fromkeys([st.primary_metric, *st.secondary_metrics]))
+    for i, m in enumerate(metrics):
+        if m not in summary:
+            where = "primary_metric" if i == 0 else "secondary_metrics"
+            raise ValueError(f"config.stats.{where}: {m!r} is not a summary.csv column; "
+                             f"expected one of {list(summary.columns[2:])}")
+    paired = {m: ST.paired_table(summary, m, obj.control_names, st.level, st.n_boot, c.seed)
+              for m in metrics}
+    pd.concat(paired.values(), ignore_index=True).to_csv(out / "paired.csv", index=False)
+    plot = ST.plot_paired(paired[st.primary_metric], out / "paired_primary.png",
+                          f"primary metric {st.primary_metric}: paired differences "
+                          f"({st.level:.0%} Holm-level intervals)")
+    return paired, [plot]
+
+
+def _loop_notes(obj: Any, c: Config) -> list[str]:
+    lc = obj.loop
+    crit = (f"chunks of {lc.chunk_updates} PPO updates until entropy <= {lc.entropy_frac} x "
+            f"log(n_actions) and the mean training return of the last {lc.return_window} "
+            f"chunks exceeds the {lc.return_window} before by <= {lc.return_tol} sd, capped at "
+            f"{obj.ppo.num_updates} updates" if lc.converge
+            else f"a fixed {obj.ppo.num_updates} PPO updates")
+    return [
+        f"Training per cycle: {crit}; optimizer "
+        f"{'Adam moments carried across cycles' if lc.carry_optimizer else 'restarted'}, "
+        f"LR schedule restarted every cycle.",
+        f"Deploy: both sampled (as trained) and greedy (argmax); the policies' feedback comes "
+        f"from the {lc.feedback_mode} deployment; feedback history per policy: "
+        f"{dict(zip(obj.policy_names, obj.policy_histories, strict=True))} "
+        f"(window = {lc.history_window} cycles).",
+        f"Controls: {', '.join(obj.control_names)}; seeds are the unit (common random "
+        f"numbers); TP skill = hit rate - no-edge hit rate sl / (tp + sl) (driftless "
+        f"continuous-martingale approximation).",
+    ]
+
+
+def _log_experiment(cfg: DictConfig, c: Config, out: Path, cycles: pd.DataFrame,
+                    paired: dict[str, pd.DataFrame]) -> None:
+    """Params, per-cycle metrics (mean over seeds per policy) and artefacts to ``logger``."""
+    if c.logger.kind == "none":
+        return
+    from tpfl_jax import explog
+
+    try:
+        hc = HydraConfig.get()
+        run_name = hc.job.override_dirname or hc.job.name
+        if hc.mode.name == "MULTIRUN":
+            run_name = f"{hc.job.num}:{run_name}"
+    except ValueError:                     # outside a Hydra job
+        run_name = out.name
+    lg = explog.make_logger(c.logger.kind, _log_root(out), run_name,
+                            c.logger.experiment or c.experiment, c.logger.uri)
+    lg.log_params(explog.flatten(OmegaConf.to_container(cfg, resolve=True)))
+    keys = ("weight", "deploy_pnl", "deploy_greedy_pnl", "deploy_sampled_pnl",
+            "deploy_hit_rate", "deploy_tp_skill", "train_updates", "train_final_entropy",
+            "train_final_return")
+    per = cycles.groupby(["cycle", "policy"], sort=False)[list(keys)].mean(numeric_only=True)
+    for cy, g in per.groupby(level=0):
+        lg.log_metrics({f"{pol}/{k}": v for (_, pol), r in g.iterrows() for k, v in r.items()},
+                       step=int(cy))
+    final = {}
+    for m, t in paired.items():
+        for _, r in t.iterrows():
+            final[f"paired/{m}/{r['arm']}-{r['control']}/mean_diff"] = r["mean_diff"]
+            final[f"paired/{m}/{r['arm']}-{r['control']}/p_holm"] = r["p_holm"]
+    lg.log_metrics(final, step=int(cycles["cycle"].max()))
+    lg.log_artifacts(explog.run_files(out))
+    lg.close()
+    print(f"logger={c.logger.kind}: {lg.location}")
+
+
+def _log_root(out: Path) -> Path:
+    """The Hydra sweep dir of a multirun job (one store for its jobs), else the run dir."""
+    try:
+        hc = HydraConfig.get()
+        return Path(hc.sweep.dir) if hc.mode.name == "MULTIRUN" else out
+    except ValueError:
+        return out
 
 
 # --------------------------------------------------------------------------- tpfl-train

@@ -13,6 +13,7 @@ into jitted code.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +21,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from tpfl_jax.agents.ppo import PPOConfig
-from tpfl_jax.loop import LOOP_POLICY_KINDS, LoopConfig, make_loop_policy
+from tpfl_jax.loop import HISTORY_MODES, LOOP_POLICY_KINDS, LoopConfig, make_loop_policy
 from tpfl_jax.validate import GuardSection, check_config, check_known_keys
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -126,12 +129,14 @@ PPOSection = _schema(PPOConfig, "PPOSection")
 
 @dataclass
 class PolicySpec:
-    """One weight policy of the comparison: ``kind`` in ``loop.LOOP_POLICY_KINDS``."""
+    """One weight policy of the comparison: ``kind`` in ``loop.LOOP_POLICY_KINDS``;
+    ``history`` (``loop.HISTORY_MODES``) overrides ``loop.history`` for this policy."""
 
     name: str = MISSING
     kind: str = MISSING
     initial_weight: float = 1.0
     params: dict[str, float] = field(default_factory=dict)
+    history: str | None = None
 
 
 @dataclass
@@ -141,8 +146,39 @@ class PolicySet:
     policies: list[PolicySpec] = field(default_factory=list)
 
 
-# ``loop.LoopConfig`` plus the number of seeds.
-LoopSection = _schema(LoopConfig, "LoopSection", (("num_seeds", int, 3),))
+# ``loop.LoopConfig`` plus the number of seeds and the policies' default feedback history
+# (``cycle``, ``cumulative`` or ``window`` over ``history_window`` cycles).
+LoopSection = _schema(LoopConfig, "LoopSection", (("num_seeds", int, 3),
+                                                  ("history", str, "cycle")))
+
+
+@dataclass
+class StatsSection:
+    """``tpfl-loop``'s paired comparison (``tpfl_jax.stats``): every arm against the fixed
+    arms at ``control_weights`` (added to the policy set when missing), per seed. The
+    ``primary_metric`` (a ``summary.csv`` column; default ``oos_pnl``: mean out-of-sample PnL
+    per deploy episode over cycles 1..C-1 of the feedback deploy mode) is declared before the
+    run and reported first; ``secondary_metrics`` follow. ``level``: family-wise confidence
+    (Holm over arms per control); ``n_boot``: bootstrap resamples."""
+
+    primary_metric: str = "oos_pnl"
+    secondary_metrics: list[str] = field(
+        default_factory=lambda: ["oos_pnl_greedy", "oos_sharpe", "oos_tp_skill"])
+    control_weights: list[float] = field(default_factory=lambda: [1.0, 0.0])
+    level: float = 0.95
+    n_boot: int = 2000
+
+
+@dataclass
+class LoggerSection:
+    """Experiment tracking (``tpfl_jax.explog``): ``kind`` = ``none``, ``mlflow`` (``uri``:
+    tracking URI, default ``sqlite:///<sweep or run dir>/mlflow.db``) or ``tensorboard``
+    (``uri``: log dir, default ``<sweep or run dir>/tensorboard``). ``experiment``: the
+    MLflow experiment / TensorBoard group (default: ``config.experiment``)."""
+
+    kind: str = "none"
+    uri: str | None = None
+    experiment: str | None = None
 
 
 @dataclass
@@ -213,6 +249,8 @@ class Config:
     mesh: MeshSection = field(default_factory=MeshSection)
     audit: AuditSection = field(default_factory=AuditSection)
     guard: GuardSection = field(default_factory=GuardSection)
+    stats: StatsSection = field(default_factory=StatsSection)
+    logger: LoggerSection = field(default_factory=LoggerSection)
     experiment: str = "default"
     seed: int = 0
     compile_cache: bool = True
@@ -246,6 +284,8 @@ class Objects:
     num_seeds: int
     seed: int
     mesh: Any                      # distributed.MeshConfig
+    policy_histories: tuple[str, ...] = ()
+    control_names: tuple[str, ...] = ()   # the fixed arms at stats.control_weights
 
 
 def to_container(cfg: DictConfig | Config) -> Config:
@@ -297,7 +337,7 @@ def to_objects(cfg: DictConfig | Config) -> Objects:
         raise ValueError(f"config.loop: {err}") from None
     if lp.num_seeds < 1:
         raise ValueError(f"config.loop.num_seeds = {lp.num_seeds}; expected >= 1")
-    specs = c.policy.policies
+    specs = list(c.policy.policies)
     if not specs:
         raise ValueError("config.policy.policies: empty; expected at least one policy")
     names = [s.name for s in specs]
@@ -307,16 +347,48 @@ def to_objects(cfg: DictConfig | Config) -> Objects:
         if s.kind not in LOOP_POLICY_KINDS:
             raise ValueError(f"config.policy.policies[{i}].kind = {s.kind!r}; expected one of "
                              f"{LOOP_POLICY_KINDS}")
+        hist = lp.history if s.history is None else s.history
+        if hist not in HISTORY_MODES:
+            where = "config.loop.history" if s.history is None else \
+                f"config.policy.policies[{i}].history"
+            raise ValueError(f"{where} = {hist!r}; expected one of {HISTORY_MODES}")
         try:
-            make_loop_policy(s.kind, s.initial_weight, **dict(s.params))
+            make_loop_policy(s.kind, s.initial_weight, hist, **dict(s.params))
         except ValueError as err:
             raise ValueError(f"config.policy.policies[{i}] ({s.name}): {err}") from None
+    specs, controls = _with_controls(specs, c.stats.control_weights)
+    names = [s.name for s in specs]
     mesh = to_mesh_config(c)
     return Objects(env=env, env_kwargs=env_kwargs, ppo=ppo, loop=loop,
                    policy_names=tuple(names), policy_kinds=tuple(s.kind for s in specs),
                    policy_params=tuple(dict(s.params) for s in specs),
                    initial_weights=tuple(float(s.initial_weight) for s in specs),
-                   num_seeds=int(lp.num_seeds), seed=int(c.seed), mesh=mesh)
+                   num_seeds=int(lp.num_seeds), seed=int(c.seed), mesh=mesh,
+                   policy_histories=tuple(lp.history if s.history is None else s.history
+                                          for s in specs),
+                   control_names=controls)
+
+
+def _with_controls(specs: list[Any], weights: list[float]) -> tuple[list[Any], tuple[str, ...]]:
+    """The policy set with a ``fixed`` arm at every control weight (missing ones are appended,
+    named ``fixed_<w>``, with a log line) and the control arms' names."""
+    names = []
+    for w in weights:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
+            raise ValueError(f"config.stats.control_weights: {w!r}; expected numbers >= 0")
+        found = [s for s in specs if s.kind == "fixed" and float(s.initial_weight) == float(w)]
+        if found:
+            names.append(found[0].name)
+            continue
+        name = f"fixed_{float(w)}"
+        if any(s.name == name for s in specs):
+            raise ValueError(f"config.policy.policies: {name!r} is taken by a non-control "
+                             f"policy; the control arm (kind fixed, weight {w}) needs it")
+        log.warning("config.policy: added the control arm %s (kind fixed, weight %s): every "
+                    "comparison is paired against stats.control_weights %s", name, w, weights)
+        specs = [*specs, PolicySpec(name=name, kind="fixed", initial_weight=float(w))]
+        names.append(name)
+    return specs, tuple(names)
 
 
 def to_mesh_config(cfg: DictConfig | Config) -> Any:

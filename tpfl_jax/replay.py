@@ -5,6 +5,12 @@
 ``ClmOrchestrator.enrich_training_job`` (the weight in force is the production model of a
 ``ModelRegistry``, as in production). Comparing the result with ``LoopResult.next_weight``
 checks that the on-device research loop and the production loop cannot drift apart.
+
+Time in the replay: cycle ``c`` is day ``c`` after ``REPLAY_T0``; its trades exit at
+``exit_bar`` seconds into that day, and cycle ``c``'s decision reads the tracker as of noon of
+day ``c`` (``feedback_until``). The loop's ``history`` maps onto the tracker's selection:
+``cycle`` -> ``window='1D'``, ``cumulative`` -> no window, ``window`` -> ``window=f'{N}D'``
+(the last N cycles).
 """
 
 from __future__ import annotations
@@ -50,29 +56,58 @@ def all_deploy_trades(result: Any, policy_names: Sequence[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+REPLAY_T0 = pd.Timestamp("2024-01-01")
+
+
+def _history_window(history: str, history_window: int) -> str | None:
+    if history == "cycle":
+        return "1D"
+    if history == "cumulative":
+        return None
+    if history == "window":
+        return f"{int(history_window)}D"
+    raise ValueError(f"replay_weights: history = {history!r}; expected 'cycle', 'cumulative' "
+                     "or 'window'")
+
+
 def replay_weights(result: Any, kinds: Sequence[str], policy_params: Sequence[dict[str, float]],
                    initial_weights: Sequence[float], *, min_attempts: int = 10,
-                   r_source: str = "estimated", tracker: TPPerformanceTracker | None = None
+                   r_source: str = "estimated", history: str | Sequence[str] = "cycle",
+                   history_window: int = 3, tracker: TPPerformanceTracker | None = None
                    ) -> np.ndarray:
     """Next weights ``[P, S, C]`` recomputed on the host from the run's deployed trades.
 
     For every policy x seed the host chain starts at ``initial_weights[p]``; each cycle's trades
-    are recorded under strategy ``loop/p{p}/s{s}/c{c}`` (the device aggregates one cycle's
-    deployment), a production model carrying the weight in force is registered, and the CLM
-    enrichment step picks the next weight. ``fixed`` policies keep their initial weight.
+    are recorded under strategy ``loop/p{p}/s{s}`` on the replay clock (module docstring), a
+    production model carrying the weight in force is registered, and the CLM enrichment step
+    picks the next weight from the tracker's feedback over ``history`` (one mode, or one per
+    policy). ``fixed`` policies keep their initial weight.
     """
-    tracker = TPPerformanceTracker(":memory:") if tracker is None else tracker
     w_dev = np.asarray(result.weight)
+    hist = [history] * w_dev.shape[0] if isinstance(history, str) else list(history)
+    if len(hist) != w_dev.shape[0]:
+        raise ValueError(f"replay_weights: {len(hist)} history modes for {w_dev.shape[0]} "
+                         "policies")
+    windows = [_history_window(h, history_window) for h in hist]
+    tracker = TPPerformanceTracker(":memory:") if tracker is None else tracker
     n_p, n_s, n_c = w_dev.shape
     out = np.zeros((n_p, n_s, n_c), np.float64)
+    day, noon = pd.Timedelta(days=1), pd.Timedelta(hours=12)
     for p in range(n_p):
         for s in range(n_s):
             weight = float(initial_weights[p])
             registry = ModelRegistry(":memory:")
+            strategy = f"loop/p{p}/s{s}"
             for c in range(n_c):
-                strategy = f"loop/p{p}/s{s}/c{c}"
                 df = deploy_trades(result, p, s, c)
                 if len(df):
+                    t_day = REPLAY_T0 + c * day
+                    bars = df[["entry_bar", "exit_bar"]].to_numpy(np.int64)
+                    if bars.max(initial=0) >= 43_200:
+                        raise ValueError("replay_weights: bar index >= 43200 does not fit the "
+                                         "replay clock (one second per bar before noon)")
+                    df = df.assign(entry_time=t_day + pd.to_timedelta(bars[:, 0], unit="s"),
+                                   exit_time=t_day + pd.to_timedelta(bars[:, 1], unit="s"))
                     tracker.record_trades(df.drop(columns=["symbol_id"]), strategy_id=strategy,
                                           symbol="SYN", model_version=f"c{c}",
                                           tp_reward_weight=weight)
@@ -83,7 +118,9 @@ def replay_weights(result: Any, kinds: Sequence[str], policy_params: Sequence[di
                 registry.promote(v.version_id, "weight in force")
                 orch = ClmOrchestrator(registry, None, None, {  # type: ignore[arg-type]
                     "policy": kinds[p], "policy_params": dict(policy_params[p]),
-                    "min_attempts": min_attempts, "r_source": r_source}, tracker=tracker)
+                    "min_attempts": min_attempts, "r_source": r_source,
+                    "feedback_window": windows[p],
+                    "feedback_until": REPLAY_T0 + c * day + noon}, tracker=tracker)
                 job = TrainingJob(ModelType.RL_V3, None, TriggerReason.PERIODIC,
                                   {"strategy_id": strategy})
                 asyncio.run(orch.enrich_training_job(job))

@@ -1,7 +1,9 @@
 """Tables and plots of closed-loop runs (host only; matplotlib Agg).
 
-``summary.csv`` has one row per policy x seed with the final-cycle and all-cycle out-of-sample
-deploy metrics; ``policy_table`` reduces it across seeds to mean and 95% t-interval per policy.
+``summary.csv`` has one row per policy x seed with the final-cycle and out-of-sample deploy
+metrics; ``policy_table`` reduces it across seeds to mean and 95% t-interval per policy
+(descriptive; ``tpfl-loop`` decides with the paired tables of ``tpfl_jax.stats``, reported
+first by ``write_loop_report``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats as _st  # noqa: E402
 
-TABLE_METRICS = ("final_pnl", "final_sharpe", "oos_pnl", "oos_sharpe", "hit_rate", "actual_r",
-                 "final_weight")
+TABLE_METRICS = ("final_pnl", "final_sharpe", "oos_pnl", "oos_pnl_greedy", "oos_sharpe",
+                 "oos_tp_skill", "hit_rate", "actual_r", "final_weight", "updates", "converged")
 
 
 def t_interval(x: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
@@ -34,8 +36,10 @@ def t_interval(x: np.ndarray, level: float = 0.95) -> tuple[float, float, float]
     return m, half, float(len(x))
 
 
-def policy_table(summary: pd.DataFrame, by: tuple[str, ...] = ("policy",)) -> pd.DataFrame:
-    """Mean and 95% CI half-width across seeds per policy, ranked by final OOS PnL."""
+def policy_table(summary: pd.DataFrame, by: tuple[str, ...] = ("policy",),
+                 rank: bool = True) -> pd.DataFrame:
+    """Mean and 95% CI half-width across seeds per policy, ranked by final OOS PnL (``rank``;
+    else in the summary's policy order)."""
     rows = []
     for key, g in summary.groupby(list(by), sort=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -46,15 +50,17 @@ def policy_table(summary: pd.DataFrame, by: tuple[str, ...] = ("policy",)) -> pd
                 row[m], row[f"{m}_ci95"] = mean, half
         row["seeds"] = len(g)
         rows.append(row)
-    table = pd.DataFrame(rows).sort_values(["final_pnl", "final_sharpe"], ascending=False)
+    table = pd.DataFrame(rows)
+    if rank:
+        table = table.sort_values(["final_pnl", "final_sharpe"], ascending=False)
     return table.reset_index(drop=True)
 
 
-def format_table(table: pd.DataFrame) -> str:
-    """Markdown table with ``mean ± ci`` cells."""
+def format_table(table: pd.DataFrame, first: str = "rank") -> str:
+    """Markdown table with ``mean ± ci`` cells (``first``: the index column's title)."""
     keys = [c for c in table.columns if not c.endswith("_ci95") and c not in TABLE_METRICS]
     cols = keys + [m for m in TABLE_METRICS if m in table]
-    lines = ["| rank | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    lines = [f"| {first} | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for i, r in table.iterrows():
         cells = [str(r[k]) for k in keys]
         for m in TABLE_METRICS:
@@ -158,6 +164,54 @@ def _read_summary(f: Path) -> pd.DataFrame:
                          f"{[str(c) for c in df.columns]} (expected a summary.csv written by "
                          "tpfl-loop or tpfl-train)")
     return df
+def training_table(cycles: pd.DataFrame) -> pd.DataFrame:
+    """Per cycle, over policies x seeds: updates used (mean, min, max), share of agents that met
+    the training criterion, final entropy against its maximum, final training return."""
+    g = cycles.groupby("cycle")
+    return pd.DataFrame({
+        "updates_mean": g["train_updates"].mean(), "updates_min": g["train_updates"].min(),
+        "updates_max": g["train_updates"].max(), "converged": g["train_converged"].mean(),
+        "entropy": g["train_final_entropy"].mean(), "entropy_max": g["train_entropy_max"].mean(),
+        "entropy_ratio": (g["train_final_entropy"].mean() / g["train_entropy_max"].mean()),
+        "train_return": g["train_final_return"].mean(),
+    }).reset_index()
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_loop_report(run_dir: Path, header: str, paired: dict[str, pd.DataFrame],
+                      primary: str, training: pd.DataFrame, table: pd.DataFrame,
+                      plots: list[Path], notes: list[str] | None = None) -> Path:
+    """``report.md`` of a loop run: the primary metric's paired table first, then the
+    secondary metrics', the training criterion per cycle, the descriptive table, the plots."""
+    from tpfl_jax.stats import format_paired
+
+    text = [f"# {header}", ""]
+    text += [f"- {n}" for n in notes or []] + [""]
+    text += [f"## Primary metric: `{primary}` (declared in config.stats before the run)", "",
+             "Per-seed paired differences arm - control (common random numbers), mean; "
+             "intervals at each arm's Holm step level (t and percentile bootstrap); p-values "
+             "Holm-adjusted over the arms of each control; decision = Holm rejection at the "
+             "family level; MDE = the smallest true difference detectable with 80% power at "
+             "this seed count.", "", format_paired(paired[primary]), ""]
+    for m, t in paired.items():
+        if m != primary:
+            text += [f"### Secondary: `{m}`", "", format_paired(t), ""]
+    text += ["## Training per cycle (all policies x seeds)", "",
+             _markdown(training), "",
+             "## Descriptive per-policy means (unpaired; ± 95% t half-width over seeds)", "",
+             format_table(table, first="#"), ""]
+    text += [f"![{p.stem}]({p.name})" for p in plots]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(text) + "\n")
+    return path
 
 
 def collect(path: str | Path) -> pd.DataFrame:

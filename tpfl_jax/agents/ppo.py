@@ -225,6 +225,14 @@ def make_optimizer(config: PPOConfig, hp: PPOHParams) -> optax.GradientTransform
     )
 
 
+def continue_opt_state(fresh: Any, previous: Any) -> Any:
+    """Optimizer state of a continued training job: Adam's moments and bias-correction count
+    from ``previous``; the learning-rate schedule (``inject_hyperparams`` count and schedule
+    state) restarts from ``fresh`` (a ``make_optimizer(...).init`` state)."""
+    clip_state, inj = fresh
+    return clip_state, inj._replace(inner_state=previous[1].inner_state)
+
+
 def _as_typed_key(rng: jax.Array) -> jax.Array:
     if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
         return rng

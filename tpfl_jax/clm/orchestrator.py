@@ -41,6 +41,7 @@ DEFAULT_PROMOTION_CRITERIA: dict[str, float | None] = {
     "max_drawdown": None,      # metrics["max_drawdown"] <= this
     "min_improvement": 0.0,    # sharpe_ratio >= production's sharpe_ratio + this
 }
+STATEFUL_POLICIES = ("ema", "gated", "expectancy")   # start from the production weight
 DEFAULT_CONFIG: dict[str, Any] = {
     "strategy_id": "RL_V3",    # tracker strategy when training_params has no 'strategy_id'
     "policy": "seed_table",
@@ -49,6 +50,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "r_source": "estimated",   # or 'actual' (mean realised R)
     "feedback_last_n": None,   # only the last N trades
     "feedback_window": None,   # only trades within this duration (e.g. '30D')
+    "feedback_until": None,    # end of the feedback period (None: now; e.g. a replay's clock)
     "enable_tp_optimizer_logging": False,
     "tp_optimizer": {},        # kwargs of tracker.tp_distance_recommendations
     "promotion_criteria": {},  # merged over DEFAULT_PROMOTION_CRITERIA
@@ -187,6 +189,8 @@ class ClmOrchestrator:
                 extra["last_n"] = cfg["feedback_last_n"]
             if cfg["feedback_window"] is not None:
                 extra["window"] = cfg["feedback_window"]
+            if cfg["feedback_until"] is not None:
+                extra["until"] = cfg["feedback_until"]
             feedback = tracker.get_strategy_tp_feedback(
                 strategy_id=strategy_id, symbol=job.symbol, min_attempts=cfg["min_attempts"],
                 **extra)
@@ -195,7 +199,7 @@ class ClmOrchestrator:
                 volatility = float(tracker.get_tp_stats(
                     strategy_id, job.symbol, cfg["min_attempts"], **extra).volatility)
             state = None
-            if policy in ("ema", "gated"):
+            if policy in STATEFUL_POLICIES:
                 state = init_policy_state(self._previous_weight(job))
             decision = decide_weight(feedback, policy, state,
                                      make_policy_params(policy, **cfg["policy_params"]),

@@ -21,6 +21,12 @@ Policies (``POLICY_NAMES``; the seed's table is ``seed_table``):
 * ``continuous``: ``w = clip(2 ** (cont_slope * (centre - hit)), w_min, w_max)`` with centre the
   middle of the hit-rate band (defaults: 2.0 at 0.45, 1.0 at 0.575, 0.5 at 0.70); invalid ->
   w_default. Uses the hit rate only.
+* ``expectancy``: decides on the trades' economics, not on the hit rate alone. Positive
+  expectancy (mean realised R > 0 and PnL per trade > 0) with TP skill (hit rate minus the
+  no-edge hit rate ``sl / (tp + sl)`` of the chosen TP distances) above ``skill_margin`` ->
+  ``w + exp_step``; negative expectancy (mean realised R < 0 and PnL per trade < 0) ->
+  ``w - exp_step``; otherwise (mixed evidence) and for invalid stats the weight is held.
+  Clipped to [w_min, w_max].
 
 On device (the closed loop) comparisons run in float32, the dtype of ``TPStats``. The host
 decision (``decide_weight``, the CLM) runs the same functions in float64 on the CPU, with the
@@ -41,7 +47,7 @@ from flax import struct
 
 from tpfl_jax.env.stats import TPStats, make_tp_stats
 
-POLICY_NAMES = ("seed_table", "ema", "vol_scaled", "gated", "continuous")
+POLICY_NAMES = ("seed_table", "ema", "vol_scaled", "gated", "continuous", "expectancy")
 
 # reason codes
 REASON_NO_DATA = 0          # invalid stats (no feedback)
@@ -52,8 +58,12 @@ REASON_OPTIMAL = 4          # hit in band, R good -> w_default
 REASON_NO_RULE = 5          # low hit & low R, or high hit & good R -> w_default
 REASON_INCONCLUSIVE = 6     # gated: interval straddles a threshold, weight held
 REASON_CONTINUOUS = 7       # continuous mapping
+REASON_EXP_UP = 8           # expectancy: positive expectancy and TP skill -> raise
+REASON_EXP_DOWN = 9         # expectancy: negative expectancy -> lower
+REASON_EXP_HOLD = 10        # expectancy: mixed evidence -> hold
 REASON_NAMES = ("no_data", "low_hit_good_r", "high_hit_low_r", "ok_hit_low_r", "optimal",
-                "no_rule", "inconclusive", "continuous")
+                "no_rule", "inconclusive", "continuous", "expectancy_up", "expectancy_down",
+                "expectancy_hold")
 
 
 @struct.dataclass
@@ -77,6 +87,8 @@ class PolicyParams:
     cont_slope: Any = 8.0
     w_min: Any = 0.5
     w_max: Any = 2.0
+    exp_step: Any = 0.25
+    skill_margin: Any = 0.0
 
 
 PARAM_FIELDS = tuple(f.name for f in dataclasses.fields(PolicyParams) if f.name != "policy_id")
@@ -120,6 +132,8 @@ def make_policy_params(policy: str = "seed_table", **overrides: float) -> Policy
          "0 < vol_scale_min <= 1 <= vol_scale_max"),
         (vals["z"] > 0, "z > 0"),
         (0.0 <= vals["w_min"] <= vals["w_max"], "0 <= w_min <= w_max"),
+        (vals["exp_step"] > 0, "exp_step > 0"),
+        (-1.0 < vals["skill_margin"] < 1.0, "-1 < skill_margin < 1"),
     ]
     for ok, text in checks:
         if not ok:
@@ -222,11 +236,23 @@ def continuous(stats: TPStats, state: PolicyState, params: PolicyParams):
     return _out(stats.valid, w, REASON_CONTINUOUS, params.w_default, state)
 
 
+def expectancy(stats: TPStats, state: PolicyState, params: PolicyParams):
+    """Step the weight up on positive expectancy with TP skill, down on negative expectancy."""
+    r, pnl = _f32(stats.actual_r), _f32(stats.pnl_per_trade)
+    skill = _f32(stats.tp_hit_rate) - _f32(stats.no_edge_hit_rate)
+    up = (r > 0) & (pnl > 0) & (skill > params.skill_margin)
+    down = (r < 0) & (pnl < 0)
+    step = jnp.where(up, params.exp_step, jnp.where(down, -params.exp_step, 0.0))
+    w = jnp.clip(state.weight + step, params.w_min, params.w_max)
+    code = jnp.select([up, down], [REASON_EXP_UP, REASON_EXP_DOWN], REASON_EXP_HOLD)
+    return _out(stats.valid, w, code, state.weight, state)
+
+
 PolicyFn = Callable[[TPStats, PolicyState, PolicyParams],
                     tuple[jax.Array, PolicyState, jax.Array]]
 POLICIES: dict[str, PolicyFn] = {
     "seed_table": seed_table, "ema": ema, "vol_scaled": vol_scaled, "gated": gated,
-    "continuous": continuous,
+    "continuous": continuous, "expectancy": expectancy,
 }
 assert tuple(POLICIES) == POLICY_NAMES
 
@@ -260,7 +286,8 @@ def stats_from_feedback(feedback: Mapping[str, Any] | None, volatility: float = 
     """``TPStats`` from a tracker feedback dict (``None`` -> invalid stats).
 
     Needs ``tp_hit_rate``, ``avg_r_multiple``, ``total_attempts``; ``total_hits`` defaults to
-    ``round(hit_rate * attempts)`` and ``premature_exit_rate`` to 0.
+    ``round(hit_rate * attempts)``; ``premature_exit_rate``, ``pnl_per_trade`` and
+    ``no_edge_hit_rate`` default to 0.
     """
     if feedback is None:
         return make_tp_stats(0, 0, 0.0, 0, min_attempts=1, volatility=volatility)
@@ -282,13 +309,16 @@ def stats_from_feedback(feedback: Mapping[str, Any] | None, volatility: float = 
     r = num("avg_r_multiple")
     hits = num("total_hits", 0, attempts) if "total_hits" in feedback else round(hit * attempts)
     prem = num("premature_exit_rate", 0, 1) if "premature_exit_rate" in feedback else 0.0
+    pnl = num("pnl_per_trade") if "pnl_per_trade" in feedback else 0.0
+    no_edge = num("no_edge_hit_rate", 0, 1) if "no_edge_hit_rate" in feedback else 0.0
     vol = float(volatility)
     if not (np.isfinite(vol) and vol >= 0):
         raise ValueError(f"stats_from_feedback: volatility = {volatility!r}; expected >= 0")
     return TPStats(
         total_attempts=_f32(attempts), total_hits=_f32(hits), tp_hit_rate=_f32(hit),
         avg_r_multiple=_f32(r), actual_r=_f32(feedback.get("actual_r_multiple", r)),
-        premature_exit_rate=_f32(prem), valid=jnp.asarray(attempts > 0), volatility=_f32(vol))
+        premature_exit_rate=_f32(prem), valid=jnp.asarray(attempts > 0), volatility=_f32(vol),
+        pnl_per_trade=_f32(pnl), no_edge_hit_rate=_f32(no_edge))
 
 
 def reason_text(code: int, hit: float | None, r: float | None, weight: float,
@@ -309,6 +339,12 @@ def reason_text(code: int, hit: float | None, r: float | None, weight: float,
         REASON_INCONCLUSIVE: "Hit rate {hit:.1%} interval straddles a threshold - holding TP "
                              "weight {w:.2f}",
         REASON_CONTINUOUS: "Hit rate {hit:.1%} mapped continuously to TP weight {w:.2f}",
+        REASON_EXP_UP: "Positive expectancy with TP skill (hit rate {hit:.1%}) - raising TP "
+                       "weight to {w:.2f}",
+        REASON_EXP_DOWN: "Negative expectancy (hit rate {hit:.1%}) - lowering TP weight to "
+                         "{w:.2f}",
+        REASON_EXP_HOLD: "Mixed expectancy evidence (hit rate {hit:.1%}) - holding TP weight "
+                         "{w:.2f}",
     }
     if code not in texts:
         raise ValueError(f"reason_text: code = {code!r}; expected one of {sorted(texts)}")

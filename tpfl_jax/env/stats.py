@@ -50,7 +50,11 @@ class TPStats:
 
     ``valid`` is False when ``total_attempts < min_attempts`` (the tracker's ``None``).
     ``volatility`` is the mean volatility unit relative to price of the traded bars (for
-    policies that scale thresholds per symbol); 0 when unknown.
+    policies that scale thresholds per symbol); 0 when unknown. ``pnl_per_trade``: mean
+    realised PnL (currency, after costs) per attempt. ``no_edge_hit_rate``: mean over the
+    attempts of ``sl / (tp + sl) = 1 / (1 + r_planned)``, the probability that a driftless
+    continuous martingale touches the TP before the SL (no time barrier, no costs, no gaps:
+    an approximation; 0 when unknown). ``tp_skill = tp_hit_rate - no_edge_hit_rate``.
     """
 
     total_attempts: jax.Array
@@ -61,15 +65,29 @@ class TPStats:
     premature_exit_rate: jax.Array
     valid: jax.Array
     volatility: jax.Array
+    pnl_per_trade: Any = 0.0
+    no_edge_hit_rate: Any = 0.0
 
     @property
     def total_misses(self) -> jax.Array:
         return self.total_attempts - self.total_hits
 
+    @property
+    def tp_skill(self) -> jax.Array:
+        """Hit rate minus the no-edge hit rate of the chosen TP distances."""
+        return jnp.asarray(self.tp_hit_rate) - jnp.asarray(self.no_edge_hit_rate)
+
+
+def no_edge_hit_rate(r_planned):
+    """No-edge TP-before-SL probability ``1 / (1 + r_planned)`` (= sl / (tp + sl)) of a
+    driftless continuous martingale; an approximation for bars, costs and time barriers."""
+    return 1.0 / (1.0 + jnp.asarray(r_planned, jnp.float32))
+
 
 def make_tp_stats(attempts, hits, sum_r, premature, min_attempts=10, volatility=0.0,
-                  r_cap: float = R_CAP) -> TPStats:
-    """``TPStats`` from counts (host floats or jnp arrays)."""
+                  r_cap: float = R_CAP, sum_pnl=0.0, sum_no_edge=0.0) -> TPStats:
+    """``TPStats`` from counts and sums over the attempts (host floats or jnp arrays);
+    ``sum_no_edge`` sums ``no_edge_hit_rate(r_planned)`` over the attempts."""
     attempts = jnp.asarray(attempts, jnp.float32)
     hits = jnp.asarray(hits, jnp.float32)
     denom = jnp.maximum(attempts, 1.0)
@@ -84,6 +102,9 @@ def make_tp_stats(attempts, hits, sum_r, premature, min_attempts=10, volatility=
                                       jnp.asarray(premature, jnp.float32) / denom, 0.0),
         valid=attempts >= min_attempts,
         volatility=jnp.asarray(volatility, jnp.float32),
+        pnl_per_trade=jnp.where(attempts > 0, jnp.asarray(sum_pnl, jnp.float32) / denom, 0.0),
+        no_edge_hit_rate=jnp.where(attempts > 0,
+                                   jnp.asarray(sum_no_edge, jnp.float32) / denom, 0.0),
     )
 
 
@@ -91,8 +112,12 @@ def tp_stats(trade: dict[str, Any], min_attempts=10, r_cap: float = R_CAP) -> TP
     """Reduce a batch of ``info["trade"]`` dicts (any leading axes) into ``TPStats``.
 
     Attempts are all closed trades (every trade carries a TP), including ``end`` exits.
+    ``pnl`` / ``r_planned`` are optional (PnL per trade / no-edge hit rate 0 without them).
     """
     closed = trade["closed"].astype(jnp.float32)
+    pnl = trade["pnl"] * closed if "pnl" in trade else jnp.zeros_like(closed)
+    no_edge = (no_edge_hit_rate(trade["r_planned"]) * closed if "r_planned" in trade
+               else jnp.zeros_like(closed))
     return make_tp_stats(
         attempts=closed.sum(),
         hits=(trade["hit"].astype(jnp.float32) * closed).sum(),
@@ -100,6 +125,8 @@ def tp_stats(trade: dict[str, Any], min_attempts=10, r_cap: float = R_CAP) -> TP
         premature=(trade["premature"].astype(jnp.float32) * closed).sum(),
         min_attempts=min_attempts,
         r_cap=r_cap,
+        sum_pnl=pnl.sum(),
+        sum_no_edge=no_edge.sum(),
     )
 
 

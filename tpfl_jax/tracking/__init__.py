@@ -2,6 +2,7 @@
 
 from tpfl_jax.tracking.tracker import (
     ACTUAL_R_KEY,
+    EDGE_KEYS,
     FEEDBACK_KEYS,
     TPPerformanceTracker,
     default_db_path,
@@ -10,5 +11,5 @@ from tpfl_jax.tracking.tracker import (
     reset_tp_tracker,
 )
 
-__all__ = ["ACTUAL_R_KEY", "FEEDBACK_KEYS", "TPPerformanceTracker", "default_db_path",
+__all__ = ["ACTUAL_R_KEY", "EDGE_KEYS", "FEEDBACK_KEYS", "TPPerformanceTracker", "default_db_path",
            "get_strategy_tp_feedback", "get_tp_tracker", "reset_tp_tracker"]

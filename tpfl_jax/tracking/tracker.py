@@ -40,6 +40,8 @@ R_SOURCES = ("estimated", "actual")
 FEEDBACK_KEYS = ("tp_hit_rate", "avg_r_multiple", "total_attempts", "total_hits",
                  "total_misses", "premature_exit_rate")
 ACTUAL_R_KEY = "actual_r_multiple"
+# per-trade economics of the TP placement (the ``expectancy`` policy reads them)
+EDGE_KEYS = ("pnl_per_trade", "no_edge_hit_rate", "tp_skill")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tp_trades (
@@ -419,16 +421,28 @@ class TPPerformanceTracker(SqliteStore):
 
     def _aggregate(self, strategy_id, symbol, since, until, window, last_n,
                    where) -> tuple[int, int, float, int, float]:
+        a, h, sr, p, vol, _, _ = self._aggregate_all(strategy_id, symbol, since, until, window,
+                                                     last_n, where)
+        return a, h, sr, p, vol
+
+    def _aggregate_all(self, strategy_id, symbol, since, until, window, last_n, where
+                       ) -> tuple[int, int, float, int, float, float, float]:
+        """(attempts, hits, sum R, premature, mean volatility unit, mean PnL per attempt,
+        mean no-edge hit rate ``1 / (1 + r_planned)`` over attempts with a planned R)."""
         sql, params = self._select(strategy_id, symbol, since, until, window, last_n, where)
         agg = f"""SELECT COALESCE(SUM(has_tp), 0), COALESCE(SUM(has_tp * hit), 0),
                          COALESCE(SUM(CASE WHEN has_tp = 1 THEN r_realised END), 0.0),
                          COALESCE(SUM(has_tp * premature), 0),
                          AVG(CASE WHEN has_tp = 1 AND tp_mult IS NOT NULL
-                                  THEN ABS(tp_price - entry_price) / (tp_mult * entry_price) END)
+                                  THEN ABS(tp_price - entry_price) / (tp_mult * entry_price) END),
+                         AVG(CASE WHEN has_tp = 1 THEN COALESCE(pnl, 0.0) END),
+                         AVG(CASE WHEN has_tp = 1 AND r_planned IS NOT NULL
+                                  THEN 1.0 / (1.0 + r_planned) END)
                   FROM ({sql})"""
         with self._lock:
-            a, h, sr, p, vol = self._conn.execute(agg, params).fetchone()
-        return int(a), int(h), float(sr), int(p), float(vol or 0.0)
+            a, h, sr, p, vol, pnl, ne = self._conn.execute(agg, params).fetchone()
+        return (int(a), int(h), float(sr), int(p), float(vol or 0.0), float(pnl or 0.0),
+                float(ne or 0.0))
 
     def get_strategy_tp_feedback(self, strategy_id: str,
                                  symbol: str | Sequence[str] | None = None,
@@ -438,7 +452,9 @@ class TPPerformanceTracker(SqliteStore):
                                  last_n: int | None = None) -> dict[str, float | int] | None:
         """TP aggregates of one strategy, or ``None`` below ``min_attempts`` attempts.
 
-        Returns ``FEEDBACK_KEYS`` plus ``ACTUAL_R_KEY`` (mean realised R). ``symbol``: one symbol,
+        Returns ``FEEDBACK_KEYS``, ``ACTUAL_R_KEY`` (mean realised R) and ``EDGE_KEYS`` (mean
+        PnL per attempt; mean no-edge hit rate ``1 / (1 + r_planned)``; hit rate minus it).
+        ``symbol``: one symbol,
         several (aggregated) or ``None`` (all symbols). ``avg_r_multiple`` is the seed's capped
         ``1 / hit_rate`` (``r_source='estimated'``) or the mean realised R (``'actual'``).
         Selection: exit time in ``[since, until]``, or within ``window`` before ``until``
@@ -448,7 +464,7 @@ class TPPerformanceTracker(SqliteStore):
         min_attempts = _positive_int("min_attempts", min_attempts, where)
         if r_source not in R_SOURCES:
             raise ValueError(f"{where}: r_source = {r_source!r}; expected one of {R_SOURCES}")
-        attempts, hits, sum_r, premature, _ = self._aggregate(
+        attempts, hits, sum_r, premature, _, pnl, no_edge = self._aggregate_all(
             strategy_id, symbol, since, until, window, last_n, where)
         if attempts < min_attempts:
             return None
@@ -463,6 +479,9 @@ class TPPerformanceTracker(SqliteStore):
             "total_misses": attempts - hits,
             "premature_exit_rate": premature / attempts,
             ACTUAL_R_KEY: actual,
+            "pnl_per_trade": pnl,
+            "no_edge_hit_rate": no_edge,
+            "tp_skill": hit_rate - no_edge,
         }
 
     def get_tp_stats(self, strategy_id: str, symbol: str | Sequence[str] | None = None,
@@ -475,9 +494,10 @@ class TPPerformanceTracker(SqliteStore):
         min_attempts = _positive_int("min_attempts", min_attempts, where)
         if r_source not in R_SOURCES:
             raise ValueError(f"{where}: r_source = {r_source!r}; expected one of {R_SOURCES}")
-        a, h, sr, p, vol = self._aggregate(strategy_id, symbol, since, until, window, last_n,
-                                           where)
-        stats = make_tp_stats(a, h, sr, p, min_attempts=min_attempts, volatility=vol)
+        a, h, sr, p, vol, pnl, ne = self._aggregate_all(strategy_id, symbol, since, until,
+                                                        window, last_n, where)
+        stats = make_tp_stats(a, h, sr, p, min_attempts=min_attempts, volatility=vol,
+                              sum_pnl=pnl * a, sum_no_edge=ne * a)
         if r_source == "actual":
             stats = stats.replace(avg_r_multiple=stats.actual_r)
         return stats
