@@ -29,9 +29,9 @@ episode scored below staying flat. The calibrated default:
 
 Audit of this default (``tpfl-audit``, 512 episodes of 100 bars per rule, ``regime`` / ``mixed``):
 Kendall tau between reward at weight 0 and PnL over {flat, buy-and-hold, trend, churn, oracle} =
-1.0 on both; churn reaches the best profitable reference at weight 9.3 / 9.7 (4.2 / 4.6 against
+1.0 on both; churn reaches the best profitable reference at weight 9.3 / 10.1 (4.2 / 4.7 against
 causal rules only) and no coin-flip rule at any TP reaches the best causal rule below weight
-2.4 / 3.2. Scanned and rejected: PnL 10-15 (a coin-flip trader at TP 1.0-1.5 reached the trend
+2.4 / 3.4. Scanned and rejected: PnL 10-15 (a coin-flip trader at TP 1.0-1.5 reached the trend
 rule at weights 1.8-2.2 on some market samples), drawdown 1.5 (a buy-and-hold with +104 PnL
 scored below flat), per-bar vol scaling (a trend rule earning +168 scored below flat: it earns in
 volatile bars), and the ``mfe_ratio`` / ``hit`` accuracies at PnL 10 (churn break-even 1.1).
