@@ -229,6 +229,8 @@ def run_audit(env: Any, env_params: Any, config: AuditConfig = AuditConfig(),
 def summary_text(s: dict[str, Any]) -> str:
     """A few lines: tau, break-even, the ranking set's PnL and reward at weight 0."""
     def ok(v: float) -> str:
+        if math.isnan(v):
+            return "undefined: no reference is profitable beyond its 95% interval"
         return f"OK, > {SEED_TABLE_MAX_WEIGHT}" if v > SEED_TABLE_MAX_WEIGHT else \
             f"FARMABLE at or below {SEED_TABLE_MAX_WEIGHT}"
 
