@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TPFL_", "SLURM_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TPFL_", "SLURM_"))
+           or k == "TPFL_COMPILE_CACHE_DIR"}       # the session's tmp compile cache
     env.pop("XLA_FLAGS", None)
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), **extra)
     return env

@@ -57,7 +57,7 @@ class GuardSection:
 
     max_approx_kl: float | None = 1.0
     min_entropy: float | None = 1e-3
-    max_abs_loss: float | None = 1e6
+    max_abs_loss: float | None = 1e8
     max_memory_gb: float | None = None
 
 
