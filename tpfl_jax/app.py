@@ -517,7 +517,7 @@ def _hydra_job(fn, distributed: bool = True):
             # shutdown barrier would time out on a long evaluation / checkpoint)
             sync_processes("tpfl_jax.app:done")
         if isinstance(result, pd.DataFrame) and len(result):
-            return float(result["final_pnl"].iloc[0])   # objective for sweepers
+            return float(result["final_pnl"].max())   # objective for sweepers: best arm
         return None
     main.__name__ = fn.__name__
     main.__doc__ = fn.__doc__
