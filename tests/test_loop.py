@@ -181,10 +181,12 @@ def test_fixed_policy_and_validation():
         make_loop_policy("fixed", -1.0)
     with pytest.raises(ValueError, match="num_cycles"):
         LoopConfig(num_cycles=0)
-    for bad in ({"history": "decayed"}, {"feedback_mode": "mode"}, {"entropy_frac": 1.5},
-                {"chunk_updates": 0}, {"converge": 1}):
+    for bad in ({"feedback_mode": "mode"}, {"entropy_frac": 1.5}, {"chunk_updates": 0},
+                {"converge": 1}, {"history_window": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             LoopConfig(**bad)
+    with pytest.raises(ValueError, match="history"):
+        make_loop_policy("ema", history="decayed")
 
 
 def test_sharded_loop_sweep_matches_loop_run(small):

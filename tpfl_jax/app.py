@@ -82,6 +82,24 @@ def _jsonable(v: Any) -> Any:
     return None if isinstance(x, float) and not np.isfinite(x) else x
 
 
+def resolve_data_path(path: str) -> str:
+    """``pkg://PACKAGE/REL`` -> the file ``REL`` inside the installed package ``PACKAGE`` (e.g.
+    ``pkg://backtesting/test/GOOG.csv``); other paths are returned as they are."""
+    if not str(path).startswith("pkg://"):
+        return str(path)
+    import importlib.resources
+
+    pkg, _, rel = str(path)[len("pkg://"):].partition("/")
+    try:
+        f = importlib.resources.files(pkg) / rel
+    except ModuleNotFoundError:
+        raise ValueError(f"config.market.path = {path!r}: package {pkg!r} is not installed "
+                         "(the backtesting data ships with the dev extra)") from None
+    if not f.is_file():
+        raise ValueError(f"config.market.path = {path!r}: no file {rel!r} in package {pkg!r}")
+    return str(f)
+
+
 def build_market(c: Config, env: Any, env_kwargs: dict[str, Any], loop_cfg: Any):
     """(markets spec, traced source argument, env params template) of the config."""
     import jax
@@ -108,7 +126,7 @@ def build_market(c: Config, env: Any, env_kwargs: dict[str, Any], loop_cfg: Any)
             columns["timestamp"] = m.timestamp
         if m.no_volume:
             columns["volume"] = None
-        frame = read_ohlcv(m.path, columns, sep=m.sep)
+        frame = read_ohlcv(resolve_data_path(m.path), columns, sep=m.sep)
         source = to_windows(frame, len(frame))
         spec = WalkForwardMarkets(train_bars=m.train_bars, deploy_bars=m.deploy_bars,
                                   window=env.window)
@@ -150,7 +168,7 @@ def reward_audit(c: Config, env: Any, env_params: Any, spec: Any, source: Any, o
         label = f"{c.market.kind}, {a.paths} fresh paths"
     else:
         market = source
-        label = f"{Path(str(c.market.path)).name}, all bars"
+        label = f"{Path(resolve_data_path(str(c.market.path))).name}, all bars"
     try:
         result = run_audit(env, env_params.replace(market=market), acfg, label=label)
     except ValueError as e:
@@ -275,6 +293,15 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
         paired, c.stats.primary_metric, training, table, plots,
         notes=_loop_notes(obj, c))
     audit = reward_audit(c, obj.env, env_params, spec, source, out, quiet=True)
+    refs = deploy_references(obj, spec, source, env_params, out,
+                             has_labels=bool(audit.summary["has_regime_labels"]) if audit
+                             else c.market.source == "synthetic")
+    with (out / "report.md").open("a") as f:
+        f.write("\n## Reference rules on the same deployment episodes\n\n"
+                "Per seed and cycle on exactly the arms' deploy paths and start bars; best TP in "
+                "hindsight per family; the oracle reads the hidden regime label (a benchmark, "
+                "never an agent input).\n\n"
+                f"{_references_md(refs, summary, obj.control_names)}\n")
     _append_audit(out, audit)
     (out / "timing.json").write_text(json.dumps({"compile_s": t_compile, "run_s": t_run}))
     _log_experiment(cfg, c, out, cycles, paired)
@@ -349,6 +376,61 @@ def loop_summary(cycles: pd.DataFrame) -> pd.DataFrame:
         "final_weight": last["weight"], "updates": allc["train_updates"].mean(),
         "converged": allc["train_converged"].mean(),
     }).reset_index()
+
+
+def deploy_references(obj: Any, spec: Any, source: Any, env_params: Any, out: Path,
+                      has_labels: bool) -> pd.DataFrame:
+    """Reference rules on exactly the loop's deployment episodes (same deploy market, paths and
+    start bars per seed and cycle): flat, buy-and-hold, the trend rule and (synthetic markets
+    only) the hidden-label regime oracle, each with its best TP in hindsight. One row per rule x
+    seed with ``final_pnl`` and ``oos_pnl`` as in ``summary.csv``; written to
+    ``references.csv``."""
+    import jax
+
+    from tpfl_jax.baselines import make_deploy_references, reference_set, stack
+    from tpfl_jax.loop import seed_keys
+
+    refs = reference_set(obj.env)
+    fams = ["trend", *(["oracle"] if has_labels else [])]
+    names = ["flat", "buy_and_hold", *[n for n in refs if n.startswith(tuple(f"{f}_tp"
+                                                                                for f in fams))]]
+    n_c = obj.loop.num_cycles
+    t_dep = int(np.max(np.asarray(env_params.max_steps_in_episode)))
+    run = make_deploy_references(obj.env, spec, n_c, obj.loop.deploy_envs, t_dep)
+    res = jax.device_get(run(seed_keys(obj.seed, obj.num_seeds), stack([refs[n] for n in names]),
+                             source, env_params))
+    pnl = np.asarray(res["pnl"]).mean(-1)                     # [R, S, C] mean per episode
+    oos = pnl[:, :, 1:].mean(-1) if n_c > 1 else pnl.mean(-1)
+    rows = [{"rule": n, "seed": s, "final_pnl": float(pnl[i, s, -1]),
+             "oos_pnl": float(oos[i, s])} for i, n in enumerate(names)
+            for s in range(obj.num_seeds)]
+    df = pd.DataFrame(rows)
+    keep = ["flat", "buy_and_hold"]
+    for f in fams:                                          # best TP in hindsight per family
+        fam = df[df.rule.str.startswith(f"{f}_tp")].groupby("rule")["oos_pnl"].mean()
+        keep.append(str(fam.idxmax()))
+    df = df[df.rule.isin(keep)].reset_index(drop=True)
+    df.to_csv(out / "references.csv", index=False)
+    return df
+
+
+def _references_md(refs: pd.DataFrame, summary: pd.DataFrame, controls: tuple[str, ...]) -> str:
+    """Markdown: reference rules beside the control arms (oos_pnl, mean ± 95% t half-width)."""
+    from scipy import stats as sst
+
+    def ci(x):
+        x = np.asarray(x, float)
+        return float(sst.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))) \
+            if len(x) > 1 else float("nan")
+
+    lines = ["| rule / arm | oos_pnl per episode | ± 95% |", "|---|---|---|"]
+    for n, g in refs.groupby("rule", sort=False):
+        lines.append(f"| {n} (reference) | {g.oos_pnl.mean():+.1f} | {ci(g.oos_pnl):.1f} |")
+    for n in controls:
+        g = summary[summary.policy == n]
+        if len(g):
+            lines.append(f"| {n} (control arm) | {g.oos_pnl.mean():+.1f} | {ci(g.oos_pnl):.1f} |")
+    return "\n".join(lines)
 
 
 def _paired_stats(c: Config, obj: Any, summary: pd.DataFrame, out: Path
@@ -619,7 +701,7 @@ def _hydra_job(fn, distributed: bool = True):
             # shutdown barrier would time out on a long evaluation / checkpoint)
             sync_processes("tpfl_jax.app:done")
         if isinstance(result, pd.DataFrame) and len(result):
-            return float(result["final_pnl"].iloc[0])   # objective for sweepers
+            return float(result["final_pnl"].max())   # objective for sweepers: best arm
         return None
     main.__name__ = fn.__name__
     main.__doc__ = fn.__doc__

@@ -107,21 +107,14 @@ def act(env: TradingEnv, s: Strategy, state: Any, params: Any, key: jax.Array) -
     return jnp.where(s.kind == 1, random_action, ruled).astype(jnp.int32)
 
 
-@functools.lru_cache(maxsize=16)
-def make_runner(env: TradingEnv, n_steps: int):
-    """``run(keys[E], strategies[S], weights[W], params) -> dict of [S, W, E] arrays``.
-
-    One episode per key (``env.reset``), ``n_steps`` steps in ``lax.scan``; the episode stops
-    at ruin (no auto-reset). Outputs: ``EPISODE_KEYS``, ``term/<name>`` (each reward term summed
-    over the episode) and ``bonus_pos/<mode>`` (sum over closed trades of max(accuracy, 0) under
-    each of ``ACCURACY_MODES``: the bonus per unit ``5 * weight`` each definition would pay).
-    """
+def _episode_fn(env: TradingEnv, n_steps: int):
+    """``episode(reset_key, run_key, strategy, weight, params) -> dict of sums`` (see
+    ``make_runner``); the episode starts where ``env.reset(reset_key, params)`` starts."""
     from tpfl_jax.reward import TERM_NAMES
 
-    def episode(key, s, w, params):
+    def episode(reset_key, run_key, s, w, params):
         params = params.replace(tp_reward_weight=w)
-        k_reset, k_run = jax.random.split(key)
-        _, st0 = env.reset_env(k_reset, params)
+        _, st0 = env.reset_env(reset_key, params)
         eq0 = st0.equity
         zero = jnp.float32(0.0)
         sums0 = {k: zero for k in ("reward", "trades", "hits", "sum_r", "sum_tp_mult", "steps")}
@@ -148,11 +141,29 @@ def make_runner(env: TradingEnv, n_steps: int):
             return (st, active & ~done, sums), None
 
         (st, _, sums), _ = jax.lax.scan(step, (st0, jnp.bool_(True), sums0),
-                                        jax.random.split(k_run, n_steps))
+                                        jax.random.split(run_key, n_steps))
         sums["pnl"] = st.equity - eq0
         sums["return"] = st.equity / eq0 - 1.0
         sums["max_drawdown"] = st.max_drawdown
         return sums
+
+    return episode
+
+
+@functools.lru_cache(maxsize=16)
+def make_runner(env: TradingEnv, n_steps: int):
+    """``run(keys[E], strategies[S], weights[W], params) -> dict of [S, W, E] arrays``.
+
+    One episode per key (``env.reset``), ``n_steps`` steps in ``lax.scan``; the episode stops
+    at ruin (no auto-reset). Outputs: ``EPISODE_KEYS``, ``term/<name>`` (each reward term summed
+    over the episode) and ``bonus_pos/<mode>`` (sum over closed trades of max(accuracy, 0) under
+    each of ``ACCURACY_MODES``: the bonus per unit ``5 * weight`` each definition would pay).
+    """
+    ep = _episode_fn(env, n_steps)
+
+    def episode(key, s, w, params):
+        k_reset, k_run = jax.random.split(key)
+        return ep(k_reset, k_run, s, w, params)
 
     over_e = jax.vmap(episode, (0, None, None, None))
     over_w = jax.vmap(over_e, (None, None, 0, None))
@@ -160,5 +171,33 @@ def make_runner(env: TradingEnv, n_steps: int):
     return jax.jit(over_s)
 
 
-__all__ = ["EPISODE_KEYS", "KINDS", "Strategy", "act", "make_runner", "reference_set", "stack",
+def make_deploy_references(env: TradingEnv, markets: Any, num_cycles: int, deploy_envs: int,
+                           n_steps: int):
+    """``run(seed_keys[S], strategies[R], source, env_params) -> dict of [R, S, C, E]``: the
+    rules on exactly the deployment episodes of ``tpfl_jax.loop`` (same deploy market, paths
+    and start bars per seed and cycle: the loop's key derivation), so arms and references are
+    compared on common random numbers. Outputs as ``make_runner`` (weight 0)."""
+    ep = _episode_fn(env, n_steps)
+
+    def one(key, s, source, env_params):
+        k_mkt, _, k_cycles = jax.random.split(key, 3)
+
+        def cycle(c):
+            _, deploy_m = markets.cycle_markets(source, k_mkt, c)
+            _, k_dep = jax.random.split(jax.random.fold_in(k_cycles, c))
+            k_reset, k_run = jax.random.split(k_dep)
+            params = env_params.replace(market=deploy_m)
+            resets = jax.random.split(k_reset, deploy_envs)
+            runs = jax.random.split(k_run, deploy_envs)
+            return jax.vmap(ep, (0, 0, None, None, None))(resets, runs, s, jnp.float32(0.0),
+                                                          params)
+
+        return jax.vmap(cycle)(jnp.arange(num_cycles, dtype=jnp.int32))
+
+    over_seeds = jax.vmap(one, (0, None, None, None))
+    return jax.jit(jax.vmap(over_seeds, (None, 0, None, None)))
+
+
+__all__ = ["EPISODE_KEYS", "KINDS", "Strategy", "act", "make_deploy_references", "make_runner",
+           "reference_set", "stack",
            "strategy"]
