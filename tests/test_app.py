@@ -168,6 +168,10 @@ def test_tiny_loop_end_to_end_produces_every_artefact(tmp_path):
                  "audit_summary.json", "audit_reward_pnl.png"):
         assert (out / name).stat().st_size > 0, name
     assert "## Reward audit" in (out / "report.md").read_text()
+    refs = pd.read_csv(out / "references.csv")
+    assert refs["rule"].iloc[0] == "flat" and (refs[refs.rule == "flat"].oos_pnl == 0).all()
+    assert {"buy_and_hold"} < set(refs["rule"]) and len(refs) == 4 * 2   # 4 rules x 2 seeds
+    assert "## Reference rules on the same deployment episodes" in (out / "report.md").read_text()
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 4 * 2 * 2   # policies x seeds x cycles
     assert {"deploy_greedy_pnl", "deploy_sampled_pnl", "train_updates", "train_converged",

@@ -117,3 +117,34 @@ def test_audit_config_errors_name_the_field():
         AuditConfig(weights=(1.0, float("nan")))
     with pytest.raises(ValueError, match="lookback"):
         reference_set(ENV, lookback=40)
+
+
+def test_deploy_references_follow_the_loops_deploy_episodes():
+    """Shapes, flat = 0, and the same episodes as the loop: the deploy market of seed s and cycle
+    c is the loop's ``cycle_markets(source, k_mkt, c)`` with its reset keys."""
+    from tpfl_jax.baselines import make_deploy_references
+    from tpfl_jax.loop import SyntheticMarkets, seed_keys
+
+    spec = SyntheticMarkets(kind="regime", train_paths=2, deploy_paths=3, n_bars=120, substeps=2)
+    source = spec.source()
+    template, _ = spec.cycle_markets(source, jax.random.key(0), 0)
+    params = ENV.make_params(template, max_steps_in_episode=30)
+    run = make_deploy_references(ENV, spec, 2, 5, 30)
+    refs = reference_set(ENV)
+    keys = seed_keys(0, 2)
+    out = jax.device_get(run(keys, stack([refs["flat"], refs["buy_and_hold"]]), source, params))
+    assert out["pnl"].shape == (2, 2, 2, 5)                   # rules x seeds x cycles x envs
+    assert np.all(out["pnl"][0] == 0) and np.any(out["pnl"][1] != 0)
+    # seed 1, cycle 1 by hand: the loop's key derivation and env.reset on its deploy market
+    k_mkt, _, k_cycles = jax.random.split(keys[1], 3)
+    _, dep = spec.cycle_markets(source, k_mkt, jnp.int32(1))
+    _, k_dep = jax.random.split(jax.random.fold_in(k_cycles, 1))
+    k_reset, k_run = jax.random.split(k_dep)
+    from tpfl_jax.baselines import _episode_fn
+
+    ep = _episode_fn(ENV, 30)
+    p = params.replace(market=dep)
+    for e, (rk, uk) in enumerate(zip(jax.random.split(k_reset, 5), jax.random.split(k_run, 5),
+                                     strict=True)):
+        want = ep(rk, uk, refs["buy_and_hold"], jnp.float32(0.0), p)["pnl"]
+        assert float(out["pnl"][1, 1, 1, e]) == pytest.approx(float(want), rel=1e-5, abs=1e-3)

@@ -165,7 +165,7 @@ def test_two_process_loop_matches_one_process(tmp_path):
         assert (p0 / name).stat().st_size > 0, name
         assert not (p1 / name).exists(), f"process 1 wrote {name}"
     a, b = (pd.read_csv(d / "cycles.csv") for d in (one, p0))
-    assert a.shape == b.shape == (3 * 2 * 2, a.shape[1])   # policies x seeds x cycles
+    assert a.shape == b.shape == (4 * 2 * 2, a.shape[1])   # policies x seeds x cycles
     assert list(a["policy"]) == list(b["policy"]) and list(a["seed"]) == list(b["seed"])
     num = a.select_dtypes("number").columns
     np.testing.assert_allclose(a[num].to_numpy(float), b[num].to_numpy(float),
