@@ -22,20 +22,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from tpfl_jax.agents.ppo import PPOConfig
 from tpfl_jax.loop import HISTORY_MODES, LOOP_POLICY_KINDS, LoopConfig, make_loop_policy
+from tpfl_jax.reward import RewardCoefs
 from tpfl_jax.validate import GuardSection, check_config, check_known_keys
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RewardSection:
-    """``reward.RewardCoefs`` (defaults: the calibrated reward, see ``tpfl_jax/reward.py``)."""
-
-    pnl: float = 20.0
-    drawdown: float = 1.0
-    size: float = 0.01
-    alignment: float = 0.0
-    tp_bonus: float = 5.0
 
 
 @dataclass
@@ -69,7 +59,7 @@ class EnvConfig:
     drawdown_mode: str = "increase"
     alignment_source: str = "causal"
     reward_vol: str = "episode"
-    reward: RewardSection = field(default_factory=RewardSection)
+    reward: RewardSection = field(default_factory=lambda: RewardSection())
 
 
 @dataclass
@@ -121,6 +111,9 @@ def _schema(cls: type, name: str, extra: tuple[tuple[str, type, Any], ...] = ())
     specs += [(n, t, field(default=d)) for n, t, d in extra]
     return dataclasses.make_dataclass(name, specs)
 
+
+# ``reward.RewardCoefs`` (defaults: the calibrated reward, see ``tpfl_jax/reward.py``).
+RewardSection = _schema(RewardCoefs, "RewardSection")
 
 # ``agents.ppo.PPOConfig``; ``total_timesteps`` is the budget of one training job (one loop
 # cycle); the ``ppo`` config group sets CPU/accelerator sizes.
