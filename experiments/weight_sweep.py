@@ -25,22 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from tpfl_jax.agents.evaluate import evaluate
 from tpfl_jax.agents.ppo import PPOConfig, make_train
+from tpfl_jax.audit import ci95
 from tpfl_jax.baselines import make_runner, reference_set, stack
 from tpfl_jax.env.trading import TradingEnv
 from tpfl_jax.market import synthetic
 
 METRICS = ("pnl_per_episode", "mean_tp_mult", "tp_hit_rate", "trades_per_episode", "mean_r")
-
-
-def _ci(x: np.ndarray) -> float:
-    x = np.asarray(x, float)
-    if len(x) < 2:
-        return float("nan")
-    return float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
 
 
 def _trade_row(ev, episodes: int) -> dict[str, float]:
@@ -116,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
     ref = pd.DataFrame({
         "rule": names,
         "pnl_per_episode": out["pnl"][:, 0].mean(-1),
-        "pnl_ci95": [_ci(out["pnl"][j, 0]) for j in range(len(names))],
+        "pnl_ci95": [ci95(out["pnl"][j, 0]) for j in range(len(names))],
         "trades_per_episode": out["trades"][:, 0].mean(-1),
         "tp_hit_rate": out["hits"][:, 0].sum(-1) / np.maximum(out["trades"][:, 0].sum(-1), 1),
     })
@@ -134,14 +127,14 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
         for mode in ("greedy", "sampled"):
             for k in METRICS:
                 rec[f"{mode}/{k}"] = g[f"{mode}/{k}"].mean()
-            rec[f"{mode}/pnl_ci95"] = _ci(g[f"{mode}/pnl_per_episode"])
+            rec[f"{mode}/pnl_ci95"] = ci95(g[f"{mode}/pnl_per_episode"])
         summ.append(rec)
         if w == 0.0:
             continue
         for mode in ("greedy", "sampled"):
             for k in METRICS:
                 d = (g[f"{mode}/{k}"] - base[f"{mode}/{k}"]).dropna()
-                lo, hi = d.mean() - _ci(d), d.mean() + _ci(d)
+                lo, hi = d.mean() - ci95(d), d.mean() + ci95(d)
                 paired.append({"weight": w, "mode": mode, "metric": k, "diff_vs_w0": d.mean(),
                                "ci_low": lo, "ci_high": hi, "n_seeds": len(d),
                                "beyond_noise": bool(lo > 0 or hi < 0)})

@@ -416,12 +416,7 @@ def deploy_references(obj: Any, spec: Any, source: Any, env_params: Any, out: Pa
 
 def _references_md(refs: pd.DataFrame, summary: pd.DataFrame, controls: tuple[str, ...]) -> str:
     """Markdown: reference rules beside the control arms (oos_pnl, mean ± 95% t half-width)."""
-    from scipy import stats as sst
-
-    def ci(x):
-        x = np.asarray(x, float)
-        return float(sst.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))) \
-            if len(x) > 1 else float("nan")
+    from tpfl_jax.audit import ci95 as ci
 
     lines = ["| rule / arm | oos_pnl per episode | ± 95% |", "|---|---|---|"]
     for n, g in refs.groupby("rule", sort=False):

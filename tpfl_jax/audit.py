@@ -77,7 +77,8 @@ class AuditResult:
         return summary_text(self.summary)
 
 
-def _ci95(x: np.ndarray) -> float:
+def ci95(x: np.ndarray) -> float:
+    """Half-width of the 95% t-interval of the mean of ``x`` (nan with fewer than 2 values)."""
     from scipy import stats
 
     n = len(x)
@@ -121,7 +122,7 @@ def run_audit(env: Any, env_params: Any, config: AuditConfig = AuditConfig(),
         for k in ("pnl", "return", "reward", *[f"term/{t}" for t in TERM_NAMES], "trades",
                   "max_drawdown"):
             rec[k] = g[k].mean()
-            rec[f"{k}_ci95"] = _ci95(g[k].to_numpy())
+            rec[f"{k}_ci95"] = ci95(g[k].to_numpy())
         rec["hit_rate"] = g["hits"].sum() / trades if trades else float("nan")
         rec["mean_r"] = g["sum_r"].sum() / trades if trades else float("nan")
         rec["mean_tp_mult"] = g["sum_tp_mult"].sum() / trades if trades else float("nan")
@@ -291,5 +292,5 @@ def write_audit(result: AuditResult, out: Path, prefix: str = "audit") -> list[P
     return paths
 
 
-__all__ = ["AuditConfig", "AuditResult", "SEED_TABLE_MAX_WEIGHT", "run_audit", "summary_text",
-           "write_audit"]
+__all__ = ["AuditConfig", "AuditResult", "SEED_TABLE_MAX_WEIGHT", "ci95", "run_audit",
+           "summary_text", "write_audit"]
