@@ -94,6 +94,26 @@ def test_train_csv_shorter_than_one_episode_names_the_sizes(tmp_path):
         run_train(cfg, tmp_path / "run")
 
 
+def test_divergence_guard_ignores_updates_a_converged_cycle_did_not_run():
+    # the loop's cycles stop at their criterion: NaN placeholders after it are not divergence
+    u = 8
+    m = {"finite": np.ones((2, u)), "loss": np.full((2, u), 0.5),
+         "approx_kl": np.full((2, u), 0.01), "entropy": np.full((2, u), 2.0)}
+    ran = np.arange(u) < np.array([[4], [8]])          # row 0 stopped after 4 updates
+    for k in ("loss", "approx_kl", "entropy"):
+        m[k][0, 4:] = np.nan
+    with pytest.raises(DivergenceError, match=r"seed 0, update 5: loss = nan"):
+        V.check_divergence(m, V.GuardSection(), lambda i: f"seed {i[0]}")   # without the mask
+    V.check_divergence(m, V.GuardSection(), lambda i: f"seed {i[0]}", ran=ran)
+    m["loss"][0, 3] = np.nan                            # a real NaN inside the run updates
+    with pytest.raises(DivergenceError, match=r"seed 0, update 4: loss = nan"):
+        V.check_divergence(m, V.GuardSection(), lambda i: f"seed {i[0]}", ran=ran)
+    m["loss"][0, 3] = 0.5
+    m["entropy"][0, 3] = 0.0                            # collapse on row 0's last run update
+    with pytest.raises(DivergenceError, match=r"seed 0, update 4: entropy = 0 < guard"):
+        V.check_divergence(m, V.GuardSection(), lambda i: f"seed {i[0]}", ran=ran)
+
+
 def test_divergence_is_detected_naming_update_and_metric():
     u = 5
     ok = {"finite": np.ones((2, u)), "loss": np.full((2, u), 0.5),

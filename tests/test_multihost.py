@@ -22,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 APP = [sys.executable, "-m", "tpfl_jax.app"]
 TRAIN = [*APP, "train", "experiment=tiny", "train.num_seeds=2", "progress=false"]
-LOOP = [*APP, "loop", "experiment=tiny", "progress=false"]
+LOOP = [*APP, "loop", "experiment=tiny", "progress=false", "audit.enabled=false"]
 ARTEFACTS = ("config_resolved.yaml", "metrics.jsonl", "summary.csv", "trades.parquet",
              "report.md", "learning_curves.png")
 

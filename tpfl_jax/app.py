@@ -259,8 +259,10 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
         p, s, cy, u = np.argwhere(~np.asarray(res.train["finite"]))[0]
         raise FloatingPointError(f"tpfl-loop: non-finite PPO loss/params (policy "
                                  f"{obj.policy_names[p]}, seed {s}, cycle {cy}, update {u + 1})")
+    n_cap = np.asarray(res.train["loss"]).shape[-1]     # updates a cycle may use: the cap
+    ran = np.arange(n_cap) < np.asarray(res.training["updates"])[..., None]
     V.check_divergence(res.train, c.guard, lambda i: (
-        f"tpfl-loop policy {obj.policy_names[i[0]]}, seed {i[1]}, cycle {i[2]}"))
+        f"tpfl-loop policy {obj.policy_names[i[0]]}, seed {i[1]}, cycle {i[2]}"), ran=ran)
 
     names = obj.policy_names
     cycles = _cycle_rows(res, names, n_s, n_c, out / "metrics.jsonl")

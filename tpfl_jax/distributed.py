@@ -29,6 +29,7 @@ padded rows cost compute but never reach the caller; they must be safe to run, w
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -245,20 +246,56 @@ def pad_batch(tree: Any, multiple: int, axis: int = 0) -> tuple[Any, int]:
 
 def unpad_batch(tree: Any, n: int, axis: int = 0) -> Any:
     """First ``n`` entries of ``axis`` of every leaf."""
-    return jax.tree.map(lambda x: jax.lax.slice_in_dim(x, 0, n, axis=axis), tree)
+    return tree_apply(lambda x: jax.lax.slice_in_dim(x, 0, n, axis=axis), tree)
+
+
+def _replicated_like(x: jax.Array) -> NamedSharding:
+    """A fully replicated sharding over the devices that hold ``x``."""
+    if isinstance(x.sharding, NamedSharding):
+        return NamedSharding(x.sharding.mesh, PartitionSpec())
+    devs = sorted(x.sharding.device_set, key=lambda d: d.id)
+    return NamedSharding(Mesh(np.array(devs), ("all",)), PartitionSpec())
+
+
+def tree_apply(fn: Callable[[jax.Array], jax.Array], tree: Any) -> Any:
+    """``jax.tree.map(fn, tree)`` as ONE compiled program.
+
+    Eager ``tree.map`` over sharded multi-process arrays dispatches one program per leaf; their
+    collectives are independent, so two processes may run them in different orders and
+    deadlock (seen with CPU/Gloo). One program has one collective schedule.
+    """
+    return jax.jit(lambda t: jax.tree.map(fn, t))(tree)
 
 
 def gather(tree: Any) -> Any:
     """Host copy of a (possibly multi-host) sharded pytree: numpy arrays; typed PRNG keys stay
-    key arrays (on the local default device)."""
+    key arrays (on the local default device).
+
+    Multi-host: every process calls it; the leaves sharded across processes are replicated by
+    ONE compiled identity program (one collective schedule, so no process can wait on a
+    different all-gather than the others), entered together after a coordination barrier.
+    Leaves every process holds whole (replicated, or host values) are copied locally.
+    """
     if jax.process_count() == 1:
         return jax.device_get(tree)
-    from jax.experimental import multihost_utils
-
-    def one(x: Any) -> Any:
-        return multihost_utils.process_allgather(x, tiled=True)
-
-    return jax.tree.map(lambda x: _on_key_data(one, x) if _is_key(x) else one(x), tree)
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = [_is_key(x) for x in leaves]
+    data = [jax.random.key_data(x) if k else x for x, k in zip(leaves, keys, strict=True)]
+    glob = [i for i, x in enumerate(data)
+            if isinstance(x, jax.Array) and not x.is_fully_addressable]
+    out: list[Any] = [None] * len(data)
+    if glob:
+        shardings = tuple(_replicated_like(data[i]) for i in glob)
+        sync_processes("gather")   # enter together: Gloo's context setup waits only 30 s
+        rep = jax.jit(lambda *xs: xs, out_shardings=shardings)(*(data[i] for i in glob))
+        for i, x in zip(glob, rep, strict=True):
+            out[i] = np.asarray(x.addressable_data(0))
+    for i, x in enumerate(data):
+        if out[i] is None:
+            out[i] = np.asarray(jax.device_get(x))
+    out = [jax.random.wrap_key_data(x, impl=jax.random.key_impl(leaf)) if k else x
+           for x, leaf, k in zip(out, leaves, keys, strict=True)]
+    return jax.tree.unflatten(treedef, out)
 
 
 # --------------------------------------------------------------------------- sharded vmap
@@ -422,12 +459,28 @@ def seed_keys(n: int, base: int = 0) -> jax.Array:
     return loop_seed_keys(base, n)
 
 
-def sync_processes(name: str) -> None:
-    """Barrier over every process (no-op for one process): call it where all processes pass."""
-    if jax.process_count() > 1:
+SYNC_TIMEOUT_S = 4 * 3600
+_barrier_count = itertools.count()
+
+
+def sync_processes(name: str, timeout_s: float = SYNC_TIMEOUT_S) -> None:
+    """Barrier over every process (no-op for one process): call it where all processes pass.
+
+    Waits on the coordination service (no device collective), so one process may spend up to
+    ``timeout_s`` alone (process 0 writing the report and the reward audit) while the others
+    wait; a device collective would fail after Gloo's 30 s context timeout instead.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as _jd  # the documented client has no public handle
+
+    client = _jd.global_state.client
+    if client is None:                          # initialised outside jax.distributed
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+        return
+    client.wait_at_barrier(f"tpfl:{name}:{next(_barrier_count)}", int(timeout_s * 1000))
 
 
 def make_ppo_sweep(config: Any, env: Any, mesh: Mesh | None = None,
@@ -460,7 +513,7 @@ def make_ppo_sweep(config: Any, env: Any, mesh: Mesh | None = None,
         w = jnp.asarray(weights, jnp.float32).reshape(-1)
         s, k = keys.shape[0], w.shape[0]
         out = run(jnp.repeat(keys, k, axis=0), jnp.tile(w, s), env_params)
-        return jax.tree.map(lambda x: x.reshape(s, k, *x.shape[1:]), out)
+        return tree_apply(lambda x: x.reshape(s, k, *x.shape[1:]), out)
 
     sweep.run = run  # type: ignore[attr-defined]  # the flat [S*K] sharded function
     return sweep
@@ -500,7 +553,7 @@ def make_loop_sweep(loop: Any, mesh: Mesh | None = None,
         return fk, fp, p, s
 
     def _unflatten(out: Any, p: int, s: int) -> Any:
-        return jax.tree.map(lambda x: x.reshape(p, s, *x.shape[1:]), out)
+        return tree_apply(lambda x: x.reshape(p, s, *x.shape[1:]), out)
 
     def run(keys: jax.Array, policies: Any, source: Any, env_params: Any, hparams: Any) -> Any:
         fk, fp, p, s = _flatten(keys, policies)

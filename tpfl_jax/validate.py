@@ -439,17 +439,23 @@ def check_run_memory(c: Any, ppo: Any, command: str, n_agents: int, *, obs_size:
 
 # --------------------------------------------------------------------------- divergence
 def check_divergence(metrics: Mapping[str, Any], guard: GuardSection | None,
-                     where: Callable[[tuple[int, ...]], str], first_update: int = 0) -> None:
+                     where: Callable[[tuple[int, ...]], str], first_update: int = 0,
+                     ran: Any = None) -> None:
     """Raise ``DivergenceError`` when a PPO update's metrics show divergence.
 
     ``metrics[k]`` arrays have the update axis LAST (any leading axes: seeds, policies, ...);
-    ``where(index)`` describes the leading index (e.g. "weight 0.5, seed 1"). Checks, in order:
-    ``finite`` (loss and params), ``|loss| <= max_abs_loss``, ``approx_kl <= max_approx_kl`` on
-    every update, ``entropy >= min_entropy`` on the last update.
+    ``where(index)`` describes the leading index (e.g. "weight 0.5, seed 1"). ``ran`` (bool,
+    the metrics' shape) marks the updates that were run: the loop's cycles stop at their
+    criterion and leave NaN placeholders for the rest, which are not divergence. Checks, in
+    order: ``finite`` (loss and params), ``|loss| <= max_abs_loss``, ``approx_kl <=
+    max_approx_kl`` on every run update, ``entropy >= min_entropy`` on the last run update.
     """
     g = GuardSection() if guard is None else guard
+    mask = None if ran is None else np.asarray(ran, bool)
 
     def first(bad: np.ndarray) -> tuple[tuple[int, ...], int] | None:
+        if mask is not None:
+            bad = bad & np.broadcast_to(mask, bad.shape)
         if not bad.any():
             return None
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -482,12 +488,21 @@ def check_divergence(metrics: Mapping[str, Any], guard: GuardSection | None,
                 "Nothing was written as a good result")
     ent = arr("entropy")
     if g.min_entropy is not None and ent is not None and ent.size:
-        last = ent[..., -1]
-        bad = ~(last >= g.min_entropy)
+        n = ent.shape[-1]
+        if mask is None:
+            last_i = np.full(ent.shape[:-1], n - 1)
+        else:                                   # the last run update (0 when none ran)
+            m = np.broadcast_to(mask, ent.shape)
+            last_i = np.where(m.any(-1), n - 1 - np.argmax(m[..., ::-1], -1), 0)
+        last = np.take_along_axis(ent, last_i[..., None], -1)[..., 0]
+        ran_any = np.ones(last.shape, bool) if mask is None else np.broadcast_to(
+            mask, ent.shape).any(-1)
+        bad = ran_any & ~(last >= g.min_entropy)
         if bad.any():
             lead = tuple(int(i) for i in np.argwhere(bad)[0])
             raise DivergenceError(
-                f"training diverged at {where(lead)}, update {first_update + ent.shape[-1]}: "
+                f"training diverged at {where(lead)}, update "
+                f"{first_update + int(last_i[lead]) + 1}: "
                 f"entropy = {last[lead]:.4g} < guard.min_entropy = {g.min_entropy:g} (the "
                 "policy collapsed to one action). Nothing was written as a good result")
 
