@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -25,10 +27,12 @@ def _job_label(job: Path) -> str:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:+.1f}"
+    return f"{v:+.1f}" if abs(v) >= 1 or v == 0 else f"{v:+.2g}"
 
 
-def job_section(job: Path) -> str:
+def job_section(job: Path, figure: Path | None = None, out: Path | None = None) -> str:
+    """The markdown section of one job; its paired-difference plot is copied to ``figure``
+    (linked relative to ``out``) when given, else linked where it lies."""
     paired = pd.read_csv(job / "paired.csv")
     cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
     primary = cfg["stats"]["primary_metric"]
@@ -56,6 +60,14 @@ def job_section(job: Path) -> str:
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     lines.append("`**`: rejected at family level 5% (Holm).")
+    for metric in (m for m in cfg["stats"].get("secondary_metrics", []) if m != primary):
+        sec = paired[(paired.metric == metric) & paired.control.isin(["fixed_1.0", "fixed_0.0"])]
+        if not len(sec):
+            continue
+        cells = [f"{r.arm} vs {r.control} {_fmt(r.mean_diff)} [{_fmt(r.holm_lo)}, "
+                 f"{_fmt(r.holm_hi)}]{' **' if r.reject else ''}" for r in sec.itertuples()]
+        lines += ["", f"Secondary `{metric}` (Holm-adjusted within the metric): "
+                  + "; ".join(cells) + "."]
     refs_f = job / "references.csv"
     if refs_f.exists():
         refs = pd.read_csv(refs_f).groupby("rule", sort=False)["oos_pnl"].agg(["mean", "std",
@@ -79,7 +91,14 @@ def job_section(job: Path) -> str:
     if timing.exists():
         t = json.loads(timing.read_text())
         lines += ["", f"Compile {t['compile_s']:.0f} s, run {t['run_s']:.0f} s."]
-    lines += ["", f"![paired]({job.as_posix()}/paired_primary.png)", ""]
+    src = job / "paired_primary.png"
+    if figure is not None and src.exists():
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, figure)
+        rel = figure.resolve().relative_to(out.resolve().parent) if out else figure
+        lines += ["", f"![paired differences]({rel.as_posix()})", ""]
+    else:
+        lines += ["", f"![paired]({src.as_posix()})", ""]
     return "\n".join(lines)
 
 
@@ -88,14 +107,20 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("sweeps", nargs="+")
     ap.add_argument("--out", default="experiments/RESULTS.md")
     ap.add_argument("--preamble", default=None, help="markdown file placed before the tables")
+    ap.add_argument("--figures", default=None,
+                    help="copy each job's paired-difference plot here (e.g. experiments/figures)")
     args = ap.parse_args(argv)
+    out = Path(args.out)
     parts = [Path(args.preamble).read_text()] if args.preamble else []
     for sweep in args.sweeps:
         jobs = sorted(p for p in Path(sweep).iterdir() if (p / "paired.csv").exists())
-        parts.append(f"## `{sweep}`\n")
-        parts += [job_section(j) for j in jobs]
+        parts.append(f"## `{Path(sweep).name}`\n")
+        for j in jobs:
+            slug = re.sub(r"[^A-Za-z0-9]+", "_", f"{Path(sweep).name}_{_job_label(j)}").strip("_")
+            fig = Path(args.figures) / f"{slug}.png" if args.figures else None
+            parts.append(job_section(j, fig, out))
     text = "\n".join(parts)
-    Path(args.out).write_text(text)
+    out.write_text(text)
     print(text)
     return text
 

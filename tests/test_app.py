@@ -198,3 +198,20 @@ def test_tiny_loop_end_to_end_produces_every_artefact(tmp_path):
 
     table, _ = report_dir(out)
     assert list(table["final_pnl"]) == sorted(table["final_pnl"], reverse=True)
+
+    # experiments/results_page.py builds a results page from the run (a one-job "sweep")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_page",
+                                                  ROOT / "experiments" / "results_page.py")
+    page = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(page)
+    md = tmp_path / "doc" / "RESULTS.md"
+    md.parent.mkdir()
+    text = page.main([str(tmp_path), "--out", str(md), "--figures", str(tmp_path / "doc" / "fig")])
+    figs = list((tmp_path / "doc" / "fig").glob("*.png"))
+    assert len(figs) == 1 and f"](fig/{figs[0].name})" in text
+    r = prim.set_index(["control", "arm"]).loc[("fixed_0.0", "ema")]
+    f = page._fmt
+    assert f"{f(r['mean_diff'])} [{f(r['holm_lo'])}, {f(r['holm_hi'])}]" in text
+    assert "Training: entropy / max per cycle" in text and "Reference rules" in text
