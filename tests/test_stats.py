@@ -21,7 +21,27 @@ def test_holm_hand_case():
     np.testing.assert_allclose(S.holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
     np.testing.assert_allclose(S.holm([0.5, np.nan, 0.01]), [0.5, np.nan, 0.02])
     np.testing.assert_allclose(S.holm_levels([0.01, 0.04, 0.03], 0.95),
+                               [1 - 0.05 / 3, 1 - 0.05 / 2, 1 - 0.05 / 2])
+    # every step rejects: each arm keeps its own step level
+    np.testing.assert_allclose(S.holm_levels([0.001, 0.02, 0.01], 0.95),
                                [1 - 0.05 / 3, 1 - 0.05 / 1, 1 - 0.05 / 2])
+
+
+def test_holm_intervals_exclude_zero_exactly_when_holm_rejects():
+    # arms behind a non-rejected step must not show an interval clear of 0 (with the plain
+    # step levels, an arm of rank 3 with p < 0.05 but behind a p = 0.03 at rank 2 did)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = 6
+        ctrl = rng.normal(0.0, 1.0, n)
+        rows = [{"policy": "ctrl", "seed": s, "m": ctrl[s]} for s in range(n)]
+        for a in range(5):
+            shift = rng.choice([0.0, 0.8, 1.5, 3.0])
+            d = rng.normal(shift, 1.0, n)
+            rows += [{"policy": f"a{a}", "seed": s, "m": ctrl[s] + d[s]} for s in range(n)]
+        t = S.paired_table(pd.DataFrame(rows), "m", ["ctrl"], n_boot=50)
+        clear = (t.holm_lo > 0) | (t.holm_hi < 0)
+        assert (clear == t.reject).all(), t[["arm", "p", "p_holm", "holm_lo", "holm_hi"]]
 
 
 def test_paired_table_against_hand_computation():

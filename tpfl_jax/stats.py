@@ -97,14 +97,22 @@ def holm(p: Sequence[float]) -> np.ndarray:
 
 
 def holm_levels(p: Sequence[float], level: float = 0.95) -> np.ndarray:
-    """Each arm's Holm step confidence level ``1 - alpha / (m - rank + 1)`` (rank by p)."""
+    """Confidence levels that agree with Holm's decisions: ``1 - alpha / (m - k + 1)`` for the
+    arm of p-rank ``k`` while the step-down rejects, and the level of the first step that does
+    not reject for that arm and every later one. A p-value's t interval excludes 0 exactly
+    when it is below its level's alpha, so an interval excludes 0 iff Holm rejects that arm
+    (an arm behind a non-rejected step never shows an interval clear of 0)."""
     p = np.asarray(p, float)
     alpha = 1.0 - level
     out = np.full_like(p, np.nan)
     ok = np.flatnonzero(np.isfinite(p))
     m = len(ok)
     order = ok[np.argsort(p[ok], kind="stable")]
-    out[order] = 1.0 - alpha / (m - np.arange(m))
+    step_alpha = alpha / (m - np.arange(m))
+    fail = np.flatnonzero(p[order] > step_alpha)
+    if len(fail):
+        step_alpha[fail[0]:] = step_alpha[fail[0]]
+    out[order] = 1.0 - step_alpha
     return out
 
 
