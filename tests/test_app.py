@@ -215,3 +215,15 @@ def test_tiny_loop_end_to_end_produces_every_artefact(tmp_path):
     f = page._fmt
     assert f"{f(r['mean_diff'])} [{f(r['holm_lo'])}, {f(r['holm_hi'])}]" in text
     assert "Training: entropy / max per cycle" in text and "Reference rules" in text
+
+
+def test_study_gpu_is_the_study_with_more_training():
+    s = to_objects(_compose(["experiment=study"]))
+    g = to_objects(_compose(["experiment=study_gpu"]))
+    assert g.policy_names == s.policy_names and g.control_names == s.control_names
+    assert g.policy_histories == s.policy_histories and g.num_seeds == s.num_seeds == 16
+    assert g.loop.num_cycles >= s.loop.num_cycles and g.loop.deploy_envs >= s.loop.deploy_envs
+    steps = lambda o: o.ppo.num_updates * o.ppo.batch_size     # noqa: E731
+    assert steps(g) >= 20 * steps(s)
+    same = ("lr", "ent_coef", "update_epochs", "normalize_reward", "gamma", "clip_eps")
+    assert [getattr(g.ppo, k) for k in same] == [getattr(s.ppo, k) for k in same]
