@@ -2,14 +2,52 @@
 
 Every arm (weight policy) of a ``tpfl-loop`` run trains and deploys on the same markets from
 the same initial network per seed (common random numbers), so the unit of comparison is the
-per-seed difference ``arm - control`` of a metric. For each control (``fixed_1.0``: the seed's
-default weight; ``fixed_0.0``: no TP bonus) and each other arm this module gives the mean paired
-difference, its paired t-interval and p-value, a percentile bootstrap interval of the mean,
-Holm-adjusted p-values over the arms of that control (family-wise error ``1 - level``), the
-intervals at each arm's Holm step level ``1 - alpha / (m - rank + 1)`` (an interval excludes 0
-exactly when that arm's unadjusted p clears its own Holm step; the Holm decision ``reject``
-additionally requires every smaller p to clear its step), and the minimum detectable effect at
-the run's seed count (paired t-test, two-sided ``alpha``, 80% power, from the paired sd).
+per-seed difference ``d = arm - control`` of a metric. Each control (``fixed_1.0``: the seed's
+default weight; ``fixed_0.0``: no TP bonus) defines one *family*: its ``m`` other arms (those
+with at least 2 finite pairs). ``level`` (default 0.95) is the family-wise confidence level and
+``alpha = 1 - level`` the family-wise error rate. The decision rule is Holm's step-down test
+over the arms of a family; the intervals with family-level coverage are the Bonferroni
+simultaneous intervals. ``paired_table`` has one row per (control, arm) with the columns
+(``PAIRED_COLUMNS``):
+
+- ``control``, ``arm``, ``metric``: the comparison ``arm - control`` on ``metric``.
+- ``n``: seeds where both arms are finite (the pairs used).
+- ``mean_diff``, ``sd_diff``: mean and sample sd (ddof 1) of the ``n`` paired differences.
+- ``t_lo``, ``t_hi``: the unadjusted paired t-interval at ``level`` for this arm alone (per
+  comparison; no multiplicity adjustment).
+- ``p``: unadjusted two-sided paired t-test p-value (H0: mean difference 0).
+- ``p_holm``: Holm-adjusted p-value over the family (monotone in ``p``; tied p-values get
+  equal adjusted values; equals ``statsmodels``' ``multipletests(p, method="holm")``).
+- ``reject``: the decision: ``p_holm <= alpha`` (Holm, family-wise error ``alpha``).
+- ``m``: the number of arms in this control's family (the Holm and Bonferroni ``m``).
+- ``family_level``: ``level``, the nominal family-wise confidence of ``simul_lo/hi``.
+- ``simul_level``: ``1 - alpha / m``, the per-arm level of the simultaneous intervals.
+- ``simul_lo``, ``simul_hi``: the simultaneous (family-level) paired t-interval: the t-interval
+  at ``simul_level`` (Bonferroni). By Bonferroni's inequality all ``m`` intervals of a family
+  cover their true mean differences jointly with probability >= ``level``, whatever the true
+  effects and the dependence between arms (they share the control). An interval clear of 0
+  implies ``reject`` (then ``p < alpha / m``, so ``p_holm <= m p < alpha``); Holm can also
+  reject arms whose simultaneous interval contains 0 (its later steps are less stringent).
+- ``holm_level``, ``holm_lo``, ``holm_hi``: the Holm *step-level* t-interval, a display of the
+  decision, not a confidence interval: the arm of p-rank ``k`` gets ``1 - alpha / (m - k + 1)``
+  while the step-down rejects, and every arm from the first non-rejected step on gets that
+  step's level; tied p-values share the level of the first rank of their tie (the adjusted
+  p-values are equal, so are the decisions). ``holm_lo/hi`` excludes 0 exactly when
+  ``reject``. Its level is chosen from the data, so it has no family-level (nor a guaranteed
+  per-arm) coverage: with real effects present the joint coverage falls below ``level`` (the
+  tests measure 0.907 at 0.95 for 5 arms, 8 seeds, effects 0..4 sd; the simultaneous
+  intervals: 0.952). Use ``simul_lo/hi`` for family-level intervals.
+- ``boot_lo``, ``boot_hi``: the percentile bootstrap interval of the mean difference at
+  ``level`` for this arm alone (unadjusted, per comparison; ``n_boot`` resamples of the seeds,
+  same ``seed`` for every arm). Descriptive only, not used for decisions: it can exclude 0 for
+  a non-rejected arm.
+- ``mde``: the minimum detectable effect: the smallest true mean difference that the
+  two-sided paired t-test at ``mde_alpha`` detects with 80% power at this ``n``, from
+  ``sd_diff`` (noncentral t, as ``statsmodels``' ``TTestPower``).
+- ``mde_alpha``: ``alpha / m``, the level of ``mde``: Holm's first (most stringent) step and
+  the Bonferroni level. Holm rejects every arm with ``p <= alpha / m``, so a true difference of
+  size ``mde`` is rejected by Holm with >= 80% power whatever the other arms do (and makes the
+  simultaneous interval exclude 0 with 80% power).
 """
 
 from __future__ import annotations
@@ -23,8 +61,8 @@ from scipy import optimize
 from scipy import stats as st
 
 PAIRED_COLUMNS = ("control", "arm", "metric", "n", "mean_diff", "sd_diff", "t_lo", "t_hi", "p",
-                  "p_holm", "reject", "holm_level", "holm_lo", "holm_hi", "boot_lo", "boot_hi",
-                  "mde")
+                  "p_holm", "reject", "m", "family_level", "simul_level", "simul_lo", "simul_hi",
+                  "holm_level", "holm_lo", "holm_hi", "boot_lo", "boot_hi", "mde", "mde_alpha")
 
 
 def per_seed(summary: pd.DataFrame, metric: str, arm: str = "policy",
@@ -72,7 +110,8 @@ def t_test(d: np.ndarray, level: float = 0.95) -> tuple[float, float, float, flo
 
 def bootstrap_ci(d: np.ndarray, level: float = 0.95, n_boot: int = 2000,
                  seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``d`` (NaN with < 2 values)."""
+    """Percentile bootstrap interval of the mean of ``d`` at ``level`` (NaN with < 2 values).
+    Per comparison: no multiplicity adjustment."""
     d = np.asarray(d, float)
     if len(d) < 2:
         return float("nan"), float("nan")
@@ -83,7 +122,8 @@ def bootstrap_ci(d: np.ndarray, level: float = 0.95, n_boot: int = 2000,
 
 
 def holm(p: Sequence[float]) -> np.ndarray:
-    """Holm step-down adjusted p-values (NaN stays NaN and is not counted in m)."""
+    """Holm step-down adjusted p-values (NaN stays NaN and is not counted in m). Monotone in
+    ``p``; tied p-values get equal adjusted values (as ``statsmodels``' ``multipletests``)."""
     p = np.asarray(p, float)
     out = np.full_like(p, np.nan)
     ok = np.flatnonzero(np.isfinite(p))
@@ -97,28 +137,44 @@ def holm(p: Sequence[float]) -> np.ndarray:
 
 
 def holm_levels(p: Sequence[float], level: float = 0.95) -> np.ndarray:
-    """Confidence levels that agree with Holm's decisions: ``1 - alpha / (m - k + 1)`` for the
-    arm of p-rank ``k`` while the step-down rejects, and the level of the first step that does
-    not reject for that arm and every later one. A p-value's t interval excludes 0 exactly
-    when it is below its level's alpha, so an interval excludes 0 iff Holm rejects that arm
-    (an arm behind a non-rejected step never shows an interval clear of 0)."""
+    """Holm *step levels*, a display of Holm's decisions (not confidence levels with any
+    coverage guarantee: the level is chosen from the data).
+
+    With ``alpha = 1 - level`` and ``m`` finite p-values, the arm of p-rank ``k`` gets
+    ``1 - alpha / (m - k + 1)`` while the step-down rejects, and every arm from the first
+    non-rejected step on gets that step's level. Tied p-values share the level of the first rank
+    of their tie (their Holm-adjusted p-values and decisions are equal). A t-interval at this
+    level excludes 0 exactly when ``holm(p) <= alpha``. NaN p-values get NaN."""
     p = np.asarray(p, float)
     alpha = 1.0 - level
     out = np.full_like(p, np.nan)
     ok = np.flatnonzero(np.isfinite(p))
     m = len(ok)
+    if m == 0:
+        return out
     order = ok[np.argsort(p[ok], kind="stable")]
-    step_alpha = alpha / (m - np.arange(m))
-    fail = np.flatnonzero(p[order] > step_alpha)
+    ps = p[order]
+    first = np.searchsorted(ps, ps, side="left")    # 0-based rank of the first of each tie
+    step_alpha = alpha / (m - first)
+    fail = np.flatnonzero(holm(ps) > alpha)         # the decision, exactly as ``reject``
     if len(fail):
         step_alpha[fail[0]:] = step_alpha[fail[0]]
     out[order] = 1.0 - step_alpha
     return out
 
 
+def simultaneous_level(m: int, level: float = 0.95) -> float:
+    """Per-interval level ``1 - (1 - level) / m`` at which ``m`` intervals cover jointly with
+    probability >= ``level`` (Bonferroni; valid under any dependence between them)."""
+    if m < 1:
+        raise ValueError(f"simultaneous_level: m = {m!r}; expected >= 1")
+    return 1.0 - (1.0 - level) / m
+
+
 def mde_paired(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
     """Smallest true mean difference a two-sided paired t-test at ``alpha`` detects with
-    ``power``, given the sd of the differences and ``n`` seeds (noncentral t; NaN if n < 2)."""
+    ``power``, given the sd of the differences and ``n`` seeds (noncentral t, both tails, as
+    ``statsmodels``' ``TTestPower``; NaN if n < 2). ``paired_table`` passes ``alpha / m``."""
     if n < 2 or not np.isfinite(sd):
         return float("nan")
     if sd == 0.0:
@@ -143,10 +199,13 @@ def mde_paired(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> fl
 def paired_table(summary: pd.DataFrame, metric: str, controls: Sequence[str],
                  level: float = 0.95, n_boot: int = 2000, seed: int = 0,
                  arm: str = "policy", seed_col: str = "seed") -> pd.DataFrame:
-    """Paired comparison of every arm against each control on ``metric`` (``PAIRED_COLUMNS``;
-    Holm over the arms of each control)."""
+    """Paired comparison of every arm against each control on ``metric``: one row per
+    (control, arm) with ``PAIRED_COLUMNS`` (described in the module docstring). ``level`` is
+    the family-wise level (Holm decisions and Bonferroni simultaneous intervals over the arms
+    of each control); ``n_boot`` and ``seed`` drive the unadjusted bootstrap intervals."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"paired_table: level = {level!r}; expected in (0, 1)")
+    alpha = 1.0 - level
     wide = per_seed(summary, metric, arm, seed_col)
     arms = list(dict.fromkeys(summary[arm]))
     rows = []
@@ -159,47 +218,67 @@ def paired_table(summary: pd.DataFrame, metric: str, controls: Sequence[str],
             if a == ctrl:
                 continue
             d = paired_diffs(wide, a, ctrl)
-            m, lo, hi, p = t_test(d, level)
+            mean, lo, hi, p = t_test(d, level)
             fam.append({"control": ctrl, "arm": a, "metric": metric, "n": len(d),
-                        "mean_diff": m, "sd_diff": float(d.std(ddof=1)) if len(d) > 1
+                        "mean_diff": mean, "sd_diff": float(d.std(ddof=1)) if len(d) > 1
                         else float("nan"), "t_lo": lo, "t_hi": hi, "p": p, "_d": d})
         if not fam:
             continue
         p = np.array([r["p"] for r in fam])
+        m = int(np.isfinite(p).sum())           # arms with a test: the Holm / Bonferroni m
         adj, lev = holm(p), holm_levels(p, level)
+        s_lev = simultaneous_level(max(m, 1), level)
         for r, pa, lv in zip(fam, adj, lev, strict=True):
             d = r.pop("_d")
-            lv_ = lv if np.isfinite(lv) else level
-            _, hlo, hhi, _ = t_test(d, lv_)
-            blo, bhi = bootstrap_ci(d, lv_, n_boot, seed)
-            r |= {"p_holm": pa, "reject": bool(np.isfinite(pa) and pa <= 1.0 - level),
-                  "holm_level": lv, "holm_lo": hlo, "holm_hi": hhi, "boot_lo": blo,
-                  "boot_hi": bhi, "mde": mde_paired(r["sd_diff"], r["n"], 1.0 - level)}
+            _, hlo, hhi, _ = t_test(d, lv if np.isfinite(lv) else level)
+            _, slo, shi, _ = t_test(d, s_lev)
+            blo, bhi = bootstrap_ci(d, level, n_boot, seed)
+            r |= {"p_holm": pa, "reject": bool(np.isfinite(pa) and pa <= alpha), "m": m,
+                  "family_level": level, "simul_level": s_lev, "simul_lo": slo,
+                  "simul_hi": shi, "holm_level": lv, "holm_lo": hlo, "holm_hi": hhi,
+                  "boot_lo": blo, "boot_hi": bhi,
+                  "mde": mde_paired(r["sd_diff"], r["n"], 1.0 - s_lev),
+                  "mde_alpha": 1.0 - s_lev}
             rows.append(r)
     return pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))
 
 
+def _pct(level: float) -> str:
+    return f"{100 * level:.4g}%"
+
+
+def _family_level(table: pd.DataFrame) -> float:
+    return float(table["family_level"].iloc[0]) if len(table) else 0.95
+
+
 def format_paired(table: pd.DataFrame) -> str:
-    """Markdown table of a ``paired_table``."""
-    lines = ["| control | arm | n | mean diff | Holm CI (t) | bootstrap CI | p | p (Holm) | "
-             "MDE (80%) | decision |", "|" + "---|" * 10]
+    """Markdown table of a ``paired_table``: the simultaneous (family-level, Bonferroni) t
+    interval, the unadjusted per-arm bootstrap interval, p, Holm-adjusted p, the MDE at
+    ``alpha / m`` and the Holm decision."""
+    lv = _pct(_family_level(table))
+    lines = [f"| control | arm | n | mean diff | {lv} simultaneous CI (t, Bonferroni) | "
+             f"{lv} bootstrap CI (per arm, unadjusted) | p | p (Holm) | "
+             "MDE (80% power, α/m) | decision (Holm) |", "|" + "---|" * 10]
     for _, r in table.iterrows():
         dec = ("**higher**" if r["mean_diff"] > 0 else "**lower**") if r["reject"] else "no diff."
         lines.append(
             f"| {r['control']} | {r['arm']} | {r['n']} | {r['mean_diff']:.4g} | "
-            f"[{r['holm_lo']:.4g}, {r['holm_hi']:.4g}] | [{r['boot_lo']:.4g}, "
+            f"[{r['simul_lo']:.4g}, {r['simul_hi']:.4g}] | [{r['boot_lo']:.4g}, "
             f"{r['boot_hi']:.4g}] | {r['p']:.3g} | {r['p_holm']:.3g} | {r['mde']:.3g} | "
             f"{dec} |")
     return "\n".join(lines)
 
 
 def plot_paired(table: pd.DataFrame, path: Path, title: str = "") -> Path:
-    """Paired differences (mean, Holm-level t-interval, bootstrap interval) per control."""
+    """Paired differences per control: mean, simultaneous (family-level, Bonferroni) t
+    interval and unadjusted per-arm percentile bootstrap interval; ``*`` marks Holm
+    rejections."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    lv = _pct(_family_level(table))
     ctrls = list(dict.fromkeys(table["control"]))
     fig, axes = plt.subplots(1, max(len(ctrls), 1), figsize=(6 * max(len(ctrls), 1), 0.9 +
                              0.35 * max(table.groupby("control").size().max(), 1)),
@@ -208,17 +287,22 @@ def plot_paired(table: pd.DataFrame, path: Path, title: str = "") -> Path:
         g = table[table["control"] == ctrl].reset_index(drop=True)
         y = np.arange(len(g))
         m = g["mean_diff"].to_numpy(float)
-        lo, hi = g["holm_lo"].to_numpy(float), g["holm_hi"].to_numpy(float)
+        lo, hi = g["simul_lo"].to_numpy(float), g["simul_hi"].to_numpy(float)
         blo, bhi = g["boot_lo"].to_numpy(float), g["boot_hi"].to_numpy(float)
         ax.errorbar(m, y, xerr=np.nan_to_num([m - lo, hi - m]), fmt="o", capsize=4,
-                    label="paired t (Holm level)", color="tab:blue")
+                    label=f"paired t, {lv} simultaneous (Bonferroni, m={int(g['m'].iloc[0])})",
+                    color="tab:blue")
         ax.errorbar(m, y + 0.2, xerr=np.nan_to_num([m - blo, bhi - m]), fmt="none",
-                    capsize=2, label="bootstrap (Holm level)", color="tab:orange")
+                    capsize=2, label=f"percentile bootstrap, {lv} per arm (unadjusted)",
+                    color="tab:orange")
         ax.axvline(0, color="k", lw=0.8)
-        ax.set_yticks(y, g["arm"], fontsize=8)
+        ax.set_yticks(y, [f"{a} *" if rej else str(a) for a, rej in zip(g["arm"], g["reject"],
+                                                                        strict=True)],
+                      fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel(f"{g['metric'].iloc[0]}: arm - {ctrl} (per seed)")
-        ax.set_title(f"vs {ctrl}", fontsize=9)
+        ax.set_title(f"vs {ctrl} (* = Holm rejects; family-wise error "
+                     f"{_pct(1.0 - _family_level(table))})", fontsize=9)
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -229,4 +313,5 @@ def plot_paired(table: pd.DataFrame, path: Path, title: str = "") -> Path:
 
 
 __all__ = ["PAIRED_COLUMNS", "bootstrap_ci", "format_paired", "holm", "holm_levels",
-           "mde_paired", "paired_diffs", "paired_table", "per_seed", "plot_paired", "t_test"]
+           "mde_paired", "paired_diffs", "paired_table", "per_seed", "plot_paired",
+           "simultaneous_level", "t_test"]
