@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import warnings
 from pathlib import Path
 from unittest.mock import Mock
 
@@ -440,3 +441,105 @@ def test_a_candidate_whose_checkpoint_fails_is_rejected_not_left_half_registered
     assert reg.get_job(job.job_id)["status"] == "failed"
 
 
+# =========================================================================== 9: OHLCV loader
+def _bars(n: int, *, flat: int = 0, const: bool = False) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    open_ = np.concatenate([[100.0], close[:-1]])
+    high, low = np.maximum(open_, close) * 1.002, np.minimum(open_, close) * 0.998
+    if const:
+        open_ = high = low = close = np.full(n, 100.0)
+    lead = np.arange(n) < flat
+    o, h, lo, c = (np.where(lead, 100.0, x) for x in (open_, high, low, close))
+    return pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=n, freq="h"),
+                         "open": o, "high": h, "low": lo, "close": c, "volume": 1.0})
+
+
+def test_constant_prices_are_refused_naming_the_file(tmp_path):
+    from tpfl_jax.market.data import load_ohlcv, read_ohlcv
+
+    path = tmp_path / "const.csv"
+    _bars(100, const=True).to_csv(path, index=False)
+    _raises(ValueError, lambda: read_ohlcv(path), f"{path}: every bar has zero range",
+            "constant prices (open = high = low = close = 100 on all 100 rows)",
+            "no volatility")
+    _raises(ValueError, lambda: load_ohlcv(path, window_len=10), f"{path}: every bar")
+    close_only = _bars(50)
+    close_only["open"] = close_only["high"] = close_only["low"] = close_only["close"]
+    close_only.to_csv(path, index=False)
+    _raises(ValueError, lambda: read_ohlcv(path), f"{path}: every bar has zero range, "
+            "high == low on all 50 rows: no volatility")
+
+
+def test_a_file_flat_only_at_its_start_loads_without_those_rows(tmp_path):
+    from tpfl_jax.market.data import read_ohlcv, to_windows
+
+    path = tmp_path / "flat_start.csv"
+    df = _bars(200, flat=60)
+    df.to_csv(path, index=False)
+    with pytest.warns(UserWarning) as rec:
+        frame = read_ohlcv(path)
+    msg = _one_line(str(rec[0].message))
+    assert msg.startswith(f"{path}: dropped the 60 leading row(s) without a price range, "
+                          "row 0 (file line 2, timestamp 2024-01-01 00:00:00) to row 59 "
+                          "(file line 61, timestamp 2024-01-03 11:00:00)"), msg
+    assert "the data starts at row 60 (file line 62" in msg
+    assert len(frame) == 140 and frame.index[0] == df["timestamp"][60]
+    np.testing.assert_array_equal(frame["close"].to_numpy(), df["close"].to_numpy()[60:])
+    md = to_windows(frame, len(frame))
+    assert (np.asarray(md.vol_unit) > 0).all()
+    assert len(pd.concat([frame, frame])) == 280           # the frame's attrs stay harmless
+
+
+def test_a_flat_start_csv_passes_the_env_check_through_the_cli(tmp_path):
+    """``market=csv`` (read_ohlcv + to_windows + EnvParams) accepts the file: before, the env
+    refused it ("vol_unit: expected > 0 on every bar") without naming file or row."""
+    from hydra import compose, initialize_config_dir
+
+    from tpfl_jax.app import CONFIG_DIR, build_market
+    from tpfl_jax.config import to_container, to_objects
+
+    path = tmp_path / "bars.csv"
+    _bars(700, flat=60).to_csv(path, index=False)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=tiny", "market=csv",
+                                                       f"market.path={path}"])
+    c = to_container(cfg)
+    obj = to_objects(c)
+    with pytest.warns(UserWarning, match="dropped the 60 leading row"):
+        _, source, _ = build_market(c, obj.env, obj.env_kwargs, obj.loop)
+    assert source.n_bars == 640
+
+
+def test_a_dataframe_flat_at_its_start_warns_naming_the_rows():
+    from tpfl_jax.market.data import from_dataframe
+
+    with pytest.warns(UserWarning, match=r"^DataFrame: dropped the 3 leading row\(s\) .*row 0 "
+                                         r"\(timestamp .*to row 2 \(timestamp"):
+        md = from_dataframe(_bars(43, flat=3), 20)
+    assert md.close.shape == (2, 20)
+
+
+def test_a_window_without_a_volatility_unit_names_file_and_row(tmp_path):
+    from tpfl_jax.market.data import load_ohlcv, read_ohlcv, to_windows
+
+    path = tmp_path / "gap.csv"
+    df = _bars(300)
+    df.loc[100, ["open", "high", "low", "close"]] = df.loc[99, "close"]   # one flat bar
+    df.to_csv(path, index=False)
+    msg = str(_raises(ValueError, lambda: load_ohlcv(path, window_len=50, stride=50),
+                      f"{path}: row 100 (file line 102, timestamp 2024-01-05 04:00:00): "
+                      "window 2 (of 6, window_len 50) starts on a bar with high == low"))
+    assert msg.count(str(path)) == 1
+    assert load_ohlcv(path, window_len=50, stride=60).close.shape == (5, 50)  # avoids it
+    # a long flat stretch makes the average true range underflow float32
+    df = _bars(3000)
+    df.loc[1000:2500, ["open", "high", "low", "close"]] = df.loc[999, "close"]
+    df.to_csv(path, index=False)
+    frame = read_ohlcv(path)
+    _raises(ValueError, lambda: to_windows(frame, len(frame)), f"{path}: row ",
+            "the volatility unit of window 0 is 0", "flat stretch")
+    with warnings.catch_warnings():                       # a sliced frame: no file rows
+        warnings.simplefilter("error")
+        _raises(ValueError, lambda: to_windows(frame.iloc[1:], len(frame) - 1),
+                f"{path}: frame row ")
