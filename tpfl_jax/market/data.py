@@ -169,7 +169,8 @@ def validate_ohlcv(df: pd.DataFrame, columns: Mapping[str, str | None] | None = 
     (zeros), ``{"timestamp": None}`` means use the index. Raises ``ValueError`` naming the row and
     the rule: missing column, non-numeric value, NaN/inf, missing or unparseable timestamp,
     non-increasing timestamp, non-positive price, high < low, open/close outside [low, high],
-    negative volume.
+    negative volume, no bar with high > low (no volatility). Leading bars with high == low
+    are dropped with a ``UserWarning`` naming them (they have no volatility unit).
     """
     return _validate(df, columns, source, csv_lines=False)
 
