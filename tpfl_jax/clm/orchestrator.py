@@ -31,6 +31,14 @@ from tpfl_jax.clm.policies import (
     init_policy_state,
     make_policy_params,
 )
+from tpfl_jax.tracking.checks import (
+    check_bool,
+    check_int,
+    check_number,
+    check_str,
+    type_error,
+    value_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,30 +83,68 @@ class JobResult:
         return self.decision == "promoted"
 
 
+_TP_OPTIMIZER_KEYS = ("target_hit_rate", "min_trades", "tolerance")
+
+
 def validate_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Defaults merged with ``config``; unknown keys or bad values raise ``ValueError``."""
+    """Defaults merged with ``config``; unknown keys or bad values raise ``ValueError`` naming
+    the key (a wrong type: ``ArgTypeError``, also a ``TypeError``)."""
+    where = "ClmOrchestrator config"
+    if config is not None and not isinstance(config, Mapping):
+        raise type_error("ClmOrchestrator", "config", config, "None or a dict of settings")
     config = dict(config or {})
     unknown = set(config) - set(DEFAULT_CONFIG)
     if unknown:
-        raise ValueError(f"ClmOrchestrator config: unknown key(s) {sorted(unknown)}; expected "
-                         f"a subset of {sorted(DEFAULT_CONFIG)}")
+        raise ValueError(f"ClmOrchestrator config: unknown key(s) {sorted(unknown, key=repr)}; "
+                         f"expected a subset of {sorted(DEFAULT_CONFIG)}")
     out = copy.deepcopy(DEFAULT_CONFIG) | config
-    if out["policy"] not in POLICY_NAMES:
-        raise ValueError(f"ClmOrchestrator config: policy = {out['policy']!r}; expected one of "
-                         f"{POLICY_NAMES}")
+    check_str(where, "strategy_id", out["strategy_id"])
+    if not isinstance(out["policy"], str) or out["policy"] not in POLICY_NAMES:
+        raise value_error(where, "policy", out["policy"], f"one of {POLICY_NAMES}")
+    for key in ("policy_params", "tp_optimizer"):
+        if not isinstance(out[key], Mapping):
+            raise type_error(where, key, out[key], "a dict")
     make_policy_params(out["policy"], **out["policy_params"])
+    if out["promotion_criteria"] is not None and not isinstance(out["promotion_criteria"],
+                                                                Mapping):
+        raise type_error(where, "promotion_criteria", out["promotion_criteria"], "a dict")
     crit = dict(out["promotion_criteria"] or {})
     unknown = set(crit) - set(DEFAULT_PROMOTION_CRITERIA)
     if unknown:
-        raise ValueError(f"ClmOrchestrator config: unknown promotion_criteria {sorted(unknown)}; "
-                         f"expected a subset of {sorted(DEFAULT_PROMOTION_CRITERIA)}")
+        raise ValueError(f"ClmOrchestrator config: unknown promotion_criteria "
+                         f"{sorted(unknown, key=repr)}; expected a subset of "
+                         f"{sorted(DEFAULT_PROMOTION_CRITERIA)}")
+    for k, v in crit.items():
+        check_number(where, f"promotion_criteria[{k!r}]", v, optional=True)
     out["promotion_criteria"] = dict(DEFAULT_PROMOTION_CRITERIA) | crit
-    m = out["min_attempts"]
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise ValueError(f"ClmOrchestrator config: min_attempts = {m!r}; expected an int >= 1")
-    if out["r_source"] not in ("estimated", "actual"):
-        raise ValueError(f"ClmOrchestrator config: r_source = {out['r_source']!r}; expected "
-                         "'estimated' or 'actual'")
+    check_int(where, "min_attempts", out["min_attempts"], lo=1)
+    if not isinstance(out["r_source"], str) or out["r_source"] not in ("estimated", "actual"):
+        raise value_error(where, "r_source", out["r_source"], "'estimated' or 'actual'")
+    # the feedback selection is read inside the tracker call, whose errors fall back to the
+    # default weight: a bad value here would silently train every job with 1.0
+    check_int(where, "feedback_last_n", out["feedback_last_n"], lo=1, optional=True)
+    if out["feedback_window"] is not None:
+        import pandas as pd
+
+        try:
+            w = pd.Timedelta(out["feedback_window"])
+        except (ValueError, TypeError, OverflowError):
+            w = None
+        if w is None or w is pd.NaT or w <= pd.Timedelta(0):
+            raise value_error(where, "feedback_window", out["feedback_window"],
+                              "None or a positive duration (a timedelta or a string such as "
+                              "'30D')")
+    if out["feedback_until"] is not None:
+        from tpfl_jax.tracking.tracker import _time_ns
+
+        _time_ns("feedback_until", out["feedback_until"], where)
+    bad = set(out["tp_optimizer"]) - set(_TP_OPTIMIZER_KEYS)
+    if bad:
+        raise ValueError(f"ClmOrchestrator config: unknown tp_optimizer key(s) "
+                         f"{sorted(bad, key=repr)}; expected a subset of "
+                         f"{list(_TP_OPTIMIZER_KEYS)}")
+    for k in ("enable_tp_optimizer_logging", "auto_promote", "save_checkpoints"):
+        check_bool(where, k, out[k])
     return out
 
 
@@ -172,8 +218,21 @@ class ClmOrchestrator:
                            type(e).__name__, e, DEFAULT_WEIGHT)
             return DEFAULT_WEIGHT
 
+    @staticmethod
+    def check_job(job: Any, where: str) -> TrainingJob:
+        """``job`` is a ``TrainingJob`` whose fields are (still) valid (a job can be changed
+        after it was made); errors name the field (``job.<field>``) and what was expected."""
+        if not isinstance(job, TrainingJob):
+            raise type_error(where, "job", job, "a TrainingJob")
+        job.validate(where, "job.")
+        if "strategy_id" in job.training_params:
+            check_str(where, "job.training_params['strategy_id']",
+                      job.training_params["strategy_id"])
+        return job
+
     async def enrich_training_job(self, job: TrainingJob) -> None:
         """Step 0: put the TP feedback and ``tp_reward_weight`` into an RL job's params."""
+        self.check_job(job, "ClmOrchestrator.enrich_training_job")
         if not job.model_type.is_rl:
             return
         cfg = self.config
@@ -242,7 +301,11 @@ class ClmOrchestrator:
                         r["reason"])
 
     async def handle_training_job(self, job: TrainingJob) -> JobResult:
-        """Run one job end to end; returns the registered version and the promotion decision."""
+        """Run one job end to end; returns the registered version and the promotion decision.
+
+        The job is checked first (nothing is recorded for an invalid job). A candidate whose
+        checkpoint cannot be saved is rejected (reason recorded) and the error raised."""
+        self.check_job(job, "ClmOrchestrator.handle_training_job")
         record = getattr(self.registry, "record_job", None)
         if record is not None:
             record(job, "running")
@@ -260,7 +323,11 @@ class ClmOrchestrator:
             result = self._register_and_decide(job, model, bt)
         except Exception as e:
             if record is not None:
-                record(job, "failed", error=f"{type(e).__name__}: {e}")
+                try:
+                    record(job, "failed", error=f"{type(e).__name__}: {e}")
+                except Exception as e2:  # noqa: BLE001 - the job's own error is the one raised
+                    logger.error("CLM job %s: cannot record its failure (%s: %s)", job.job_id,
+                                 type(e2).__name__, e2)
             raise
         if record is not None:
             record(job, "completed", version_id=result.version.version_id)
@@ -278,7 +345,18 @@ class ClmOrchestrator:
             job_id=job.job_id, trigger_reason=job.trigger_reason)
         if (model.params is not None and model.checkpoint_path is None
                 and self.config["save_checkpoints"]):
-            self.registry.save_checkpoint(version.version_id, model.params)
+            try:
+                self.registry.save_checkpoint(version.version_id, model.params)
+            except Exception as e:
+                # never leave a candidate without its checkpoint: reject it, then fail the job
+                try:
+                    self.registry.reject(version.version_id, "checkpoint not saved: "
+                                         f"{type(e).__name__}: {str(e)[:300]}")
+                except Exception as e2:  # noqa: BLE001 - the save error is the one raised
+                    logger.error("CLM job %s: cannot reject version %s without a checkpoint "
+                                 "(%s: %s)", job.job_id, version.version_id,
+                                 type(e2).__name__, e2)
+                raise
         passed, lines = evaluate_promotion(
             bt.metrics, production.metrics if production is not None else None,
             self.config["promotion_criteria"])

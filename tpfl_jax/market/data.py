@@ -1,8 +1,13 @@
 """Real OHLCV data: CSV / parquet / DataFrame -> validated frame -> equal windows -> ``MarketData``.
 
 Validation rejects bad data with a ``ValueError`` that names the row (0-based data row, plus the
-file line for CSV, the index label and the timestamp) and the rule broken. Nothing is dropped,
-filled or reordered.
+file line for CSV, the index label and the timestamp) and the rule broken. Nothing is filled or
+reordered, and only one kind of row is dropped, with a warning naming them: leading bars with
+no price range (high == low in float32, the precision of ``MarketData``) before the first bar
+with one. The volatility unit (an average true range, ``MarketData.vol_unit``) is 0 on such
+bars, and every TP/SL distance is a multiple of it. Data without any bar with a range (e.g.
+constant prices) is refused. ``to_windows`` refuses windows whose volatility unit is 0 on some
+bar, naming the file, row and timestamp.
 
 Rows are 0-based positions in the data as read; a CSV's header is line 1, so row ``i`` is file
 line ``i + 2``.
@@ -45,14 +50,18 @@ class _Rows:
         self.plain_index = isinstance(df.index, pd.RangeIndex) and df.index.start == 0 \
             and df.index.step == 1
 
-    def __call__(self, pos: int) -> str:
+    def ref(self, pos: int) -> str:
+        """``row i (file line .., index .., timestamp ..)``."""
         parts = [f"row {pos}"]
         if self.csv_lines:
             parts.append(f"file line {pos + 2}")
         if not self.ts_from_index and not self.plain_index:
             parts.append(f"index {self.index[pos]!r}")
         parts.append(f"timestamp {self.ts.iloc[pos]}")
-        return f"{self.source}: {parts[0]} ({', '.join(parts[1:])})"
+        return f"{parts[0]} ({', '.join(parts[1:])})"
+
+    def __call__(self, pos: int) -> str:
+        return f"{self.source}: {self.ref(pos)}"
 
 
 def _fail(rows: _Rows, bad: np.ndarray, rule: str | Callable[[int], str]) -> None:
@@ -160,7 +169,8 @@ def validate_ohlcv(df: pd.DataFrame, columns: Mapping[str, str | None] | None = 
     (zeros), ``{"timestamp": None}`` means use the index. Raises ``ValueError`` naming the row and
     the rule: missing column, non-numeric value, NaN/inf, missing or unparseable timestamp,
     non-increasing timestamp, non-positive price, high < low, open/close outside [low, high],
-    negative volume.
+    negative volume, no bar with high > low (no volatility). Leading bars with high == low
+    are dropped with a ``UserWarning`` naming them (they have no volatility unit).
     """
     return _validate(df, columns, source, csv_lines=False)
 
@@ -235,7 +245,54 @@ def _validate(df: pd.DataFrame, columns: Mapping[str, str | None] | None, source
                                       f"(rule: low <= {f} <= high)")
     _fail(rows, v < 0, lambda i: f"volume = {v[i]} is negative (rule: volume >= 0)")
 
-    return pd.DataFrame(out, index=pd.Index(ts, name="timestamp"))
+    frame = pd.DataFrame(out, index=pd.Index(ts, name="timestamp"))
+    first = _first_bar_with_range(rows, o, h, lo, c)
+    if first:
+        warnings.warn(
+            f"{source}: dropped the {first} leading row(s) without a price range, "
+            f"{rows.ref(0)} to {rows.ref(first - 1)}: each has high == low (in float32), so no "
+            "volatility unit exists before the first bar with a range (it would be 0, and "
+            f"TP/SL distances are multiples of it); the data starts at {rows.ref(first)}",
+            stacklevel=3)
+        frame = frame.iloc[first:]
+    frame.attrs.update({_ATTR_SOURCE: source, _ATTR_CSV: csv_lines,
+                        _ATTR_ROWS: (first, len(df) - first)})
+    return frame
+
+
+# where a validated frame came from (names file and rows in ``to_windows``' errors):
+# the source, whether it is a CSV, and (first data row, number of rows) of the frame
+_ATTR_SOURCE, _ATTR_CSV, _ATTR_ROWS = "tpfl_source", "tpfl_csv_lines", "tpfl_rows"
+
+
+def _first_bar_with_range(rows: _Rows, o: np.ndarray, h: np.ndarray, lo: np.ndarray,
+                          c: np.ndarray) -> int:
+    """Position of the first bar with high > low in float32 (``MarketData``'s precision);
+    data without one is refused (no volatility unit can be computed)."""
+    ranged = h.astype(np.float32) > lo.astype(np.float32)
+    if ranged.any():
+        return int(np.argmax(ranged))
+    n = len(h)
+    prices = np.concatenate([o, h, lo, c]).astype(np.float32)
+    what = (f"constant prices (open = high = low = close = {prices[0]:g} on all {n} rows)"
+            if (prices == prices[0]).all() else f"high == low on all {n} rows")
+    raise ValueError(f"{rows.source}: every bar has zero range, {what}: no volatility (the "
+                     "volatility unit, an average true range, is 0 everywhere); expected bars "
+                     "with high > low (in float32). A close-only series needs real high/low "
+                     "prices")
+
+
+def _frame_ref(frame: pd.DataFrame, pos: int) -> str:
+    """``<file>: row i (file line .., timestamp ..)`` of row ``pos`` of a validated frame (the
+    file's row numbers while the frame is as ``read_ohlcv`` returned it), else the frame row."""
+    ts = frame.index[pos]
+    src = frame.attrs.get(_ATTR_SOURCE)
+    first, n = frame.attrs.get(_ATTR_ROWS, (0, -1))     # (first data row, rows kept)
+    if src is not None and n == len(frame):
+        r = first + pos
+        line = f"file line {r + 2}, " if frame.attrs.get(_ATTR_CSV) else ""
+        return f"{src}: row {r} ({line}timestamp {ts})"
+    return f"{src + ': ' if src else ''}frame row {pos} (timestamp {ts})"
 
 
 def read_ohlcv(path: str | os.PathLike, columns: Mapping[str, str | None] | None = None, *,
@@ -322,8 +379,14 @@ def to_windows(frame: pd.DataFrame, window_len: int, stride: int | None = None, 
     """Cut a validated canonical frame into ``MarketData`` of shape ``[n_windows, window_len]``.
 
     Windows are cut per ``window_starts``; ``vol_unit`` restarts at each window's first bar;
-    ``regime`` is -1 and ``trend`` 0 (unknown); every window gets ``symbol_id``.
+    ``regime`` is -1 and ``trend`` 0 (unknown); every window gets ``symbol_id``. A window whose
+    ``vol_unit`` is 0 on some bar (it starts on a bar with high == low, or a long stretch without
+    price movement makes the average underflow float32) is a ``ValueError`` naming the file,
+    row and timestamp: the env refuses such a market.
     """
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"to_windows: frame = {type(frame).__name__}; expected the pandas "
+                        "DataFrame of validate_ohlcv/read_ohlcv")
     missing = [f for f in OHLCV_FIELDS if f not in frame.columns]
     if missing:
         raise ValueError(f"to_windows needs a frame from validate_ohlcv/read_ohlcv; missing "
@@ -331,9 +394,29 @@ def to_windows(frame: pd.DataFrame, window_len: int, stride: int | None = None, 
     starts = window_starts(len(frame), window_len, stride, align)
     idx = starts[:, None] + np.arange(window_len)[None, :]
     cut = {f: frame[f].to_numpy(np.float64)[idx] for f in OHLCV_FIELDS}
-    return make_market_data(cut["open"], cut["high"], cut["low"], cut["close"],
-                            volume=cut["volume"], symbol_id=np.full(len(starts), symbol_id),
-                            vol_span=vol_span)
+    h32, lo32 = cut["high"].astype(np.float32), cut["low"].astype(np.float32)
+    flat = ~(h32[:, 0] > lo32[:, 0])
+    if flat.any():
+        w = int(np.argmax(flat))
+        raise ValueError(
+            f"{_frame_ref(frame, int(starts[w]))}: window {w} (of {len(starts)}, "
+            f"window_len {window_len}) starts on a bar with high == low = {h32[w, 0]:g}, so its "
+            "volatility unit is 0 until the first bar with a range (vol_unit restarts at each "
+            "window's first bar); expected every window to start on a bar with high > low: "
+            "choose another stride / align / window_len, or cut the data there")
+    md = make_market_data(cut["open"], cut["high"], cut["low"], cut["close"],
+                          volume=cut["volume"], symbol_id=np.full(len(starts), symbol_id),
+                          vol_span=vol_span)
+    vu = np.asarray(md.vol_unit)
+    bad = ~(vu > 0)
+    if bad.any():
+        w, b = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{_frame_ref(frame, int(starts[w]) + b)}: the volatility unit of window {w} is "
+            f"{vu[w, b]:g} at its bar {b}: a long stretch without price movement before it "
+            "makes the average true range underflow float32; expected price movement at least "
+            "every few hundred bars (remove or shorten the flat stretch)")
+    return md
 
 
 def from_dataframe(df: pd.DataFrame, window_len: int, stride: int | None = None, *,
@@ -357,4 +440,6 @@ def load_ohlcv(path: str | os.PathLike, window_len: int, stride: int | None = No
         return to_windows(frame, window_len, stride, align=align, symbol_id=symbol_id,
                           vol_span=vol_span)
     except ValueError as e:
+        if str(e).startswith(f"{os.fspath(path)}: "):     # already names the file
+            raise
         raise ValueError(f"{os.fspath(path)}: {e}") from None

@@ -11,7 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tpfl_jax.tracking.checks import check_number, type_error, value_error
+
 SYNCHRONOUS_LEVELS = ("NORMAL", "FULL", "EXTRA")
+
+
+class SchemaVersionError(ValueError, RuntimeError):
+    """A database written with another schema version of a component (names both versions).
+    A ``ValueError`` (bad input file) and, as before, a ``RuntimeError``."""
 
 
 class SqliteStore:
@@ -23,9 +30,18 @@ class SqliteStore:
 
     def __init__(self, path: str | os.PathLike[str] = ":memory:", *,
                  synchronous: str = "FULL", timeout: float = 30.0) -> None:
-        if synchronous not in SYNCHRONOUS_LEVELS:
-            raise ValueError(f"synchronous = {synchronous!r}; expected one of {SYNCHRONOUS_LEVELS}")
-        self.path = str(path)
+        where = type(self).__name__
+        if isinstance(path, (bytes, bytearray)) or not isinstance(path, (str, os.PathLike)):
+            raise type_error(where, "path", path, "a database file path (str or os.PathLike) "
+                             "or ':memory:'")
+        if not os.fspath(path) or not str(os.fspath(path)).strip():
+            raise value_error(where, "path", path, "a database file path or ':memory:' (an "
+                              "empty path would open a temporary database, lost on close)")
+        if not isinstance(synchronous, str) or synchronous not in SYNCHRONOUS_LEVELS:
+            raise value_error(where, "synchronous", synchronous,
+                              f"one of {SYNCHRONOUS_LEVELS}")
+        check_number(where, "timeout", timeout, lo=0)
+        self.path = str(os.fspath(path))
         self.read_only = False
         self._lock = threading.RLock()
         try:
@@ -101,16 +117,48 @@ class SqliteStore:
                                  f"the {component}'s {want}; it was not written by tpfl_jax. "
                                  "Use another database file")
 
+    def _stored_version(self, component: str) -> int | None:
+        """The component's version in ``schema_version`` (None: no table or no row). A
+        ``schema_version`` table of other columns is a ``ValueError`` naming the file."""
+        cols = [r[1] for r in self._conn.execute("PRAGMA table_info(schema_version)")]
+        if not cols:
+            return None
+        if cols != ["component", "version"]:
+            raise ValueError(f"{self.path}: table 'schema_version' exists with columns {cols}, "
+                             "not ['component', 'version']; it was not written by tpfl_jax. "
+                             "Use another database file")
+        row = self._conn.execute("SELECT version FROM schema_version WHERE component = ?",
+                                 (component,)).fetchone()
+        return None if row is None else row[0]
+
+    def _version_error(self, component: str, found: Any, version: int) -> SchemaVersionError:
+        by = "another tpfl_jax release"
+        if isinstance(found, int):
+            by = "a newer tpfl_jax" if found > version else "an older tpfl_jax"
+        return SchemaVersionError(
+            f"{self.path}: {component} schema version {found!r} found (written by {by}), "
+            f"expected {component} schema version {version} (the version this code reads); "
+            "open it with the tpfl_jax release that wrote it, or use another database file")
+
     def _ensure_schema(self, component: str, version: int, ddl: str) -> None:
-        """Create ``ddl``'s tables if missing and check/record the component's schema version."""
+        """Create ``ddl``'s tables if missing and check/record the component's schema version.
+
+        A stored version other than ``version`` is a ``SchemaVersionError`` naming both (checked
+        before the tables, whose columns may differ between versions); tables of other columns
+        without a version of ours are a ``ValueError`` ("not written by tpfl_jax")."""
         with self._lock:
+            found = self._stored_version(component)
+            if found is not None and found != version:
+                raise self._version_error(component, found, version)
             self._check_tables(component, ddl)
             if self.read_only:
-                rows = self._conn.execute("SELECT version FROM schema_version WHERE component "
-                                          "= ?", (component,)).fetchall()
-                if rows and rows[0][0] != version:
-                    raise RuntimeError(f"{self.path}: {component} schema version {rows[0][0]}, "
-                                       f"this code reads version {version}")
+                tables = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", ddl)
+                missing = [t for t in tables if not self._conn.execute(
+                    "PRAGMA table_info(" + t + ")").fetchall()]
+                if missing:
+                    raise ValueError(f"{self.path}: opened read-only (its directory is not "
+                                     f"writable) and has no table(s) {missing} of the "
+                                     f"{component}; expected a database written by tpfl_jax")
                 return
         with self._transaction() as cur:
             cur.execute("CREATE TABLE IF NOT EXISTS schema_version ("
@@ -123,8 +171,7 @@ class SqliteStore:
                 cur.execute("INSERT INTO schema_version (component, version) VALUES (?, ?)",
                             (component, version))
             elif row[0] != version:
-                raise RuntimeError(f"{self.path}: {component} schema version {row[0]}, this code "
-                                   f"reads version {version}")
+                raise self._version_error(component, row[0], version)
 
     def schema_versions(self) -> dict[str, int]:
         """Stored schema version per component."""

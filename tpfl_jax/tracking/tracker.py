@@ -29,6 +29,13 @@ import numpy as np
 import pandas as pd
 
 from tpfl_jax.env.stats import EXIT_REASONS, R_CAP, TPStats, estimated_r_multiple, make_tp_stats
+from tpfl_jax.tracking.checks import (
+    check_number,
+    check_str,
+    short_repr,
+    type_error,
+    value_error,
+)
 from tpfl_jax.tracking.sqlite import SqliteStore
 
 SCHEMA_COMPONENT = "tracker"
@@ -127,7 +134,7 @@ _KIND_TEXT = {
 
 class _FieldError(ValueError):
     def __init__(self, field: str, value: Any, expected: str):
-        super().__init__(f"field {field!r} = {value!r}; expected {expected}")
+        super().__init__(f"field {field!r} = {short_repr(value)}; expected {expected}")
 
 
 def _is_missing(v: Any) -> bool:
@@ -149,6 +156,10 @@ def _convert(field: str, kind: str, v: Any) -> Any:
     if kind == "str":
         if not isinstance(v, str) or not v.strip():
             raise bad
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _FieldError(field, v, "text encodable as UTF-8 (no lone surrogates)") from None
         return v
     if kind == "side":
         if isinstance(v, str):
@@ -214,7 +225,7 @@ def _normalise(rec: Mapping[str, Any], recorded_at_ns: int) -> tuple:
     """Validate one trade record and return the row tuple for ``_INSERT``."""
     unknown = set(rec) - set(_FIELDS)
     if unknown:
-        raise ValueError(f"unknown field(s) {sorted(unknown)}; expected a subset of "
+        raise ValueError(f"unknown field(s) {sorted(unknown, key=repr)}; expected a subset of "
                          f"{sorted(_FIELDS)}")
     v: dict[str, Any] = {}
     for field, (kind, required) in _FIELDS.items():
@@ -259,27 +270,61 @@ def _normalise(rec: Mapping[str, Any], recorded_at_ns: int) -> tuple:
     )
 
 
-def _time_ns(name: str, t: Any) -> int:
+def _time_ns(name: str, t: Any, where: str) -> int:
     try:
         return _convert(name, "time", t)
-    except _FieldError as e:
-        raise ValueError(f"get_strategy_tp_feedback: {e}") from None
+    except _FieldError:
+        raise value_error(where, name, t, _KIND_TEXT["time"]) from None
+
+
+_SYMBOLS_TEXT = "None, a non-empty string or a non-empty list of non-empty strings"
 
 
 def _symbols_arg(symbol: str | Sequence[str] | None, where: str) -> list[str] | None:
     if symbol is None:
         return None
-    syms = [symbol] if isinstance(symbol, str) else list(symbol)
-    if not syms or not all(isinstance(s, str) and s.strip() for s in syms):
-        raise ValueError(f"{where}: symbol = {symbol!r}; expected None, a non-empty string or a "
-                         "non-empty sequence of non-empty strings")
+    if isinstance(symbol, str):
+        syms = [symbol]
+    elif isinstance(symbol, (list, tuple, set, frozenset, np.ndarray, pd.Index, pd.Series)):
+        syms = list(symbol)
+    else:
+        raise type_error(where, "symbol", symbol, _SYMBOLS_TEXT)
+    for i, s in enumerate(syms):
+        if not isinstance(s, str):
+            name = "symbol" if isinstance(symbol, str) else f"symbol[{i}]"
+            raise type_error(where, name, s, "a non-empty string (symbol = "
+                             f"{short_repr(symbol)}; expected {_SYMBOLS_TEXT})")
+    if not syms or not all(s.strip() for s in syms):
+        raise value_error(where, "symbol", symbol, _SYMBOLS_TEXT)
     return syms
 
 
 def _positive_int(name: str, v: Any, where: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{where}: {name} = {v!r}; expected an integer >= 1")
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise type_error(where, name, v, "an integer >= 1")
+    if v < 1:
+        raise value_error(where, name, v, "an integer >= 1")
     return int(v)
+
+
+def _as_records(trades: Any, where: str) -> list[dict[str, Any]]:
+    """The trade dicts of ``record_trades``' non-DataFrame input, each checked."""
+    expected = ("a pandas DataFrame (one row per closed trade) or a list of trade dicts "
+                "(field name -> value)")
+    if isinstance(trades, Mapping):
+        raise type_error(where, "trades", trades, expected + "; for one trade use "
+                         "record_trade(...) or pass [trade]")
+    if isinstance(trades, (str, bytes, bytearray)) or not isinstance(trades, Iterable):
+        raise type_error(where, "trades", trades, expected)
+    records = []
+    for i, r in enumerate(trades):
+        if isinstance(r, pd.Series):
+            r = r.to_dict()
+        if not isinstance(r, Mapping):
+            raise type_error(where, f"trades[{i}]", r,
+                             "a trade dict (field name -> value); trades must be " + expected)
+        records.append(dict(r))
+    return records
 
 
 class TPPerformanceTracker(SqliteStore):
@@ -331,8 +376,33 @@ class TPPerformanceTracker(SqliteStore):
         evaluation/backtest, ``exit_reason`` as its name or code) or an iterable of dicts. The
         keyword arguments fill a field for every row; ``symbol`` may also map the ``symbol_id``
         column to names. A field given both as a column and an argument is an error. Any bad row
-        raises ``ValueError`` naming the row and field, and nothing is written.
+        raises ``ValueError`` naming the row and field, and nothing is written. ``trades`` of
+        another kind (a string, a single dict, a number, None) or a bad keyword argument is an
+        error naming the argument (``ArgTypeError``, a ``TypeError`` and ``ValueError``, for a
+        wrong type).
         """
+        where = "record_trades"
+        # the arguments first (named as arguments, not as a field of row 0)
+        check_str(where, "strategy_id", strategy_id, optional=True)
+        check_str(where, "model_version", model_version, optional=True)
+        check_number(where, "tp_reward_weight", tp_reward_weight, lo=0, optional=True)
+        for name, t in (("entry_time", entry_time), ("exit_time", exit_time)):
+            if not _is_missing(t):
+                _time_ns(name, t, where)
+        symbol_map: Mapping[int, str] | None = None
+        if isinstance(symbol, Mapping):
+            for k, name in symbol.items():
+                if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+                    raise type_error(where, "symbol", symbol, "a symbol name or a mapping "
+                                     f"symbol_id (int) -> name; key {short_repr(k)} is not "
+                                     "an integer")
+                check_str(where, f"symbol[{k!r}]", name)
+            symbol_map = symbol
+        elif symbol is not None:
+            if not isinstance(symbol, str):
+                raise type_error(where, "symbol", symbol, "None, a symbol name (non-empty "
+                                 "string) or a mapping symbol_id (int) -> name")
+            check_str(where, "symbol", symbol)
         if isinstance(trades, pd.DataFrame):
             # pandas' missing value (NaN / NaT / None) in a cell = the field is absent, as a
             # dict row without that key (a required field still has to be there)
@@ -340,15 +410,12 @@ class TPPerformanceTracker(SqliteStore):
                        for r in trades.to_dict("records")]
             labels = list(trades.index)
         else:
-            records = [dict(r) for r in trades]
+            records = _as_records(trades, where)
             labels = list(range(len(records)))
         const = {"strategy_id": strategy_id, "model_version": model_version,
                  "tp_reward_weight": tp_reward_weight, "entry_time": entry_time,
                  "exit_time": exit_time}
-        symbol_map: Mapping[int, str] | None = None
-        if isinstance(symbol, Mapping):
-            symbol_map = symbol
-        else:
+        if symbol_map is None:
             const["symbol"] = symbol
         const = {k: v for k, v in const.items() if v is not None}
         now = time.time_ns()
@@ -384,29 +451,28 @@ class TPPerformanceTracker(SqliteStore):
                 until: Any, window: timedelta | str | None, last_n: int | None,
                 where: str) -> tuple[str, list[Any]]:
         """SQL selecting the chosen trades (a sub-query) and its parameters."""
-        if not isinstance(strategy_id, str) or not strategy_id.strip():
-            raise ValueError(f"{where}: strategy_id = {strategy_id!r}; expected a non-empty string")
+        check_str(where, "strategy_id", strategy_id)
         conds, params = ["strategy_id = ?"], [strategy_id]
         syms = _symbols_arg(symbol, where)
         if syms is not None:
             conds.append(f"symbol IN ({', '.join('?' for _ in syms)})")
             params += syms
         t = "COALESCE(exit_time_ns, recorded_at_ns)"
-        until_ns = _time_ns("until", until) if until is not None else None
+        until_ns = _time_ns("until", until, where) if until is not None else None
         if window is not None:
             try:
                 w = pd.Timedelta(window)
-            except (ValueError, TypeError):
-                raise ValueError(f"{where}: window = {window!r}; expected a timedelta or a "
-                                 "pandas Timedelta string") from None
-            if w <= pd.Timedelta(0):
-                raise ValueError(f"{where}: window = {window!r}; expected a positive duration")
+            except (ValueError, TypeError, OverflowError):
+                raise value_error(where, "window", window, "a timedelta or a pandas Timedelta "
+                                  "string such as '30D'") from None
+            if w is pd.NaT or w <= pd.Timedelta(0):
+                raise value_error(where, "window", window, "a positive duration")
             end = until_ns if until_ns is not None else time.time_ns()
             since_ns = end - int(w.value)
             if since is not None:
-                since_ns = max(since_ns, _time_ns("since", since))
+                since_ns = max(since_ns, _time_ns("since", since, where))
         else:
-            since_ns = _time_ns("since", since) if since is not None else None
+            since_ns = _time_ns("since", since, where) if since is not None else None
         if since_ns is not None:
             conds.append(f"{t} >= ?")
             params.append(since_ns)
@@ -462,8 +528,8 @@ class TPPerformanceTracker(SqliteStore):
         """
         where = "get_strategy_tp_feedback"
         min_attempts = _positive_int("min_attempts", min_attempts, where)
-        if r_source not in R_SOURCES:
-            raise ValueError(f"{where}: r_source = {r_source!r}; expected one of {R_SOURCES}")
+        if not isinstance(r_source, str) or r_source not in R_SOURCES:
+            raise value_error(where, "r_source", r_source, f"one of {R_SOURCES}")
         attempts, hits, sum_r, premature, _, pnl, no_edge = self._aggregate_all(
             strategy_id, symbol, since, until, window, last_n, where)
         if attempts < min_attempts:
@@ -492,8 +558,8 @@ class TPPerformanceTracker(SqliteStore):
         below ``min_attempts``); ``volatility`` = mean TP distance / (tp_mult * entry price)."""
         where = "get_tp_stats"
         min_attempts = _positive_int("min_attempts", min_attempts, where)
-        if r_source not in R_SOURCES:
-            raise ValueError(f"{where}: r_source = {r_source!r}; expected one of {R_SOURCES}")
+        if not isinstance(r_source, str) or r_source not in R_SOURCES:
+            raise value_error(where, "r_source", r_source, f"one of {R_SOURCES}")
         a, h, sr, p, vol, pnl, ne = self._aggregate_all(strategy_id, symbol, since, until,
                                                         window, last_n, where)
         stats = make_tp_stats(a, h, sr, p, min_attempts=min_attempts, volatility=vol,
@@ -506,6 +572,7 @@ class TPPerformanceTracker(SqliteStore):
                symbol: str | Sequence[str] | None = None) -> pd.DataFrame:
         """Recorded trades as a DataFrame (times as UTC Timestamps), in insertion order."""
         conds, params = [], []
+        check_str("trades", "strategy_id", strategy_id, optional=True)
         if strategy_id is not None:
             conds.append("strategy_id = ?")
             params.append(strategy_id)
@@ -572,11 +639,12 @@ class TPPerformanceTracker(SqliteStore):
         Symbols with fewer than ``min_trades`` usable trades are left out.
         """
         where = "tp_distance_recommendations"
-        if not 0.0 < target_hit_rate < 1.0:
-            raise ValueError(f"{where}: target_hit_rate = {target_hit_rate!r}; expected in (0, 1)")
+        check_str(where, "strategy_id", strategy_id)
+        _symbols_arg(symbol, where)
+        target_hit_rate = check_number(where, "target_hit_rate", target_hit_rate, lo=0.0, hi=1.0,
+                                       lo_open=True, hi_open=True)
         min_trades = _positive_int("min_trades", min_trades, where)
-        if not tolerance >= 0.0:
-            raise ValueError(f"{where}: tolerance = {tolerance!r}; expected >= 0")
+        tolerance = check_number(where, "tolerance", tolerance, lo=0.0)
         df = self.trades(strategy_id, symbol)
         df = df[df["has_tp"] & df["tp_mult"].notna() & df["mfe"].notna()]
         out = []
@@ -620,8 +688,12 @@ def get_tp_tracker(path: str | os.PathLike[str] | None = None) -> TPPerformanceT
     ``reset_tp_tracker()`` first.
     """
     global _TRACKER
+    if path is not None and (isinstance(path, (bytes, bytearray))
+                             or not isinstance(path, (str, os.PathLike))):
+        raise type_error("get_tp_tracker", "path", path, "None, a database file path (str or "
+                         "os.PathLike) or ':memory:'")
     with _TRACKER_LOCK:
-        want = str(path) if path is not None else None
+        want = str(os.fspath(path)) if path is not None else None
         if _TRACKER is None:
             _TRACKER = TPPerformanceTracker(want if want is not None else default_db_path())
         elif want is not None and want != _TRACKER.path:
