@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tpfl_jax.accounting import tp_stats
 from tpfl_jax.env.compat import TradingEnvV3
-from tpfl_jax.env.stats import EXIT_END, EXIT_MANUAL, EXIT_SL, EXIT_TIME, EXIT_TP, tp_stats
+from tpfl_jax.env.stats import EXIT_END, EXIT_MANUAL, EXIT_SL, EXIT_TIME, EXIT_TP
 from tpfl_jax.env.trading import TradingEnv, decode_action, encode_action
 from tpfl_jax.market.types import MarketData, make_market_data
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tpfl_jax.accounting import tp_stats
 from tpfl_jax.agents.ppo import PPOConfig
-from tpfl_jax.env.stats import tp_stats
 from tpfl_jax.env.trading import TradingEnv
 from tpfl_jax.loop import (
     LOOP_POLICY_KINDS,

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tpfl_jax.env.stats import R_CAP, TRADE_KEYS, tp_stats
+from tpfl_jax.accounting import tp_stats
+from tpfl_jax.env.stats import R_CAP, TRADE_KEYS
 from tpfl_jax.tracking import tracker as tr
 from tpfl_jax.tracking.tracker import (
     ACTUAL_R_KEY,

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tpfl_jax.env.stats import EXIT_REASONS, TRADE_KEYS, tp_stats
+from tpfl_jax.accounting import tp_stats
+from tpfl_jax.env.stats import EXIT_REASONS, TRADE_KEYS
 from tpfl_jax.env.trading import TradingEnv
 from tpfl_jax.market.types import make_market_data
 from tpfl_jax.tracking.tracker import TPPerformanceTracker

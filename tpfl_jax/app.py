@@ -25,6 +25,8 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from tpfl_jax import report
+from tpfl_jax import results as R
 from tpfl_jax import validate as V
 from tpfl_jax.config import Config, to_container, to_objects
 
@@ -104,13 +106,13 @@ def build_market(c: Config, env: Any, env_kwargs: dict[str, Any], loop_cfg: Any)
     """(markets spec, traced source argument, env params template) of the config."""
     import jax
 
-    from tpfl_jax.loop import SyntheticMarkets, WalkForwardMarkets
+    from tpfl_jax.market.specs import SyntheticMarkets, WalkForwardMarkets
 
     m = c.market
     if m.source == "synthetic":
         spec = SyntheticMarkets(kind=m.kind, train_paths=m.train_paths,
                                 deploy_paths=m.deploy_paths, n_bars=m.n_bars,
-                                substeps=m.substeps)
+                                substeps=m.substeps, fresh=m.fresh)
         try:
             source = spec.source(**dict(m.params))
         except ValueError as e:
@@ -148,7 +150,7 @@ def reward_audit(c: Config, env: Any, env_params: Any, spec: Any, source: Any, o
     import jax
 
     from tpfl_jax.audit import AuditConfig, run_audit, write_audit
-    from tpfl_jax.loop import SyntheticMarkets
+    from tpfl_jax.market.specs import SyntheticMarkets
 
     a = c.audit
     if not a.enabled:
@@ -179,15 +181,6 @@ def reward_audit(c: Config, env: Any, env_params: Any, spec: Any, source: Any, o
     return result
 
 
-def _append_audit(out: Path, audit: Any) -> None:
-    """Add the audit summary to the run's ``report.md``."""
-    if audit is None:
-        return
-    with (out / "report.md").open("a") as f:
-        f.write(f"\n## Reward audit (this env and market)\n\n```\n{audit.text()}\n```\n\n"
-                "Full table: `audit_table.csv`, `audit.md`; plot: `audit_reward_pnl.png`.\n")
-
-
 # --------------------------------------------------------------------------- tpfl-audit
 def run_audit_app(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> Any:
     """``tpfl-audit``: the reward audit of the configured env and market."""
@@ -206,29 +199,22 @@ def run_audit_app(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> 
 # --------------------------------------------------------------------------- tpfl-loop
 def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.DataFrame:
     """The closed-loop experiment, policies x seeds sharded over ``config.mesh``; process 0
-    writes every artefact to ``out`` and returns the policy table (other processes of a
+    writes every artefact to ``out`` and returns the levels table (other processes of a
     multi-host job: an empty frame)."""
     from tqdm.auto import tqdm
 
     c = to_container(cfg)          # typed dataclasses: nothing below sees a DictConfig
     obj = to_objects(c)
     n_p, n_s, n_c = len(obj.policy_names), obj.num_seeds, obj.loop.num_cycles
-    V.check_run_memory(c, obj.ppo, "loop", n_p * n_s, obs_size=obj.env.window + 10,
-                       n_actions=1 + 2 * obj.env.n_tp, cycles=n_c,
+    V.check_run_memory(c, obj.ppo, "loop", n_p * n_s, obs_size=obj.env.obs_size,
+                       n_actions=obj.env.num_actions, cycles=n_c,
                        deploy_envs=obj.loop.deploy_envs, keep_trades=obj.loop.keep_trades)
     out.mkdir(parents=True, exist_ok=True)
     setup_jax(cache_dir)
     import jax
 
     from tpfl_jax import distributed as D
-    from tpfl_jax import report
-    from tpfl_jax.loop import (
-        check_inputs,
-        make_loop,
-        make_loop_policy,
-        seed_keys,
-        stack_policies,
-    )
+    from tpfl_jax.loop import check_inputs, make_loop, make_loop_policy, seed_keys, stack_policies
 
     bar = tqdm(total=5, desc="tpfl-loop", disable=not c.progress, unit="phase")
     bar.set_postfix_str("markets")
@@ -238,7 +224,8 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
     policies = stack_policies([make_loop_policy(k, w, h, **p) for k, w, p, h in zip(
         obj.policy_kinds, obj.initial_weights, obj.policy_params, obj.policy_histories,
         strict=True)])
-    args = (seed_keys(obj.seed, obj.num_seeds), policies, source, env_params, obj.ppo.hparams())
+    keys = seed_keys(obj.seed, obj.num_seeds)
+    args = (keys, policies, source, env_params, obj.ppo.hparams())
     bar.update(1)
     bar.set_postfix_str("compile")
     t0 = time.perf_counter()
@@ -254,7 +241,33 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
     if jax.process_index() != 0:                 # multi-host: process 0 writes the artefacts
         bar.close()
         return pd.DataFrame()
-    bar.set_postfix_str("artefacts")
+    bar.set_postfix_str("references and artefacts")
+    res = jax.device_get(res)
+    _check_loop_training(res, obj, c)
+    frames = _loop_frames(res, obj, spec, source, env_params, c)
+    _write_loop_files(out, res, obj, frames)
+    primary = c.stats.primary_metric
+    paired = _paired_stats(c, obj, frames["summary"], out)
+    frames["answer"] = R.answer(frames["summary"], paired[primary], frames["ref_summary"],
+                                obj.control_names, primary)
+    plots = _loop_plots(out, obj, c, frames, paired)
+    audit = reward_audit(c, obj.env, env_params, spec, source, out, quiet=True)
+    report.write_loop_report(
+        out, f"tpfl-loop: {c.experiment} ({n_p} arms x {n_s} seeds x {n_c} cycles)",
+        answer=frames["answer"], levels=frames["levels"], paired=paired,
+        primary=primary, training=frames["training"], plots=plots,
+        notes=_loop_notes(obj, c, frames), audit=audit.text() if audit else None)
+    (out / "timing.json").write_text(json.dumps({"compile_s": t_compile, "run_s": t_run}))
+    _log_experiment(cfg, c, out, frames["cycles"], paired)
+    bar.update(1)
+    bar.close()
+    _print_loop(c, obj, frames, paired, t_compile, t_run, out)
+    return frames["levels"]
+
+
+def _check_loop_training(res: Any, obj: Any, c: Config) -> None:
+    """Non-finite training fails the run naming the arm, seed, cycle and update; then the
+    divergence guard on the updates each cycle ran."""
     if not np.all(res.train["finite"]):
         p, s, cy, u = np.argwhere(~np.asarray(res.train["finite"]))[0]
         raise FloatingPointError(f"tpfl-loop: non-finite PPO loss/params (policy "
@@ -264,175 +277,72 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
     V.check_divergence(res.train, c.guard, lambda i: (
         f"tpfl-loop policy {obj.policy_names[i[0]]}, seed {i[1]}, cycle {i[2]}"), ran=ran)
 
-    names = obj.policy_names
-    cycles = _cycle_rows(res, names, n_s, n_c, out / "metrics.jsonl")
-    cycles.to_csv(out / "cycles.csv", index=False)
-    summary = loop_summary(cycles)
-    summary.to_csv(out / "summary.csv", index=False)
 
+def _loop_frames(res: Any, obj: Any, spec: Any, source: Any, env_params: Any,
+                 c: Config) -> dict[str, Any]:
+    """Every table of a loop run (``tpfl_jax.results``), the reference rules included."""
+    names, ppo, lc = obj.policy_names, obj.ppo, obj.loop
+    cycles = R.cycle_frame(res, names, batch_size=ppo.batch_size,
+                           episode_steps=int(c.env.max_steps_in_episode),
+                           distinct_bars=spec.distinct_train_bars(source, obj.env.window))
+    summary = R.summary_frame(cycles)
+    curves = R.curve_frame(res, names, chunk_updates=lc.chunk_updates if lc.converge
+                           else ppo.num_updates, cap_updates=ppo.num_updates,
+                           batch_size=ppo.batch_size)
+    ref_cycles = loop_references(obj, spec, source, env_params,
+                                 has_labels=c.market.source == "synthetic")
+    ref_summary = R.reference_summary(ref_cycles)
+    primary = c.stats.primary_metric
+    return {"cycles": cycles, "summary": summary, "curves": curves,
+            "ref_cycles": ref_cycles, "ref_summary": ref_summary,
+            "levels": R.levels_table(summary, ref_summary, primary),
+            "training": report.training_table(cycles),
+            "identical": R.identical_arms(summary, primary),
+            "hindsight": R.best_fixed_in_hindsight(
+                summary, dict(zip(names, obj.policy_kinds, strict=True)), primary),
+            "answer": None}
+
+
+def loop_references(obj: Any, spec: Any, source: Any, env_params: Any,
+                    has_labels: bool) -> pd.DataFrame:
+    """The reference rules (flat, buy-and-hold, trend, and the hidden-label oracle on synthetic
+    markets) with each family's parameters chosen on the cycle's training market, played on
+    exactly the loop's deployment episodes: one row per rule x seed x cycle."""
+    import jax
+
+    from tpfl_jax.baselines import make_references, reference_candidates
+    from tpfl_jax.loop import seed_keys
+
+    lc = obj.loop
+    t_dep = int(np.max(np.asarray(env_params.max_steps_in_episode)))
+    run = make_references(obj.env, spec, lc.num_cycles, lc.deploy_envs, t_dep,
+                          select_episodes=max(64, lc.deploy_envs), has_labels=has_labels)
+    out = jax.device_get(run(seed_keys(obj.seed, obj.num_seeds), source, env_params))
+    return R.reference_frame(out, reference_candidates(obj.env, has_labels), lc.curve_envs)
+
+
+def _write_loop_files(out: Path, res: Any, obj: Any, f: dict[str, Any]) -> None:
+    """The run's tables (CSV, metrics.jsonl), trades (keep_trades) and the final networks."""
+    f["cycles"].to_csv(out / "cycles.csv", index=False)
+    f["cycles"].to_json(out / "metrics.jsonl", orient="records", lines=True)
+    f["summary"].to_csv(out / "summary.csv", index=False)
+    f["curves"].to_csv(out / "curves.csv", index=False)
+    f["ref_cycles"].to_csv(out / "references.csv", index=False)
+    f["levels"].to_csv(out / "levels.csv", index=False)
+    f["training"].to_csv(out / "training.csv", index=False)
     if obj.loop.keep_trades:
         from tpfl_jax.replay import all_deploy_trades
 
-        all_deploy_trades(res, names).to_parquet(out / "trades.parquet")
+        all_deploy_trades(res, obj.policy_names).to_parquet(out / "trades.parquet")
     ckpt = _checkpointer()
     ckpt.save((out / "checkpoints" / "final").absolute(),
               {"params": res.params, "obs_rms": res.obs_rms})
     ckpt.wait_until_finished()
 
-    paired, plots = _paired_stats(c, obj, summary, out)
-    training = report.training_table(cycles)
-    training.to_csv(out / "training.csv", index=False)
-    table = report.policy_table(summary, rank=False)
-    table.to_csv(out / "policy_table.csv", index=False)
-    plots += report.plot_loop(out, cycles)
-    curves = {n: np.asarray(res.train["episode_return"][p]).reshape(n_s, -1)
-              for p, n in enumerate(names)}
-    plots.append(report.plot_curves(out / "learning_curves.png", curves, "episode_return",
-                                    "Training episode return per policy (cycles concatenated, "
-                                    "update cap per cycle; gaps = updates not needed)"))
-    report.write_loop_report(
-        out, f"tpfl-loop: {c.experiment} ({n_p} policies x {n_s} seeds x {n_c} cycles)",
-        paired, c.stats.primary_metric, training, table, plots,
-        notes=_loop_notes(obj, c))
-    audit = reward_audit(c, obj.env, env_params, spec, source, out, quiet=True)
-    refs = deploy_references(obj, spec, source, env_params, out,
-                             has_labels=bool(audit.summary["has_regime_labels"]) if audit
-                             else c.market.source == "synthetic")
-    with (out / "report.md").open("a") as f:
-        f.write("\n## Reference rules on the same deployment episodes\n\n"
-                "Per seed and cycle on exactly the arms' deploy paths and start bars; best TP in "
-                "hindsight per family; the oracle reads the hidden regime label (a benchmark, "
-                "never an agent input).\n\n"
-                f"{_references_md(refs, summary, obj.control_names)}\n")
-    _append_audit(out, audit)
-    (out / "timing.json").write_text(json.dumps({"compile_s": t_compile, "run_s": t_run}))
-    _log_experiment(cfg, c, out, cycles, paired)
-    bar.update(1)
-    bar.close()
-    pd.set_option("display.width", 160)
-    print(f"\ncompile {t_compile:.1f}s, run {t_run:.1f}s "
-          f"({n_p} policies x {n_s} seeds x {n_c} cycles)")
-    print(training.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    prim = paired[c.stats.primary_metric]
-    print(f"primary metric {c.stats.primary_metric}: arm - control per seed "
-          f"(Holm-adjusted {c.stats.level:.0%} intervals)")
-    print(prim[["control", "arm", "mean_diff", "holm_lo", "holm_hi", "p_holm", "reject",
-                "mde"]].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    if audit is not None:
-        print(audit.text())
-    print(f"plots and report: {out}")
-    return table
-
-
-def _cycle_rows(res: Any, names: tuple[str, ...], n_s: int, n_c: int,
-                path: Path) -> pd.DataFrame:
-    """One row per policy x seed x cycle (also written to ``path`` as JSON lines)."""
-    rows = []
-    used = np.asarray(res.training["updates"])
-    with path.open("w") as f:
-        for p in range(len(names)):
-            for s in range(n_s):
-                for cy in range(n_c):
-                    row = {"policy": names[p], "seed": s, "cycle": cy,
-                           "weight": float(res.weight[p, s, cy]),
-                           "next_weight": float(res.next_weight[p, s, cy]),
-                           "reason": int(res.reason[p, s, cy])}
-                    for fld in ("total_attempts", "total_hits", "tp_hit_rate", "avg_r_multiple",
-                                "actual_r", "premature_exit_rate", "valid", "volatility",
-                                "pnl_per_trade", "no_edge_hit_rate"):
-                        row[f"stats_{fld}"] = _jsonable(getattr(res.stats, fld)[p, s, cy])
-                    for k, v in res.deploy.items():
-                        row[f"deploy_{k.replace('/', '_')}"] = _jsonable(v[p, s, cy])
-                    u = int(used[p, s, cy])
-                    for k, v in res.train.items():
-                        curve = np.asarray(v[p, s, cy], float)[:u]
-                        half = curve[len(curve) // 2:]
-                        row[f"train_{k}"] = _jsonable(np.nanmean(half) if np.isfinite(half).any()
-                                                      else np.nan)
-                    tr = {k: np.asarray(v[p, s, cy]) for k, v in res.training.items()}
-                    row |= {"train_updates": u, "train_converged": bool(tr["converged"]),
-                            "train_final_entropy": _jsonable(tr["entropy"]),
-                            "train_entropy_max": _jsonable(tr["entropy_max"]),
-                            "train_final_return": _jsonable(tr["return"])}
-                    f.write(json.dumps(row) + "\n")
-                    rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def loop_summary(cycles: pd.DataFrame) -> pd.DataFrame:
-    """One row per policy x seed: final-cycle and out-of-sample means. ``oos_*`` average
-    cycles 1..C-1 (cycle 0 trains every feedback arm at its initial weight; all cycles when
-    C = 1); plain deploy metrics are the feedback mode's, ``_greedy`` / ``_sampled`` each
-    mode's."""
-    n_c = int(cycles["cycle"].max()) + 1
-    last = cycles[cycles["cycle"] == n_c - 1].set_index(["policy", "seed"])
-    oos = cycles[cycles["cycle"] >= 1] if n_c > 1 else cycles
-    g = oos.groupby(["policy", "seed"], sort=False)
-    allc = cycles.groupby(["policy", "seed"], sort=False)
-    return pd.DataFrame({
-        "final_pnl": last["deploy_pnl"], "final_sharpe": last["deploy_sharpe"],
-        "oos_pnl": g["deploy_pnl"].mean(), "oos_pnl_greedy": g["deploy_greedy_pnl"].mean(),
-        "oos_pnl_sampled": g["deploy_sampled_pnl"].mean(),
-        "oos_sharpe": g["deploy_sharpe"].mean(), "oos_tp_skill": g["deploy_tp_skill"].mean(),
-        "hit_rate": g["deploy_hit_rate"].mean(), "actual_r": g["deploy_actual_r"].mean(),
-        "final_weight": last["weight"], "updates": allc["train_updates"].mean(),
-        "converged": allc["train_converged"].mean(),
-    }).reset_index()
-
-
-def deploy_references(obj: Any, spec: Any, source: Any, env_params: Any, out: Path,
-                      has_labels: bool) -> pd.DataFrame:
-    """Reference rules on exactly the loop's deployment episodes (same deploy market, paths and
-    start bars per seed and cycle): flat, buy-and-hold, the trend rule and (synthetic markets
-    only) the hidden-label regime oracle, each with its best TP in hindsight. One row per rule x
-    seed with ``final_pnl`` and ``oos_pnl`` as in ``summary.csv``; written to
-    ``references.csv``."""
-    import jax
-
-    from tpfl_jax.baselines import make_deploy_references, reference_set, stack
-    from tpfl_jax.loop import seed_keys
-
-    refs = reference_set(obj.env)
-    fams = ["trend", *(["oracle"] if has_labels else [])]
-    names = ["flat", "buy_and_hold", *[n for n in refs if n.startswith(tuple(f"{f}_tp"
-                                                                                for f in fams))]]
-    n_c = obj.loop.num_cycles
-    t_dep = int(np.max(np.asarray(env_params.max_steps_in_episode)))
-    run = make_deploy_references(obj.env, spec, n_c, obj.loop.deploy_envs, t_dep)
-    res = jax.device_get(run(seed_keys(obj.seed, obj.num_seeds), stack([refs[n] for n in names]),
-                             source, env_params))
-    pnl = np.asarray(res["pnl"]).mean(-1)                     # [R, S, C] mean per episode
-    oos = pnl[:, :, 1:].mean(-1) if n_c > 1 else pnl.mean(-1)
-    rows = [{"rule": n, "seed": s, "final_pnl": float(pnl[i, s, -1]),
-             "oos_pnl": float(oos[i, s])} for i, n in enumerate(names)
-            for s in range(obj.num_seeds)]
-    df = pd.DataFrame(rows)
-    keep = ["flat", "buy_and_hold"]
-    for f in fams:                                          # best TP in hindsight per family
-        fam = df[df.rule.str.startswith(f"{f}_tp")].groupby("rule")["oos_pnl"].mean()
-        keep.append(str(fam.idxmax()))
-    df = df[df.rule.isin(keep)].reset_index(drop=True)
-    df.to_csv(out / "references.csv", index=False)
-    return df
-
-
-def _references_md(refs: pd.DataFrame, summary: pd.DataFrame, controls: tuple[str, ...]) -> str:
-    """Markdown: reference rules beside the control arms (oos_pnl, mean ± 95% t half-width)."""
-    from tpfl_jax.audit import ci95 as ci
-
-    lines = ["| rule / arm | oos_pnl per episode | ± 95% |", "|---|---|---|"]
-    for n, g in refs.groupby("rule", sort=False):
-        lines.append(f"| {n} (reference) | {g.oos_pnl.mean():+.1f} | {ci(g.oos_pnl):.1f} |")
-    for n in controls:
-        g = summary[summary.policy == n]
-        if len(g):
-            lines.append(f"| {n} (control arm) | {g.oos_pnl.mean():+.1f} | {ci(g.oos_pnl):.1f} |")
-    return "\n".join(lines)
-
 
 def _paired_stats(c: Config, obj: Any, summary: pd.DataFrame, out: Path
-                  ) -> tuple[dict[str, pd.DataFrame], list[Path]]:
-    """Paired tables per declared metric (``paired.csv``) and the primary metric's plot."""
+                  ) -> dict[str, pd.DataFrame]:
+    """Paired tables per declared metric (``paired.csv``)."""
     from tpfl_jax import stats as ST
 
     st = c.stats
@@ -445,31 +355,70 @@ def _paired_stats(c: Config, obj: Any, summary: pd.DataFrame, out: Path
     paired = {m: ST.paired_table(summary, m, obj.control_names, st.level, st.n_boot, c.seed)
               for m in metrics}
     pd.concat(paired.values(), ignore_index=True).to_csv(out / "paired.csv", index=False)
-    plot = ST.plot_paired(paired[st.primary_metric], out / "paired_primary.png",
-                          f"primary metric {st.primary_metric}: paired differences "
-                          f"({st.level:.0%} Holm-level intervals)")
-    return paired, [plot]
+    return paired
 
 
-def _loop_notes(obj: Any, c: Config) -> list[str]:
+def _loop_plots(out: Path, obj: Any, c: Config, f: dict[str, Any],
+                paired: dict[str, pd.DataFrame]) -> list[Path]:
+    from tpfl_jax import stats as ST
+
+    st = c.stats
+    return [
+        report.plot_levels(out / "levels.png", f["levels"], st.primary_metric),
+        report.plot_learning_curves(out / "learning_curves.png", f["curves"], f["ref_cycles"],
+                                    obj.ppo.num_updates * obj.ppo.batch_size),
+        report.plot_weights(out / "weight_trajectory.png", f["cycles"]),
+        ST.plot_paired(paired[st.primary_metric], out / "paired_primary.png",
+                       f"{st.primary_metric}: arm - control per seed "
+                       f"({st.level:.0%} simultaneous intervals, Bonferroni; * = Holm rejects)"),
+    ]
+
+
+def _loop_notes(obj: Any, c: Config, f: dict[str, Any]) -> list[str]:
     lc = obj.loop
     crit = (f"chunks of {lc.chunk_updates} PPO updates until entropy <= {lc.entropy_frac} x "
             f"log(n_actions) and the mean training return of the last {lc.return_window} "
             f"chunks exceeds the {lc.return_window} before by <= {lc.return_tol} sd, capped at "
             f"{obj.ppo.num_updates} updates" if lc.converge
             else f"a fixed {obj.ppo.num_updates} PPO updates")
-    return [
-        f"Training per cycle: {crit}; optimizer "
+    cyc = f["cycles"]
+    data = ("fresh synthetic paths every update (no bar seen twice; repetition "
+            f"{cyc.train_repetition.max():.2f})" if c.market.source == "synthetic"
+            and c.market.fresh else
+            f"env steps per distinct training bar {cyc.train_repetition.mean():.1f} (mean over "
+            "cycles)")
+    notes = [
+        f"Training per cycle: {crit}; training data: {data}; optimizer "
         f"{'Adam moments carried across cycles' if lc.carry_optimizer else 'restarted'}, "
-        f"LR schedule restarted every cycle.",
-        f"Deploy: both sampled (as trained) and greedy (argmax); the policies' feedback comes "
-        f"from the {lc.feedback_mode} deployment; feedback history per policy: "
-        f"{dict(zip(obj.policy_names, obj.policy_histories, strict=True))} "
-        f"(window = {lc.history_window} cycles).",
+        "LR schedule restarted every cycle.",
+        f"Deploy: sampled (as trained) and greedy (argmax) on {lc.deploy_envs} episodes per "
+        f"cycle; feedback from the {lc.feedback_mode} deployment; history per arm: "
+        f"{dict(zip(obj.policy_names, obj.policy_histories, strict=True))} (window = "
+        f"{lc.history_window} cycles).",
         f"Controls: {', '.join(obj.control_names)}; seeds are the unit (common random "
-        f"numbers); TP skill = hit rate - no-edge hit rate sl / (tp + sl) (driftless "
-        f"continuous-martingale approximation).",
+        "numbers); references choose their parameters on each cycle's training market and "
+        "play the arms' deployment episodes.",
     ]
+    for group in f["identical"]:
+        notes.append(f"Identical on every seed ({c.stats.primary_metric}): "
+                     f"{', '.join(group)}: these arms cannot differ from each other.")
+    if f["hindsight"] is not None:
+        name, v = f["hindsight"]
+        notes.append(f"Best fixed weight in hindsight: `{name}` ({v:+.1f}); chosen after the "
+                     "fact, the most a weight that never moves could have earned.")
+    return notes
+
+
+def _print_loop(c: Config, obj: Any, f: dict[str, Any], paired: dict[str, pd.DataFrame],
+                t_compile: float, t_run: float, out: Path) -> None:
+    pd.set_option("display.width", 160)
+    fmt = lambda x: f"{x:.4g}"  # noqa: E731
+    print(f"\ncompile {t_compile:.1f}s, run {t_run:.1f}s ({len(obj.policy_names)} arms x "
+          f"{obj.num_seeds} seeds x {obj.loop.num_cycles} cycles)")
+    print("\n## Answer\n" + "\n".join(f["answer"]))
+    print("\n" + f["levels"].to_string(index=False, float_format=fmt))
+    print("\n" + f["training"].to_string(index=False, float_format=fmt))
+    print(f"report: {out / 'report.md'}")
 
 
 def _log_experiment(cfg: DictConfig, c: Config, out: Path, cycles: pd.DataFrame,
@@ -518,104 +467,233 @@ def _log_root(out: Path) -> Path:
 
 # --------------------------------------------------------------------------- tpfl-train
 def run_train(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.DataFrame:
-    """Train one weight (runner, one process: progress, metrics.jsonl, orbax checkpoints,
-    resume) or several as weights x seeds in one program sharded over ``config.mesh``;
-    evaluate each on held-out paths. Process 0 writes the artefacts and returns the table; the
-    other processes of a multi-host job return an empty frame."""
+    """Train ``train.weights`` x ``train.num_seeds`` PPO agents and score them on held-out
+    episodes after every ``train.chunk_updates`` updates (the learning curve) and at the end,
+    beside the reference rules on the same episodes (parameters chosen on training data). One
+    weight on one process: the resumable runner (orbax checkpoints every chunk); otherwise one
+    program sharded over ``config.mesh``. Process 0 writes the artefacts and returns the table;
+    the other processes of a multi-host job return an empty frame."""
     c = to_container(cfg)
     obj = to_objects(c)
     V.check_train(c)
     weights = [float(w) for w in c.train.weights]
     n_s = c.train.num_seeds
-    V.check_run_memory(c, obj.ppo, "train", len(weights) * n_s, obs_size=obj.env.window + 10,
-                       n_actions=1 + 2 * obj.env.n_tp, deploy_envs=c.train.eval_episodes)
+    V.check_run_memory(c, obj.ppo, "train", len(weights) * n_s, obs_size=obj.env.obs_size,
+                       n_actions=obj.env.num_actions, deploy_envs=c.train.eval_episodes)
     out.mkdir(parents=True, exist_ok=True)
     setup_jax(cache_dir)
     import jax
-    import jax.numpy as jnp
-
-    from tpfl_jax import distributed as D
-    from tpfl_jax import report
-    from tpfl_jax.agents.evaluate import evaluate
-    from tpfl_jax.agents.runner import Runner
 
     spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
-    need = obj.env.window + int(c.env.max_steps_in_episode) + 2
+    job = _train_job(c, obj, spec, source, env_params)
+    if len(weights) == 1 and jax.process_count() == 1:
+        params, obs_rms = _train_runner(c, obj, job, weights[0], out)
+    else:
+        params, obs_rms = _train_sweep(c, obj, job, weights, out)
+        if params is None:                       # multi-host: process 0 writes the artefacts
+            return pd.DataFrame()
+    ev = _train_final_eval(c, obj, job, weights, params, obs_rms)
+    ev["trades"].to_parquet(out / "trades.parquet")
+    summary = R.summary_frame(ev["cycles"])
+    summary.to_csv(out / "summary.csv", index=False)
+    refs = job["references"]
+    refs.to_csv(out / "references.csv", index=False)
+    curves = R.train_curves(R.read_metrics_rows(out / "metrics.jsonl"),
+                            obj.ppo.batch_size)
+    curves.to_csv(out / "curves.csv", index=False)
+    vs = R.episode_paired(ev["greedy_pnl"], job["ref_pnl"], weights)
+    vs.to_csv(out / "vs_references.csv", index=False)
+    levels = R.levels_table(summary, R.reference_summary(refs))
+    levels.to_csv(out / "levels.csv", index=False)
+    plots = [report.plot_learning_curves(out / "learning_curves.png", curves, refs,
+                                         obj.ppo.num_updates * obj.ppo.batch_size),
+             report.plot_levels(out / "levels.png", levels)]
+    audit = reward_audit(c, obj.env, env_params, spec, source, out, quiet=True)
+    lines = [f"Held-out: {c.train.eval_episodes} episodes of {c.env.max_steps_in_episode} steps "
+             f"(the learning curve: the first {job['curve_n']}); training data: "
+             f"{job['data_note']}.", "", "Greedy agent minus each reference rule, paired over "
+             "the same held-out episodes (mean over seeds per episode; 95% t-interval over "
+             "episodes):", "", report.df_markdown(vs), "", report.levels_markdown(levels)]
+    report.write_report(out, report.policy_table(summary), f"tpfl-train: weights {weights}",
+                        plots, lines=lines, audit=audit.text() if audit else None)
+    _write_config(cfg, out)
+    pd.set_option("display.width", 160)
+    print(levels.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(vs.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(f"plots and report: {out}")
+    return summary.assign(kind="arm")
+
+
+def _train_job(c: Config, obj: Any, spec: Any, source: Any, env_params: Any) -> dict[str, Any]:
+    """The held-out data of a train run (shared by every weight and seed: ``loop.cycle_keys``
+    of ``key(seed)``, cycle 0), its episode keys, the data stream and the reference rules
+    (parameters chosen on the training market) on those episodes."""
+    import jax
+
+    from tpfl_jax import accounting as A
+    from tpfl_jax.baselines import make_references, reference_candidates
+    from tpfl_jax.loop import cycle_keys
+
+    t = int(c.env.max_steps_in_episode)
+    need = obj.env.window + t + 2
     try:       # the held-out window must exist in full (no clamped slice into training bars)
         spec.check(source, 1, need)
     except ValueError as e:
         raise ValueError(f"config.market / config.env ({c.market.path or c.market.kind}): "
                          f"{e}") from None
-    train_m, test_m = spec.cycle_markets(source, jax.random.key(c.seed), 0)
-    base = env_params.replace(market=train_m)
-    if len(weights) == 1 and jax.process_count() == 1:
-        runner = Runner(obj.ppo, obj.env, base.replace(tp_reward_weight=jnp.float32(weights[0])),
-                        out, seed=c.seed, num_seeds=n_s, chunk_updates=c.train.chunk_updates,
-                        checkpoint_every=c.train.chunk_updates, progress=c.progress,
-                        guard=c.guard)
-        r = runner.run()
-        runner.close()
-        params = jax.tree.map(lambda x: x[None], r.runner_state.params)
-        curves = {f"w={weights[0]}": np.asarray(r.metrics["episode_return"], float).T}
-    else:
-        # weights x seeds as one program, sharded over config.mesh (every device by default)
-        mesh = D.make_mesh(obj.mesh)
-        sweep = D.make_ppo_sweep(obj.ppo, obj.env, mesh, obj.mesh, env_params=base)
-        keys = D.seed_keys(n_s, c.seed)
-        print(f"training {len(weights)} weights x {n_s} seeds as one program on "
-              f"{mesh.size} device(s) ...", flush=True)
-        t0 = time.perf_counter()
-        result = D.gather(jax.block_until_ready(sweep(keys, weights, base)))
-        print(f"done in {time.perf_counter() - t0:.1f}s (compile included)")
-        if jax.process_index() != 0:             # multi-host: process 0 writes the artefacts
-            return pd.DataFrame()
-        result = jax.tree.map(lambda x: np.swapaxes(x, 0, 1), result)   # [S, K] -> [K, S]
-        params = result.runner_state.params
-        m = result.metrics
-        with (out / "metrics.jsonl").open("w") as f:
-            for i, wt in enumerate(weights):
-                for u in range(obj.ppo.num_updates):
-                    row = {"weight": wt, "update": u + 1}
-                    row.update({k: _jsonable(v[i, :, u]) for k, v in m.items()})
-                    f.write(json.dumps(row) + "\n")
-        # metrics.jsonl above is the diagnosis; a diverged run writes nothing as good below
-        V.check_divergence(m, c.guard, lambda i: f"tpfl-train weight {weights[i[0]]}, "
-                                                 f"seed {i[1]}")
-        curves = {f"w={wt}": np.asarray(m["episode_return"][i], float)
-                  for i, wt in enumerate(weights)}
-        ckpt = _checkpointer()
-        ckpt.save((out / "checkpoints" / "final").absolute(), {"params": params})
-        ckpt.wait_until_finished()
-    rows, trades = [], []
-    test_params = env_params.replace(market=test_m)
+    seed_key = jax.random.key(c.seed)
+    keys = cycle_keys(seed_key, 0)
+    train_m, test_m = spec.cycle_markets(source, keys.market, 0)
+    n_eval, n_curve = c.train.eval_episodes, c.train.curve_episodes
+    eval_keys = A.episode_keys(keys.deploy, n_eval)
+    has_labels = c.market.source == "synthetic"
+    run = make_references(obj.env, spec, 1, n_eval, t, select_episodes=max(64, n_eval),
+                          has_labels=has_labels)
+    out = jax.device_get(run(seed_key[None], source, env_params))
+    refs = R.reference_frame(out, reference_candidates(obj.env, has_labels), n_curve)
+    stream = spec.stream(obj.env, obj.ppo.num_envs, obj.ppo.num_steps, t)
+    bars = spec.distinct_train_bars(source, obj.env.window)
+    steps = obj.ppo.num_updates * obj.ppo.batch_size
+    note = (f"fresh synthetic paths every update ({steps} env steps per agent, no bar seen "
+            "twice)" if stream is not None else f"{steps} env steps per agent over {bars:.0f} "
+            f"distinct training bars (repetition {steps / bars:.1f})")
+    return {"train_params": env_params.replace(market=train_m),
+            "test_params": env_params.replace(market=test_m), "eval_keys": eval_keys,
+            "curve_keys": eval_keys[:n_curve], "curve_n": n_curve, "stream": stream,
+            "source": source if stream is not None else None, "steps": t,
+            "references": refs, "data_note": note,
+            "ref_pnl": {fam: np.asarray(s.pnl)[0, 0] for fam, (s, _) in out.items()}}
+
+
+def _curve_eval(obj: Any, job: dict[str, Any]):
+    """``evaluate(runner_state, (test_params, keys)) -> {curve/greedy_pnl, curve/sampled_pnl}``:
+    held-out PnL per episode of one agent in both deploy modes."""
+    import jax
+    import jax.numpy as jnp
+
+    from tpfl_jax import accounting as A
+    from tpfl_jax.agents.networks import make_network
+
+    ppo = obj.ppo
+    network = make_network(obj.env, job["test_params"], ppo.widths, ppo.activation,
+                           ppo.shared_torso, ppo.init_log_std)
+
+    def evaluate(rs: Any, args: Any) -> dict[str, jax.Array]:
+        params, keys = args
+        rms = rs.obs_rms if ppo.normalize_obs else None
+
+        def mode(greedy):
+            actor = A.network_actor(network, rs.params, rms, ppo.obs_clip, greedy)
+            return A.rollout(obj.env, actor, params, keys, job["steps"]).sums.pnl.mean()
+
+        pnl = jax.vmap(mode)(jnp.array([False, True]))
+        return {"curve/sampled_pnl": pnl[0], "curve/greedy_pnl": pnl[1]}
+
+    return evaluate
+
+
+def _train_runner(c: Config, obj: Any, job: dict[str, Any], weight: float,
+                  out: Path) -> tuple[Any, Any]:
+    """One weight x seeds with the resumable runner; params ``[1, S, ...]``."""
+    import jax
+    import jax.numpy as jnp
+
+    from tpfl_jax import accounting as A
+    from tpfl_jax.agents.runner import Runner
+
+    evaluate = _curve_eval(obj, job)
+    args = (job["test_params"], job["curve_keys"])
+    scored = jax.jit(jax.vmap(lambda rs: evaluate(rs, args)))
+    runner = Runner(obj.ppo, obj.env, job["train_params"].replace(
+        tp_reward_weight=jnp.float32(weight)), out, seed=c.seed, num_seeds=c.train.num_seeds,
+        chunk_updates=c.train.chunk_updates, checkpoint_every=c.train.chunk_updates,
+        progress=c.progress, guard=c.guard, info_metrics=A.train_info_metrics,
+        stream=job["stream"], source=job["source"], log_fields={"weight": weight},
+        on_chunk=lambda rs, u: jax.device_get(scored(rs)))
+    r = runner.run()
+    runner.close()
+    rs = r.runner_state
+    return (jax.tree.map(lambda x: np.asarray(x)[None], rs.params),
+            jax.tree.map(lambda x: np.asarray(x)[None], rs.obs_rms))
+
+
+def _train_sweep(c: Config, obj: Any, job: dict[str, Any], weights: list[float],
+                 out: Path) -> tuple[Any, Any]:
+    """Weights x seeds as one program sharded over ``config.mesh``; params ``[K, S, ...]``
+    (None on processes other than 0)."""
+    import jax
+
+    from tpfl_jax import accounting as A
+    from tpfl_jax import distributed as D
+    from tpfl_jax.loop import seed_keys
+
+    n_u, chunk = obj.ppo.num_updates, min(c.train.chunk_updates, obj.ppo.num_updates)
+    if n_u % chunk:
+        raise ValueError(f"config.train.chunk_updates = {c.train.chunk_updates}: must divide "
+                         f"the {n_u} PPO updates (ppo.total_timesteps // (num_envs x "
+                         "num_steps)) to score several weights in one program")
+    mesh = D.make_mesh(obj.mesh)
+    sweep = D.make_ppo_sweep(obj.ppo, obj.env, mesh, obj.mesh, env_params=job["train_params"],
+                             hooks={"info_metrics": A.train_info_metrics,
+                                    "stream": job["stream"]},
+                             evaluate=_curve_eval(obj, job), every=chunk)
+    n_s = c.train.num_seeds
+    print(f"training {len(weights)} weights x {n_s} seeds as one program on "
+          f"{mesh.size} device(s) ...", flush=True)
+    t0 = time.perf_counter()
+    result = D.gather(jax.block_until_ready(sweep(
+        seed_keys(c.seed, n_s), weights, job["train_params"], job["source"],
+        (job["test_params"], job["curve_keys"]))))
+    print(f"done in {time.perf_counter() - t0:.1f}s (compile included)")
+    if jax.process_index() != 0:
+        return None, None
+    swap = lambda t: jax.tree.map(lambda x: np.swapaxes(np.asarray(x), 0, 1), t)  # noqa: E731
+    m, ev = swap(result.metrics), swap(result.evals)                              # [K, S, ...]
+    with (out / "metrics.jsonl").open("w") as f:
+        for i, wt in enumerate(weights):
+            for u in range(n_u):
+                row = {"weight": wt, "update": u + 1}
+                row.update({k: _jsonable(v[i, :, u]) for k, v in m.items()})
+                if (u + 1) % chunk == 0:
+                    row.update({k: _jsonable(v[i, :, (u + 1) // chunk - 1])
+                                for k, v in ev.items()})
+                f.write(json.dumps(row) + "\n")
+    # metrics.jsonl above is the diagnosis; a diverged run writes nothing as good below
+    V.check_divergence(m, c.guard, lambda i: f"tpfl-train weight {weights[i[0]]}, seed {i[1]}")
+    params, obs_rms = swap(result.runner_state.params), swap(result.runner_state.obs_rms)
+    ckpt = _checkpointer()
+    ckpt.save((out / "checkpoints" / "final").absolute(), {"params": params, "obs_rms": obs_rms})
+    ckpt.wait_until_finished()
+    return params, obs_rms
+
+
+def _train_final_eval(c: Config, obj: Any, job: dict[str, Any], weights: list[float],
+                      params: Any, obs_rms: Any) -> dict[str, Any]:
+    """Both deploy modes of every weight x seed on the held-out episodes: one-cycle rows for
+    ``results.summary_frame``, the greedy per-episode PnL ``[K, S, E]`` and the trades."""
+    import jax
+
+    from tpfl_jax.agents.evaluate import evaluate
+
+    rows, trades, greedy = [], [], []
     for i, wt in enumerate(weights):
-        for s in range(n_s):
-            p = jax.tree.map(lambda x, i=i, s=s: x[i, s], params)   # params are [K, S, ...]
-            ev = evaluate(p, obj.env, test_params.replace(tp_reward_weight=wt),
-                          jax.random.key(c.seed + 1000 + s), c.train.eval_episodes,
-                          config=obj.ppo)
-            df = ev.trades
-            rows.append({"policy": f"fixed_{wt}", "seed": s, "weight": wt,
-                         "eval_return": float(np.mean(ev.returns)), "trades": len(df),
-                         "hit_rate": float((df["exit_reason"] == "tp").mean()) if len(df) else 0,
-                         "actual_r": float(df["r_realised"].mean()) if len(df) else 0.0,
-                         "final_pnl": float(df["pnl"].sum() / c.train.eval_episodes),
-                         "final_sharpe": float(df["r_realised"].mean() / df["r_realised"].std())
-                         if len(df) > 1 else 0.0})
-            trades.append(df.assign(weight=wt, seed=s))
-    summary = pd.DataFrame(rows)
-    summary.to_csv(out / "summary.csv", index=False)
-    pd.concat(trades, ignore_index=True).to_parquet(out / "trades.parquet")
-    plot = report.plot_curves(out / "learning_curves.png", curves, "episode_return",
-                              "Training episode return per tp_reward_weight")
-    table = report.policy_table(summary)
-    report.write_report(out, table, f"tpfl-train: weights {weights}", [plot])
-    audit = reward_audit(c, obj.env, env_params, spec, source, out)
-    _append_audit(out, audit)
-    _write_config(cfg, out)
-    print(table.to_string(float_format=lambda x: f"{x:.4g}"))
-    print(f"plots and report: {out}")
-    return table
+        g_row = []
+        for s in range(c.train.num_seeds):
+            p = jax.tree.map(lambda x, i=i, s=s: x[i, s], params)
+            rms = jax.tree.map(lambda x, i=i, s=s: x[i, s], obs_rms)
+            row = {"policy": f"fixed_{wt}", "weight": wt, "seed": s, "cycle": 0}
+            for mode, det in (("sampled", False), ("greedy", True)):
+                ev = evaluate(p, obj.env, job["test_params"], job["eval_keys"],
+                              config=obj.ppo, obs_rms=rms, deterministic=det)
+                row |= {f"deploy_{mode}_{k}": v for k, v in ev.metrics.items()}
+                trades.append(ev.trades.assign(weight=wt, seed=s, mode=mode))
+                if det:
+                    g_row.append(np.asarray(ev.sums.pnl))
+            row |= {f"deploy_{k}": row[f"deploy_sampled_{k}"] for k in ev.metrics}
+            rows.append(row)
+        greedy.append(g_row)
+    return {"cycles": pd.DataFrame(rows), "trades": pd.concat(trades, ignore_index=True),
+            "greedy_pnl": np.asarray(greedy)}
 
 
 # --------------------------------------------------------------------------- tpfl-clm
@@ -697,12 +775,22 @@ def _hydra_job(fn, distributed: bool = True):
             # the other processes wait here while process 0 writes (jax.distributed's own
             # shutdown barrier would time out on a long evaluation / checkpoint)
             sync_processes("tpfl_jax.app:done")
-        if isinstance(result, pd.DataFrame) and len(result):
-            return float(result["final_pnl"].max())   # objective for sweepers: best arm
-        return None
+        return _objective(result)
     main.__name__ = fn.__name__
     main.__doc__ = fn.__doc__
     return hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(main)
+
+
+def _objective(result: Any) -> float | None:
+    """The sweepers' objective: the best arm's (or weight's) out-of-sample PnL per episode."""
+    if not isinstance(result, pd.DataFrame) or not len(result):
+        return None
+    if "kind" in result:
+        result = result[result["kind"] == "arm"]
+    for col in ("oos_pnl", "final_pnl"):
+        if col in result:
+            return float(result[col].max())
+    return None
 
 
 loop_main = _hydra_job(run_loop)

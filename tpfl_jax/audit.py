@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from tpfl_jax.baselines import make_runner, reference_set, stack
+from tpfl_jax.accounting import episode_keys, finalize
+from tpfl_jax.baselines import reference_set, run_strategies, stack
 from tpfl_jax.env.trading import ACCURACY_MODES, no_edge_hit_probability
 from tpfl_jax.reward import TERM_NAMES
 
@@ -78,13 +79,10 @@ class AuditResult:
 
 
 def ci95(x: np.ndarray) -> float:
-    """Half-width of the 95% t-interval of the mean of ``x`` (nan with fewer than 2 values)."""
-    from scipy import stats
+    """Half-width of the 95% t-interval of the mean of ``x`` (``results.mean_ci``)."""
+    from tpfl_jax.results import mean_ci
 
-    n = len(x)
-    if n < 2:
-        return float("nan")
-    return float(stats.t.ppf(0.975, n - 1) * np.std(x, ddof=1) / math.sqrt(n))
+    return mean_ci(x)[1]
 
 
 def run_audit(env: Any, env_params: Any, config: AuditConfig = AuditConfig(),
@@ -96,10 +94,15 @@ def run_audit(env: Any, env_params: Any, config: AuditConfig = AuditConfig(),
     names = list(refs)
     weights = sorted({0.0, *map(float, config.weights)})
     n_steps = int(np.max(np.asarray(env_params.max_steps_in_episode)))
-    run = make_runner(env, n_steps)
-    keys = jax.random.split(jax.random.key(config.seed), config.episodes)
-    out = jax.device_get(run(keys, stack([refs[n] for n in names]),
-                             jnp.asarray(weights, jnp.float32), env_params))
+    keys = episode_keys(jax.random.key(config.seed), config.episodes)
+    sums = jax.device_get(run_strategies(env, stack([refs[n] for n in names]),
+                                         jnp.asarray(weights, jnp.float32), env_params, keys,
+                                         n_steps))
+    out = {"pnl": sums.pnl, "return": sums.ret, "reward": sums.reward, "trades": sums.trades,
+           "hits": sums.hits, "sum_r": sums.r, "sum_tp_mult": sums.tp_mult,
+           "max_drawdown": sums.max_drawdown, "steps": sums.steps}
+    out |= {f"term/{n}": v for n, v in sums.terms.items()}
+    out |= {f"bonus_pos/{n}": v for n, v in sums.bonus_pos.items()}
     if not all(np.all(np.isfinite(v)) for v in out.values()):
         bad = [k for k, v in out.items() if not np.all(np.isfinite(v))]
         raise FloatingPointError(f"run_audit: non-finite episode outputs in {bad}")
@@ -115,17 +118,17 @@ def run_audit(env: Any, env_params: Any, config: AuditConfig = AuditConfig(),
     ep = pd.concat(rows, ignore_index=True)
     ep["abs_terms"] = sum(ep[f"term/{t}"].abs() for t in TERM_NAMES)
 
+    per = finalize(sums)                                    # [S, W] (accounting's definitions)
     recs = []
     for (n, w), g in ep.groupby(["strategy", "weight"], sort=False):
-        trades = g["trades"].sum()
+        i, j = names.index(n), weights.index(w)
         rec = {"strategy": n, "weight": w}
         for k in ("pnl", "return", "reward", *[f"term/{t}" for t in TERM_NAMES], "trades",
                   "max_drawdown"):
             rec[k] = g[k].mean()
             rec[f"{k}_ci95"] = ci95(g[k].to_numpy())
-        rec["hit_rate"] = g["hits"].sum() / trades if trades else float("nan")
-        rec["mean_r"] = g["sum_r"].sum() / trades if trades else float("nan")
-        rec["mean_tp_mult"] = g["sum_tp_mult"].sum() / trades if trades else float("nan")
+        for k in ("hit_rate", "mean_r", "mean_tp_mult"):
+            rec[k] = float(per[k][i, j])
         tot = g["abs_terms"].sum()
         rec["bonus_share"] = g["term/tp_bonus"].abs().sum() / tot if tot > 0 else 0.0
         recs.append(rec)
@@ -185,7 +188,9 @@ def run_audit(env: Any, env_params: Any, config: AuditConfig = AuditConfig(),
         trades = g["trades"].sum()
         p0 = float(no_edge_hit_probability(tp, sl))
         rec = {"tp_index": k, "tp_mult": tp, "trades_per_episode": g["trades"].mean(),
-               "hit_rate": g["hits"].sum() / max(trades, 1), "no_edge_hit_p": p0}
+               "hit_rate": float(per["hit_rate"][names.index(f"noskill_tp{k}"),
+                                                 weights.index(0.0)]),
+               "no_edge_hit_p": p0}
         for mode in ACCURACY_MODES:
             per_trade = coef * g[f"bonus_pos/{mode}"].sum() / max(trades, 1)
             rec[f"bonus_per_trade/{mode}"] = per_trade

@@ -1,12 +1,9 @@
-"""Reference strategies: pure ``jnp`` action rules over :class:`~tpfl_jax.env.trading.TradingEnv`.
+"""Reference strategies: pure ``jnp`` action rules over :class:`~tpfl_jax.env.trading.TradingEnv`,
+played through the one rollout of :mod:`tpfl_jax.accounting` (so their numbers are defined as an
+agent's are).
 
 A strategy is a :class:`Strategy` pytree (``kind``, ``tp_index``, ``lookback``), so any list of
-them stacks and runs under one ``vmap``; :func:`make_runner` rolls strategies x weights x
-episodes in one jitted program on any market the env accepts (synthetic or loaded data), with
-common random numbers: every strategy and weight sees the same episodes (paths, start bars) and
-the same per-step random draws.
-
-Kinds (``KINDS``):
+them stacks and runs under one ``vmap``. Kinds (``KINDS``):
 
 * ``flat``: never trades.
 * ``random``: a uniformly random action every step.
@@ -21,24 +18,28 @@ Kinds (``KINDS``):
   bar being traded (``market.trend[t + 1]``, known on synthetic markets only; 0 on loaded data,
   where it stays flat) and holds that side with TP ``tp_index``.
 
-"Best fixed TP in hindsight" is chosen on the host from the ``trend`` / ``oracle`` families
-(``tpfl_jax.audit``).
+:func:`run_strategies` rolls strategies x weights x episodes (the audit); :func:`make_references`
+gives the reference rows of every report: per seed and cycle of the loop, each family's
+parameters (trend lookback and TP, buy-and-hold TP, oracle TP) are **chosen on training data**
+(the cycle's training market, never the deployment episodes) and the chosen rule is then played
+on exactly the loop's deployment episodes (``loop.cycle_keys`` + ``accounting.episode_keys``).
 """
 
 from __future__ import annotations
 
-import functools
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from tpfl_jax.env.trading import ACCURACY_MODES, TradingEnv, bonus_accuracy
+from tpfl_jax import accounting as A
+from tpfl_jax.env.trading import TradingEnv
 
 KINDS = ("flat", "random", "buy_and_hold", "short_and_hold", "trend", "noskill", "oracle")
-EPISODE_KEYS = ("pnl", "return", "reward", "trades", "hits", "sum_r", "sum_tp_mult",
-                "max_drawdown", "steps")
+REFERENCE_FAMILIES = ("flat", "buy_and_hold", "trend", "oracle")
+TREND_LOOKBACKS = (2, 4, 8, 16, 32)
 
 
 @struct.dataclass
@@ -107,97 +108,80 @@ def act(env: TradingEnv, s: Strategy, state: Any, params: Any, key: jax.Array) -
     return jnp.where(s.kind == 1, random_action, ruled).astype(jnp.int32)
 
 
-def _episode_fn(env: TradingEnv, n_steps: int):
-    """``episode(reset_key, run_key, strategy, weight, params) -> dict of sums`` (see
-    ``make_runner``); the episode starts where ``env.reset(reset_key, params)`` starts."""
-    from tpfl_jax.reward import TERM_NAMES
-
-    def episode(reset_key, run_key, s, w, params):
-        params = params.replace(tp_reward_weight=w)
-        _, st0 = env.reset_env(reset_key, params)
-        eq0 = st0.equity
-        zero = jnp.float32(0.0)
-        sums0 = {k: zero for k in ("reward", "trades", "hits", "sum_r", "sum_tp_mult", "steps")}
-        sums0 |= {f"term/{n}": zero for n in TERM_NAMES}
-        sums0 |= {f"bonus_pos/{n}": zero for n in ACCURACY_MODES}
-
-        def step(carry, k):
-            st, active, sums = carry
-            a = act(env, s, st, params, k)
-            _, st_n, r, done, info = env.step_env(k, st, a, params)
-            tr = info["trade"]
-            f = active.astype(jnp.float32)
-            c = tr["closed"].astype(jnp.float32) * f
-            add = {"reward": r * f, "trades": c, "hits": tr["hit"] * c,
-                   "sum_r": tr["r_realised"] * c, "sum_tp_mult": tr["tp_mult"] * c,
-                   "steps": f}
-            add |= {f"term/{n}": v * f for n, v in info["reward_terms"].items()}
-            for i, n in enumerate(ACCURACY_MODES):
-                acc = bonus_accuracy(i, tr["hit"], tr["tp_zone_accuracy"], tr["tp_mult"],
-                                     params.sl_mult)
-                add[f"bonus_pos/{n}"] = jnp.maximum(acc, 0.0) * c
-            sums = {n: sums[n] + add[n] for n in sums}
-            st = jax.tree.map(lambda x, y: jnp.where(active, x, y), st_n, st)
-            return (st, active & ~done, sums), None
-
-        (st, _, sums), _ = jax.lax.scan(step, (st0, jnp.bool_(True), sums0),
-                                        jax.random.split(run_key, n_steps))
-        sums["pnl"] = st.equity - eq0
-        sums["return"] = st.equity / eq0 - 1.0
-        sums["max_drawdown"] = st.max_drawdown
-        return sums
-
-    return episode
+def strategy_actor(env: TradingEnv, s: Strategy, params: Any) -> A.Actor:
+    """Strategy ``s`` as an ``accounting`` actor on ``params``' market."""
+    return lambda obs, state, key: act(env, s, state, params, key)
 
 
-@functools.lru_cache(maxsize=16)
-def make_runner(env: TradingEnv, n_steps: int):
-    """``run(keys[E], strategies[S], weights[W], params) -> dict of [S, W, E] arrays``.
-
-    One episode per key (``env.reset``), ``n_steps`` steps in ``lax.scan``; the episode stops
-    at ruin (no auto-reset). Outputs: ``EPISODE_KEYS``, ``term/<name>`` (each reward term summed
-    over the episode) and ``bonus_pos/<mode>`` (sum over closed trades of max(accuracy, 0) under
-    each of ``ACCURACY_MODES``: the bonus per unit ``5 * weight`` each definition would pay).
-    """
-    ep = _episode_fn(env, n_steps)
-
-    def episode(key, s, w, params):
-        k_reset, k_run = jax.random.split(key)
-        return ep(k_reset, k_run, s, w, params)
-
-    over_e = jax.vmap(episode, (0, None, None, None))
-    over_w = jax.vmap(over_e, (None, None, 0, None))
-    over_s = jax.vmap(over_w, (None, 0, None, None))
-    return jax.jit(over_s)
+def play(env: TradingEnv, s: Strategy, params: Any, keys: jax.Array, n_steps: int
+         ) -> A.EpisodeSums:
+    """Per-episode sums ``[E]`` of strategy ``s`` on the episodes of ``keys``."""
+    return A.rollout(env, strategy_actor(env, s, params), params, keys, n_steps).sums
 
 
-def make_deploy_references(env: TradingEnv, markets: Any, num_cycles: int, deploy_envs: int,
-                           n_steps: int):
-    """``run(seed_keys[S], strategies[R], source, env_params) -> dict of [R, S, C, E]``: the
-    rules on exactly the deployment episodes of ``tpfl_jax.loop`` (same deploy market, paths
-    and start bars per seed and cycle: the loop's key derivation), so arms and references are
-    compared on common random numbers. Outputs as ``make_runner`` (weight 0)."""
-    ep = _episode_fn(env, n_steps)
+@partial(jax.jit, static_argnames=("env", "n_steps"))
+def run_strategies(env: TradingEnv, strategies: Strategy, weights: jax.Array, params: Any,
+                   keys: jax.Array, n_steps: int) -> A.EpisodeSums:
+    """Sums ``[S, W, E]``: every strategy x weight on the same episodes (common random
+    numbers: the same paths, start bars and per-step draws)."""
+    def one(s, w):
+        return play(env, s, params.replace(tp_reward_weight=w), keys, n_steps)
 
-    def one(key, s, source, env_params):
-        k_mkt, _, k_cycles = jax.random.split(key, 3)
-
-        def cycle(c):
-            _, deploy_m = markets.cycle_markets(source, k_mkt, c)
-            _, k_dep = jax.random.split(jax.random.fold_in(k_cycles, c))
-            k_reset, k_run = jax.random.split(k_dep)
-            params = env_params.replace(market=deploy_m)
-            resets = jax.random.split(k_reset, deploy_envs)
-            runs = jax.random.split(k_run, deploy_envs)
-            return jax.vmap(ep, (0, 0, None, None, None))(resets, runs, s, jnp.float32(0.0),
-                                                          params)
-
-        return jax.vmap(cycle)(jnp.arange(num_cycles, dtype=jnp.int32))
-
-    over_seeds = jax.vmap(one, (0, None, None, None))
-    return jax.jit(jax.vmap(over_seeds, (None, 0, None, None)))
+    return jax.vmap(jax.vmap(one, (None, 0)), (0, None))(strategies, weights)
 
 
-__all__ = ["EPISODE_KEYS", "KINDS", "Strategy", "act", "make_deploy_references", "make_runner",
-           "reference_set", "stack",
-           "strategy"]
+# --------------------------------------------------------------------------- reference rows
+def reference_candidates(env: TradingEnv, has_labels: bool = True
+                         ) -> dict[str, list[tuple[str, Strategy]]]:
+    """Each reference family's parameter grid: buy-and-hold x TP, trend x lookback (at most the
+    env window, the history an agent observes) x TP, oracle x TP (only with regime labels)."""
+    tps = range(env.n_tp)
+    out = {
+        "flat": [("flat", strategy("flat"))],
+        "buy_and_hold": [(f"buy_and_hold_tp{k}", strategy("buy_and_hold", k)) for k in tps],
+        "trend": [(f"trend_lb{lb}_tp{k}", strategy("trend", k, lb))
+                  for lb in TREND_LOOKBACKS if lb <= env.window for k in tps],
+    }
+    if has_labels:
+        out["oracle"] = [(f"oracle_tp{k}", strategy("oracle", k)) for k in tps]
+    return out
+
+
+def make_references(env: TradingEnv, markets: Any, num_cycles: int, deploy_envs: int,
+                    n_steps: int, select_episodes: int, has_labels: bool = True):
+    """``run(seed_keys[S], source, env_params) -> {family: (sums [S, C, E], choice [S, C])}``.
+
+    Per seed and cycle each family's candidate with the best mean PnL on ``select_episodes``
+    episodes of the cycle's *training* market is chosen (``choice`` indexes
+    ``reference_candidates(env, has_labels)[family]``) and played on the loop's deployment
+    episodes of that cycle (weight 0: the rules do not depend on the reward)."""
+    from tpfl_jax.loop import cycle_keys
+
+    cands = reference_candidates(env, has_labels)
+    stacked = {f: stack([s for _, s in c]) for f, c in cands.items()}
+
+    def one_cycle(seed_key, source, env_params, c):
+        keys = cycle_keys(seed_key, c)
+        train_m, deploy_m = markets.cycle_markets(source, keys.market, c)
+        p_train = env_params.replace(market=train_m, tp_reward_weight=jnp.float32(0.0))
+        p_dep = env_params.replace(market=deploy_m, tp_reward_weight=jnp.float32(0.0))
+        sel_keys = A.episode_keys(jax.random.fold_in(keys.train, 0x5E1EC7), select_episodes)
+        dep_keys = A.episode_keys(keys.deploy, deploy_envs)
+        out = {}
+        for fam, strat in stacked.items():
+            pnl = jax.vmap(lambda s: play(env, s, p_train, sel_keys, n_steps).pnl.mean())(strat)
+            i = jnp.argmax(pnl)
+            chosen = jax.tree.map(lambda x, i=i: x[i], strat)
+            out[fam] = (play(env, chosen, p_dep, dep_keys, n_steps), i)
+        return out
+
+    def one_seed(seed_key, source, env_params):
+        return jax.vmap(lambda c: one_cycle(seed_key, source, env_params, c))(
+            jnp.arange(num_cycles, dtype=jnp.int32))
+
+    return jax.jit(jax.vmap(one_seed, (0, None, None)))
+
+
+__all__ = ["KINDS", "REFERENCE_FAMILIES", "TREND_LOOKBACKS", "Strategy", "act",
+           "make_references", "play", "reference_candidates", "reference_set",
+           "run_strategies", "stack", "strategy", "strategy_actor"]

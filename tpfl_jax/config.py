@@ -75,10 +75,14 @@ class ColumnsSection:
 
 @dataclass
 class MarketConfig:
-    """Market source. ``source=synthetic``: fresh ``kind`` paths every cycle (``params``
-    override the generator's defaults). ``source=csv``: an OHLCV file (``path``) cut into
-    walk-forward train/deploy windows of ``train_bars`` / ``deploy_bars``; ``sep`` is the CSV
-    separator, ``timestamp`` the time column's name (null: a usual name, e.g. Date),
+    """Market source. ``source=synthetic``: ``kind`` paths from its generator (``params``
+    override the generator's defaults); with ``fresh`` (default) PPO trains on new paths before
+    every update (no bar seen twice) and ``train_paths`` paths per cycle are the sample the
+    reference rules choose their parameters on; ``fresh: false`` trains on those
+    ``train_paths`` fixed paths per cycle; ``deploy_paths`` held-out paths per cycle.
+    ``source=csv``: an OHLCV file (``path``) cut into walk-forward train/deploy windows of
+    ``train_bars`` / ``deploy_bars`` (episodes start anywhere in the training window); ``sep``
+    is the CSV separator, ``timestamp`` the time column's name (null: a usual name, e.g. Date),
     ``columns.<field>`` the file's column of an OHLCV field and ``no_volume`` says the file
     has no volume column (volume 0)."""
 
@@ -89,6 +93,7 @@ class MarketConfig:
     deploy_paths: int = 16
     n_bars: int = 300
     substeps: int = 8
+    fresh: bool = True
     path: str | None = None
     train_bars: int = 400
     deploy_bars: int = 200
@@ -156,7 +161,7 @@ class StatsSection:
 
     primary_metric: str = "oos_pnl"
     secondary_metrics: list[str] = field(
-        default_factory=lambda: ["oos_pnl_greedy", "oos_sharpe", "oos_tp_skill"])
+        default_factory=lambda: ["oos_pnl_greedy", "oos_trade_sharpe", "oos_tp_skill"])
     control_weights: list[float] = field(default_factory=lambda: [1.0, 0.0])
     level: float = 0.95
     n_boot: int = 2000
@@ -176,12 +181,15 @@ class LoggerSection:
 
 @dataclass
 class TrainSection:
-    """``tpfl-train``: weights x ``num_seeds`` trained as one program (sharded over ``mesh``)."""
+    """``tpfl-train``: weights x ``num_seeds`` trained as one program (sharded over ``mesh``).
+    Every ``chunk_updates`` updates each agent is scored on the first ``curve_episodes`` of the
+    ``eval_episodes`` held-out episodes (the learning curve); at the end on all of them."""
 
     weights: list[float] = field(default_factory=lambda: [1.0])
     num_seeds: int = 1
     chunk_updates: int = 10
     eval_episodes: int = 64
+    curve_episodes: int = 16
 
 
 @dataclass

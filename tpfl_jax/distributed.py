@@ -451,14 +451,6 @@ def init_distributed(cfg: MeshConfig | None = None) -> bool:
 
 
 # --------------------------------------------------------------------------- PPO sweep
-def seed_keys(n: int, base: int = 0) -> jax.Array:
-    """``n`` typed keys ``fold_in(key(base), i)`` (the default seeds of :func:`make_ppo_sweep`;
-    the same keys as ``tpfl_jax.loop.seed_keys(base, n)``)."""
-    from tpfl_jax.loop import seed_keys as loop_seed_keys
-
-    return loop_seed_keys(base, n)
-
-
 SYNC_TIMEOUT_S = 4 * 3600
 _barrier_count = itertools.count()
 
@@ -484,38 +476,53 @@ def sync_processes(name: str, timeout_s: float = SYNC_TIMEOUT_S) -> None:
 
 
 def make_ppo_sweep(config: Any, env: Any, mesh: Mesh | None = None,
-                   mesh_cfg: MeshConfig | None = None, env_params: Any = None
-                   ) -> Callable[..., Any]:
-    """``sweep(seeds, weights, env_params)``: S seeds x K ``tp_reward_weight`` values of PPO.
+                   mesh_cfg: MeshConfig | None = None, env_params: Any = None, *,
+                   hooks: dict[str, Any] | None = None,
+                   evaluate: Callable[[Any, Any], Any] | None = None,
+                   every: int | None = None) -> Callable[..., Any]:
+    """``sweep(seeds, weights, env_params, source=None, eval_args=None)``: S seeds x K
+    ``tp_reward_weight`` values of PPO.
 
-    ``seeds`` is a count (keys from :func:`seed_keys`) or ``[S]`` typed keys; ``weights`` is
+    ``seeds`` is a count (keys ``loop.seed_keys(0, seeds)``) or ``[S]`` typed keys; ``weights`` is
     ``[K]``. The ``S*K`` configurations are flattened (seed-major) into one batch axis split over
-    the mesh axes ``mesh_cfg.batch_spec[0]``; ``env_params`` (market data included) is
-    replicated. Returns the ``TrainResult`` with leaves ``[S, K, ...]`` (metrics
-    ``[S, K, num_updates]``). Compiled once per (S*K, env_params shapes); build the sweep once
-    and call it many times. ``env_params`` here only fixes the spaces (as in ``make_train``).
+    the mesh axes ``mesh_cfg.batch_spec[0]``; ``env_params`` (market data included), the data
+    stream's ``source`` and ``eval_args`` are replicated. ``hooks``: ``make_ppo``'s
+    ``info_metrics`` / ``stream``. With ``evaluate(runner_state, eval_args)`` the runs are
+    scored every ``every`` updates inside the program (``agents.ppo.train_with_evals``).
+    Returns the ``TrainResult`` with leaves ``[S, K, ...]`` (metrics ``[S, K, num_updates]``).
+    Compiled once per (S*K, argument shapes); build the sweep once and call it many times.
+    ``env_params`` here only fixes the spaces (as in ``make_train``).
     """
-    from tpfl_jax.agents.ppo import make_train
+    from tpfl_jax.agents.ppo import make_ppo, train_with_evals
 
     mesh_cfg = MeshConfig() if mesh_cfg is None else mesh_cfg
     mesh = make_mesh(mesh_cfg) if mesh is None else mesh
-    train = make_train(config, env, env_params)
+    ppo = make_ppo(config, env, env_params, **(hooks or {}))
 
-    def one(key: jax.Array, weight: jax.Array, params: Any) -> Any:
-        return train(key, params.replace(tp_reward_weight=weight))
+    def one(key: jax.Array, weight: jax.Array, params: Any, source: Any, eval_args: Any) -> Any:
+        params = params.replace(tp_reward_weight=weight)
+        if evaluate is None:
+            return ppo.train(key, params, None, source)
+        return train_with_evals(ppo, key, params, lambda rs: evaluate(rs, eval_args),
+                                int(every or config.num_updates), source=source)
 
-    run = sharded_vmap(one, mesh, in_axes=(0, 0, None), axis=mesh_cfg.batch_spec[0],
-                       on_indivisible=mesh_cfg.on_indivisible)
+    run = sharded_vmap(one, mesh, in_axes=(0, 0, None, None, None),
+                       axis=mesh_cfg.batch_spec[0], on_indivisible=mesh_cfg.on_indivisible)
 
     def sweep(seeds: int | jax.Array, weights: Sequence[float] | jax.Array,
-              env_params: Any) -> Any:
-        keys = seed_keys(seeds) if isinstance(seeds, int) else seeds
+              env_params: Any, source: Any = None, eval_args: Any = None) -> Any:
+        if isinstance(seeds, int):
+            from tpfl_jax.loop import seed_keys
+
+            seeds = seed_keys(0, seeds)
+        keys = seeds
         w = jnp.asarray(weights, jnp.float32).reshape(-1)
         s, k = keys.shape[0], w.shape[0]
-        out = run(jnp.repeat(keys, k, axis=0), jnp.tile(w, s), env_params)
+        out = run(jnp.repeat(keys, k, axis=0), jnp.tile(w, s), env_params, source, eval_args)
         return tree_apply(lambda x: x.reshape(s, k, *x.shape[1:]), out)
 
     sweep.run = run  # type: ignore[attr-defined]  # the flat [S*K] sharded function
+    sweep.ppo = ppo  # type: ignore[attr-defined]
     return sweep
 
 
@@ -573,5 +580,5 @@ def make_loop_sweep(loop: Any, mesh: Mesh | None = None,
 __all__ = ["MeshConfig", "axis_size", "batch_sharding", "check_divisible", "cluster_says_multi",
            "gather", "init_distributed", "is_multi_process", "make_loop_sweep", "make_mesh",
            "make_ppo_sweep", "pad_batch", "ppo_sweep", "replicate", "replicated",
-           "requested_processes", "seed_keys", "shard_batch", "sharded_vmap", "sync_processes",
+           "requested_processes", "shard_batch", "sharded_vmap", "sync_processes",
            "unpad_batch"]

@@ -17,23 +17,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from scipy import stats as _st  # noqa: E402
 
-TABLE_METRICS = ("final_pnl", "final_sharpe", "oos_pnl", "oos_pnl_greedy", "oos_sharpe",
-                 "oos_tp_skill", "hit_rate", "actual_r", "final_weight", "updates", "converged")
+from tpfl_jax.results import mean_ci  # noqa: E402
 
-
-def t_interval(x: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and half-width of the two-sided t-interval (half-width NaN with < 2 values)."""
-    x = np.asarray(x, float)
-    x = x[np.isfinite(x)]
-    if len(x) == 0:
-        return float("nan"), float("nan"), float("nan")
-    m = float(x.mean())
-    if len(x) < 2:
-        return m, float("nan"), float(len(x))
-    half = float(_st.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
-    return m, half, float(len(x))
+TABLE_METRICS = ("final_pnl", "oos_pnl", "oos_pnl_greedy", "oos_trade_sharpe", "oos_tp_skill",
+                 "oos_hit_rate", "oos_mean_r", "final_weight", "updates", "converged")
+SUMMARY_COLUMNS = ("policy", "final_pnl", "oos_pnl")
+COLLECTED_REPORT = "tpfl-report.md"   # tpfl-report's own file (never a run's report.md)
 
 
 def policy_table(summary: pd.DataFrame, by: tuple[str, ...] = ("policy",),
@@ -46,13 +36,12 @@ def policy_table(summary: pd.DataFrame, by: tuple[str, ...] = ("policy",),
         row = dict(zip(by, key, strict=True))
         for m in TABLE_METRICS:
             if m in g:
-                mean, half, n = t_interval(g[m].to_numpy())
-                row[m], row[f"{m}_ci95"] = mean, half
+                row[m], row[f"{m}_ci95"] = mean_ci(g[m].to_numpy())
         row["seeds"] = len(g)
         rows.append(row)
     table = pd.DataFrame(rows)
     if rank:
-        table = table.sort_values(["final_pnl", "final_sharpe"], ascending=False)
+        table = table.sort_values(["oos_pnl", "final_pnl"], ascending=False)
     return table.reset_index(drop=True)
 
 
@@ -71,83 +60,121 @@ def format_table(table: pd.DataFrame, first: str = "rank") -> str:
     return "\n".join(lines)
 
 
-def _errbar(ax, names, vals, title):
-    m = [t_interval(v)[0] for v in vals]
-    h = [t_interval(v)[1] for v in vals]
-    ax.bar(range(len(names)), m, yerr=np.nan_to_num(h), capsize=3, color="tab:blue")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-    ax.set_title(title, fontsize=9)
-    ax.axhline(0, color="k", lw=0.5)
-
-
-def plot_loop(run_dir: Path, cycles: pd.DataFrame) -> list[Path]:
-    """Weight trajectories, hit rate / actual R / PnL with seed CIs, learning curves."""
-    out = []
-    names = list(dict.fromkeys(cycles["policy"]))
+def plot_weights(path: Path, cycles: pd.DataFrame) -> Path:
+    """The weight each arm trained with per cycle (mean over seeds, band = min..max)."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    for n in names:
+    for n in dict.fromkeys(cycles["policy"]):
         g = cycles[cycles["policy"] == n].groupby("cycle")["weight"]
-        ax.plot(g.mean().index, g.mean().values, marker="o", label=n)
-    ax.set_xlabel("cycle")
-    ax.set_ylabel("tp_reward_weight (mean over seeds)")
-    ax.set_title("Weight trajectory per policy")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    out.append(run_dir / "weight_trajectory.png")
-    fig.savefig(out[-1], dpi=100)
-    plt.close(fig)
-
-    per_seed = cycles.groupby(["policy", "seed"], sort=False)[
-        ["deploy_hit_rate", "deploy_actual_r", "deploy_pnl"]].mean().reset_index()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
-    for ax, col, title in zip(axes, ("deploy_hit_rate", "deploy_actual_r", "deploy_pnl"),
-                              ("OOS TP hit rate", "OOS actual R", "OOS PnL per episode"),
-                              strict=True):
-        _errbar(ax, names, [per_seed[per_seed["policy"] == n][col].to_numpy() for n in names],
-                title + " (95% CI over seeds)")
-    fig.tight_layout()
-    out.append(run_dir / "policy_metrics.png")
-    fig.savefig(out[-1], dpi=100)
-    plt.close(fig)
-    return out
-
-
-def plot_curves(path: Path, curves: dict[str, np.ndarray], key: str, title: str) -> Path:
-    """Learning curves: ``curves[name]`` is ``[seeds, updates]``; mean and min/max band."""
-    import warnings
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, c in curves.items():
-        c = np.asarray(c, float)
-        x = np.arange(1, c.shape[-1] + 1)
-        with warnings.catch_warnings():   # updates without a finished episode are NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            ax.plot(x, np.nanmean(c, 0), label=name)
-            if c.shape[0] > 1:
-                ax.fill_between(x, np.nanmin(c, 0), np.nanmax(c, 0), alpha=0.15)
-    ax.set_xlabel("PPO update")
-    ax.set_ylabel(key)
-    ax.set_title(title)
-    ax.legend(fontsize=7)
+        line, = ax.plot(g.mean().index, g.mean().values, marker="o", label=n)
+        ax.fill_between(g.mean().index, g.min().values, g.max().values, alpha=0.12,
+                        color=line.get_color())
+    ax.set(xlabel="cycle", ylabel="tp_reward_weight", title="Weight in force per cycle "
+           "(mean over seeds; band: min..max)")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def write_report(run_dir: Path, table: pd.DataFrame, header: str, plots: list[Path]) -> Path:
-    """``report.md``: header, ranked policy table, plots."""
-    text = [f"# {header}", "", "Policies ranked by final-cycle out-of-sample PnL (mean ± 95% "
-            "t-interval half-width across seeds). PnL in currency per deploy episode; Sharpe "
-            "per step (not annualised); oos_* average over all cycles.", "",
-            format_table(table), ""]
-    text += [f"![{p.stem}]({p.name})" for p in plots]
-    path = run_dir / "report.md"
-    path.write_text("\n".join(text) + "\n")
+def plot_levels(path: Path, levels: pd.DataFrame, primary: str = "oos_pnl") -> Path:
+    """Every arm's ``primary`` (mean and 95% t-interval over seeds) beside the reference
+    rules as horizontal lines."""
+    arms = levels[levels["kind"] == "arm"]
+    refs = levels[levels["kind"] == "reference"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(arms) + 3), 4.2))
+    x = np.arange(len(arms))
+    ax.errorbar(x, arms[primary], yerr=np.nan_to_num(arms[f"{primary}_ci95"]), fmt="o",
+                capsize=4, color="tab:blue", label="arm (95% CI over seeds)")
+    styles = {"flat": ":", "buy_and_hold": "--", "trend": "-", "oracle": "-."}
+    for _, r in refs.iterrows():
+        ax.axhline(r[primary], ls=styles.get(r["name"], "-"), color="grey", lw=1)
+        ax.annotate(f"{r['name']} {r[primary]:+.0f}", (len(arms) - 0.5, r[primary]),
+                    fontsize=7, va="bottom", ha="right", color="dimgrey")
+    ax.set_xticks(x, arms["name"], rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel=f"{primary} (PnL per episode)",
+           title="Arms beside the reference rules (same episodes)")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path
 
 
-SUMMARY_COLUMNS = ("policy", "final_pnl", "final_sharpe")
+def plot_learning_curves(path: Path, curves: pd.DataFrame, ref_cycles: pd.DataFrame,
+                         cycle_steps: int, by: str = "policy") -> Path:
+    """One panel per arm (or weight): held-out greedy PnL per episode after every training
+    chunk (mean over seeds, band = 95% t-interval), sampled PnL dashed, and the reference rules
+    on the same episodes as horizontal segments per cycle (parameters chosen on training
+    data)."""
+    names = list(dict.fromkeys(curves[by])) if len(curves) else []
+    n = max(len(names), 1)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False,
+                             sharey=True)
+    styles = {"flat": ("k", ":"), "buy_and_hold": ("tab:orange", "--"),
+              "trend": ("tab:green", "-"), "oracle": ("tab:purple", "-.")}
+    refs = (ref_cycles.groupby(["rule", "cycle"], sort=False)["deploy_curve_pnl"].mean()
+            if len(ref_cycles) else pd.Series(dtype=float))
+    for ax, name in zip(axes.ravel(), names, strict=False):
+        g = curves[curves[by] == name]
+        for col, ls in (("greedy_pnl", "-"), ("sampled_pnl", "--")):
+            agg = g.groupby("env_steps")[col].apply(lambda v: mean_ci(v.to_numpy()))
+            xs = agg.index.to_numpy() / 1e6
+            m = np.array([a[0] for a in agg])
+            h = np.nan_to_num(np.array([a[1] for a in agg]))
+            line, = ax.plot(xs, m, ls=ls, color="tab:blue", lw=1.2,
+                            label=col.replace("_pnl", ""))
+            if col == "greedy_pnl":
+                ax.fill_between(xs, m - h, m + h, alpha=0.2, color=line.get_color())
+        for (rule, cyc), v in refs.items():
+            color, ls = styles.get(rule, ("grey", "-"))
+            ax.hlines(v, cyc * cycle_steps / 1e6, (cyc + 1) * cycle_steps / 1e6, colors=color,
+                      linestyles=ls, lw=1, label=rule if cyc == 0 else None)
+        ax.set_title(str(name), fontsize=9)
+        ax.axhline(0, color="k", lw=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    axes[0, 0].legend(fontsize=6, loc="lower right")
+    for ax in axes[-1]:
+        ax.set_xlabel("env steps (M; cycles at the update cap)", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("held-out PnL / episode", fontsize=8)
+    fig.suptitle("Learning curves: greedy (band: 95% CI over seeds) and sampled, with the "
+                 "reference rules", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dir: Path, table: pd.DataFrame, header: str, plots: list[Path],
+                 name: str = "report.md", lines: list[str] | None = None,
+                 audit: str | None = None) -> Path:
+    """A report of a per-arm table: header, ``lines``, the table (mean ± 95% t half-width
+    over seeds), the reward audit's summary, plots."""
+    text = [f"# {header}", "", *(lines or []), "",
+            "Per-arm means ± 95% t-interval half-width across seeds. PnL in currency per deploy "
+            "episode; trade Sharpe per trade in R (not annualised); oos_* average cycles 1..C-1 "
+            "(the one evaluation of a tpfl-train run).", "", format_table(table), ""]
+    if audit:
+        text += ["## Reward audit (this env and market)", "", "```", audit, "```", ""]
+    text += [f"![{p.stem}]({p.name})" for p in plots]
+    path = run_dir / name
+    atomic_write_text(path, "\n".join(text) + "\n")
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name beside ``path``, then rename it over ``path`` (a
+    reader sees the old or the new file, never half of one)."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _read_summary(f: Path) -> pd.DataFrame:
@@ -174,7 +201,13 @@ def training_table(cycles: pd.DataFrame) -> pd.DataFrame:
         "entropy": g["train_final_entropy"].mean(), "entropy_max": g["train_entropy_max"].mean(),
         "entropy_ratio": (g["train_final_entropy"].mean() / g["train_entropy_max"].mean()),
         "train_return": g["train_final_return"].mean(),
+        "env_steps": g["train_env_steps"].mean(), "repetition": g["train_repetition"].max(),
     }).reset_index()
+
+
+def df_markdown(df: pd.DataFrame) -> str:
+    """A frame as a markdown table (floats to 4 significant digits)."""
+    return _markdown(df)
 
 
 def _markdown(df: pd.DataFrame) -> str:
@@ -186,31 +219,54 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_loop_report(run_dir: Path, header: str, paired: dict[str, pd.DataFrame],
-                      primary: str, training: pd.DataFrame, table: pd.DataFrame,
-                      plots: list[Path], notes: list[str] | None = None) -> Path:
-    """``report.md`` of a loop run: the primary metric's paired table first, then the
-    secondary metrics', the training criterion per cycle, the descriptive table, the plots."""
+def levels_markdown(levels: pd.DataFrame, primary: str = "oos_pnl") -> str:
+    """The levels table: arms, then reference rules, ``primary`` as mean ± 95% half-width."""
+    cols = [c for c in ("greedy_pnl", "sampled_pnl", "final_weight", "hit_rate", "tp_mult",
+                        "trades") if c in levels]
+    lines = [f"| | {primary} | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for _, r in levels.iterrows():
+        name = f"`{r['name']}`" if r["kind"] == "arm" else f"*{r['name']}* (reference)"
+        half = r[f"{primary}_ci95"]
+        cell = f"{r[primary]:+.1f} ± {half:.1f}" if np.isfinite(half) else f"{r[primary]:+.1f}"
+        vals = ["" if not np.isfinite(r[c]) else f"{r[c]:.3g}" for c in cols]
+        lines.append(f"| {name} | {cell} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def write_loop_report(run_dir: Path, header: str, *, answer: list[str], levels: pd.DataFrame,
+                      paired: dict[str, pd.DataFrame], primary: str, training: pd.DataFrame,
+                      plots: list[Path], notes: list[str] | None = None,
+                      audit: str | None = None) -> Path:
+    """``report.md`` of a loop run, answer first: the answer in three lines, the absolute
+    levels of every arm beside the reference rules, the primary metric's paired tables, the
+    secondary metrics', the training per cycle, notes, the reward audit, the plots."""
     from tpfl_jax.stats import format_paired
 
-    text = [f"# {header}", ""]
-    text += [f"- {n}" for n in notes or []] + [""]
-    text += [f"## Primary metric: `{primary}` (declared in config.stats before the run)", "",
-             "Per-seed paired differences arm - control (common random numbers), mean; "
-             "intervals at each arm's Holm step level (t and percentile bootstrap); p-values "
-             "Holm-adjusted over the arms of each control; decision = Holm rejection at the "
-             "family level; MDE = the smallest true difference detectable with 80% power at "
-             "this seed count.", "", format_paired(paired[primary]), ""]
+    text = [f"# {header}", "", "## Answer", "", *answer, "",
+            "## Levels (out of sample, same episodes)", "",
+            f"`{primary}`: PnL per deploy episode, mean over cycles 1..C-1 (± 95% t-interval "
+            "over seeds); greedy / sampled: each deploy mode; final_weight: the weight in "
+            "force in the last cycle; hit rate and TP distance (volatility units) per trade.",
+            "", levels_markdown(levels, primary), "", *[f"- {n}" for n in notes or []], "",
+            f"## Paired differences: `{primary}` (declared in config.stats before the run)", "",
+            "Per-seed paired differences arm - control (common random numbers), mean; "
+            "simultaneous paired t-intervals (Bonferroni over the arms of each control: all "
+            "intervals of a control cover jointly with the stated confidence); percentile "
+            "bootstrap intervals per arm, unadjusted, descriptive only; p-values Holm-adjusted "
+            "over the arms of each control; decision = Holm rejection (family-wise error 1 - "
+            "level); MDE = the smallest true difference a paired t-test at alpha/m detects with "
+            "80% power at this seed count (Holm detects it with at least that power).", "",
+            format_paired(paired[primary]), ""]
     for m, t in paired.items():
         if m != primary:
             text += [f"### Secondary: `{m}`", "", format_paired(t), ""]
-    text += ["## Training per cycle (all policies x seeds)", "",
-             _markdown(training), "",
-             "## Descriptive per-policy means (unpaired; ± 95% t half-width over seeds)", "",
-             format_table(table, first="#"), ""]
+    text += ["## Training per cycle (all arms x seeds)", "", _markdown(training), ""]
+    if audit:
+        text += ["## Reward audit (this env and market)", "", "```", audit, "```", "",
+                 "Full table: `audit_table.csv`, `audit.md`; plot: `audit_reward_pnl.png`.", ""]
     text += [f"![{p.stem}]({p.name})" for p in plots]
     path = run_dir / "report.md"
-    path.write_text("\n".join(text) + "\n")
+    atomic_write_text(path, "\n".join(text) + "\n")
     return path
 
 
@@ -235,18 +291,15 @@ def collect(path: str | Path) -> pd.DataFrame:
 
 
 def report_dir(path: str | Path) -> tuple[pd.DataFrame, Path]:
-    """Collect a run or multirun dir into ``report.md`` + plots there; returns the table."""
+    """Collect a run or multirun dir into ``tpfl-report.md`` and ``tpfl-report.csv`` there
+    (its own files: a run's ``report.md`` is never touched); returns the table."""
     path = Path(path)
     summary = collect(path)
     by = ("overrides", "policy") if summary["run"].nunique() > 1 else ("policy",)
     table = policy_table(summary, by)
-    plots: list[Path] = []
-    cyc = sorted(path.rglob("cycles.csv"))
-    if len(cyc) == 1:
-        plots = plot_loop(path, pd.read_csv(cyc[0]))
-    table.to_csv(path / "policy_table.csv", index=False)
-    write_report(path, table, f"tpfl report: {path}", plots)
-    return table, path
+    table.to_csv(path / "tpfl-report.csv", index=False)
+    out = write_report(path, table, f"tpfl report: {path}", [], name=COLLECTED_REPORT)
+    return table, out
 
 
 def read_jsonl(path: Path) -> pd.DataFrame:

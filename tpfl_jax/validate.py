@@ -305,7 +305,9 @@ def check_train(c: Any) -> None:
         ck.bad("train.weights", list(t.weights), "distinct weights (each is a table row)")
     ck.num("train.num_seeds", t.num_seeds, lo=1, hi=INT32_MAX, integer=True)
     ck.num("train.chunk_updates", t.chunk_updates, lo=1, hi=INT32_MAX, integer=True)
-    ck.num("train.eval_episodes", t.eval_episodes, lo=1, hi=INT32_MAX, integer=True)
+    if ck.num("train.eval_episodes", t.eval_episodes, lo=1, hi=INT32_MAX, integer=True):
+        ck.num("train.curve_episodes", t.curve_episodes, lo=1, hi=t.eval_episodes,
+               integer=True)
     ck.raise_if_any()
 
 

@@ -5,7 +5,14 @@
 * ``init(rng, env_params, hparams=None) -> RunnerState``
 * ``update(runner_state, env_params) -> (RunnerState, metrics)``  (one PPO update)
 * ``run(runner_state, env_params, num_updates) -> (RunnerState, metrics[num_updates])``
-* ``train(rng, env_params, hparams=None) -> TrainResult``  (= init + ``run`` of all updates)
+* ``train(rng, env_params, hparams=None, source=None) -> TrainResult``  (= init + ``run``)
+
+Two optional hooks keep the algorithm generic: ``info_metrics(info) -> dict`` reduces the
+rollout's stacked env ``info`` (``[num_steps, num_envs, ...]``) into per-update metrics (e.g. the
+trading env's trade statistics), and a :class:`DataStream` replaces the env's data before every
+update (e.g. freshly generated market paths, so no update trains on data an earlier one saw);
+its state is carried in ``RunnerState.data`` and its traced source (e.g. generator parameters)
+is passed to ``init`` / ``train``.
 
 Static shapes and counts live in the frozen :class:`PPOConfig`; float hyperparameters live in the
 traced :class:`PPOHParams` pytree (stored in the runner state), so
@@ -20,8 +27,9 @@ step is cut; the GAE recursion is cut on both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +39,22 @@ from flax import struct
 from tpfl_jax.agents.networks import ActorCritic, make_network, to_env_action
 
 Metrics = dict[str, jax.Array]
+InfoMetrics = Callable[[dict[str, Any]], Metrics]
+
+
+class DataStream(Protocol):
+    """Fresh training data for every PPO update (see ``tpfl_jax.env.fresh.FreshPaths``).
+
+    ``start(key, source, env_params) -> (data, obs, env_state, rollout_params)``: the first data
+    and every env reset on it. ``refresh(key, data, env_state, env_params) -> (data, env_state,
+    rollout_params)``: new data before an update; running episodes keep theirs.
+    ``rollout_params`` are the env params the update's rollout uses (``env_params`` with the new
+    data in them)."""
+
+    def start(self, key: jax.Array, source: Any, env_params: Any) -> tuple[Any, ...]: ...
+
+    def refresh(self, key: jax.Array, data: Any, env_state: Any,
+                env_params: Any) -> tuple[Any, Any, Any]: ...
 
 
 # --------------------------------------------------------------------------- config
@@ -148,14 +172,17 @@ class RunnerState:
     disc_return: jax.Array
     ep_return: jax.Array
     ep_length: jax.Array
+    data: Any = None             # the DataStream's state (None without a stream)
 
 
 @struct.dataclass
 class TrainResult:
-    """Final runner state and per-update metrics (each ``[num_updates]``)."""
+    """Final runner state, per-update metrics (each ``[num_updates]``) and, with periodic
+    evaluation (:func:`train_with_evals`), the evaluations ``[num_updates // every]``."""
 
     runner_state: RunnerState
     metrics: Metrics
+    evals: Metrics | None = None
 
     @property
     def params(self) -> Any:
@@ -251,11 +278,13 @@ def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 # --------------------------------------------------------------------------- make_ppo
-def make_ppo(config: PPOConfig, env: Any, env_params: Any = None) -> PPO:
+def make_ppo(config: PPOConfig, env: Any, env_params: Any = None, *,
+             info_metrics: InfoMetrics | None = None, stream: DataStream | None = None) -> PPO:
     """Build the pure PPO functions for ``env``.
 
     ``env_params`` (default ``env.default_params``) is used only to read the static
     observation/action spaces; the traced env params are passed to the functions.
+    ``info_metrics`` and ``stream``: the optional hooks of the module docstring.
     """
     space_params = env.default_params if env_params is None else env_params
     network = make_network(env, space_params, config.widths, config.activation,
@@ -266,13 +295,20 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any = None) -> PPO:
     v_reset = jax.vmap(env.reset, in_axes=(0, None))
     v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
-    def init(rng: jax.Array, env_params: Any, hparams: PPOHParams | None = None) -> RunnerState:
+    def init(rng: jax.Array, env_params: Any, hparams: PPOHParams | None = None,
+             source: Any = None) -> RunnerState:
+        """A new run: network, optimizer, envs reset (on the stream's first data, drawn from
+        ``source``, when the PPO has a stream)."""
         hp = config.hparams() if hparams is None else hparams
         rng = _as_typed_key(rng)
         rng, k_net, k_env = jax.random.split(rng, 3)
         params = network.init(k_net, jnp.zeros((1, *obs_shape), jnp.float32))
         opt_state = make_optimizer(config, hp).init(params)
-        obs, env_state = v_reset(jax.random.split(k_env, n_envs), env_params)
+        data = None
+        if stream is None:
+            obs, env_state = v_reset(jax.random.split(k_env, n_envs), env_params)
+        else:
+            data, obs, env_state, _ = stream.start(k_env, source, env_params)
         obs_rms = RunningMeanStd.create(obs_shape)
         if config.normalize_obs:
             obs_rms = obs_rms.update(obs)
@@ -281,7 +317,7 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any = None) -> PPO:
             params=params, opt_state=opt_state, env_state=env_state, obs=obs, rng=rng,
             update_step=jnp.asarray(0, jnp.int32), hparams=hp, obs_rms=obs_rms,
             ret_rms=RunningMeanStd.create(()), disc_return=zeros, ep_return=zeros,
-            ep_length=jnp.zeros((n_envs,), jnp.int32))
+            ep_length=jnp.zeros((n_envs,), jnp.int32), data=data)
 
     def _norm_obs(obs_rms: RunningMeanStd, obs: jax.Array) -> jax.Array:
         if config.normalize_obs:
@@ -315,7 +351,7 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any = None) -> PPO:
                 disc = jnp.where(done, 0.0, disc)
             else:
                 disc, ret_rms, train_reward = rs.disc_return, rs.ret_rms, reward
-            keep = {k: info[k] for k in ("trade", "reward_terms") if k in info}
+            keep = info if info_metrics is not None else {}
             tr = Transition(obs_n, action, log_prob, value, train_reward, term, done,
                             _norm_obs(obs_rms, final_obs), reward, ep_return, ep_length, keep)
             rs = rs.replace(
@@ -357,6 +393,11 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any = None) -> PPO:
         """One PPO update: rollout, GAE, ``update_epochs`` x ``num_minibatches`` steps."""
         hp = rs.hparams
         tx = make_optimizer(config, hp)
+        if stream is not None:      # new data for this update; running episodes keep theirs
+            k_data = jax.random.fold_in(rs.rng, 0x5EED)
+            data, env_state, env_params = stream.refresh(k_data, rs.data, rs.env_state,
+                                                         env_params)
+            rs = rs.replace(data=data, env_state=env_state)
         rs, traj = _rollout(rs, env_params)
         _, next_values = network.apply(rs.params, traj.final_obs)
         adv, targets = compute_gae(traj.reward, traj.value, next_values, traj.terminated,
@@ -402,32 +443,48 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any = None) -> PPO:
             "env_steps": step.astype(jnp.float32) * config.batch_size,
             "finite": jnp.logical_and(jnp.all(jnp.isfinite(stats["loss"])), _finite(params)),
         })
-        if "trade" in traj.info:
-            from tpfl_jax.env.stats import trade_summary
-
-            metrics.update({f"trade/{k}": v for k, v in
-                            trade_summary(traj.info["trade"]).items()})
-        if "reward_terms" in traj.info:
-            metrics.update({f"reward_terms/{k}": jnp.mean(v) for k, v in
-                            traj.info["reward_terms"].items()})
+        if info_metrics is not None:
+            metrics.update(info_metrics(traj.info))
         return rs, metrics
 
     def run(rs: RunnerState, env_params: Any, num_updates: int) -> tuple[RunnerState, Metrics]:
         """``num_updates`` (static) updates in one ``lax.scan``; metrics ``[num_updates]``."""
         return jax.lax.scan(lambda s, _: update(s, env_params), rs, None, length=num_updates)
 
-    def train(rng: jax.Array, env_params: Any, hparams: PPOHParams | None = None) -> TrainResult:
+    def train(rng: jax.Array, env_params: Any, hparams: PPOHParams | None = None,
+              source: Any = None) -> TrainResult:
         """Full training run: ``init`` then ``config.num_updates`` updates."""
-        rs = init(rng, env_params, hparams)
+        rs = init(rng, env_params, hparams, source)
         rs, metrics = run(rs, env_params, config.num_updates)
         return TrainResult(rs, metrics)
 
     return PPO(config, network, init, update, run, train)
 
 
-def make_train(config: PPOConfig, env: Any, env_params: Any = None):
-    """Pure ``train(rng, env_params, hparams=None) -> TrainResult`` (jit/vmap-able)."""
-    return make_ppo(config, env, env_params).train
+def train_with_evals(ppo: PPO, rng: jax.Array, env_params: Any,
+                     evaluate: Callable[[RunnerState], Metrics], every: int,
+                     hparams: PPOHParams | None = None, source: Any = None) -> TrainResult:
+    """``ppo.train`` with ``evaluate(runner_state)`` after every ``every`` updates (one
+    ``lax.scan`` over chunks; e.g. a learning curve on held-out episodes). ``every`` must
+    divide ``num_updates``."""
+    n = ppo.config.num_updates
+    if every < 1 or n % every:
+        raise ValueError(f"train_with_evals: every = {every}; expected a divisor of "
+                         f"num_updates = {n}")
+    rs = ppo.init(rng, env_params, hparams, source)
+
+    def chunk(rs, _):
+        rs, m = ppo.run(rs, env_params, every)
+        return rs, (m, evaluate(rs))
+
+    rs, (m, evals) = jax.lax.scan(chunk, rs, None, length=n // every)
+    return TrainResult(rs, jax.tree.map(lambda x: x.reshape(n, *x.shape[2:]), m), evals)
+
+
+def make_train(config: PPOConfig, env: Any, env_params: Any = None, **hooks: Any):
+    """Pure ``train(rng, env_params, hparams=None, source=None) -> TrainResult`` (jit/vmap-able;
+    ``hooks``: ``info_metrics`` / ``stream`` of :func:`make_ppo`)."""
+    return make_ppo(config, env, env_params, **hooks).train
 
 
 def policy_action(network: ActorCritic, params: Any, obs: jax.Array, rng: jax.Array | None,

@@ -88,15 +88,15 @@ def _jsonable(x: np.ndarray) -> Any:
 
 
 class _Fns:
-    """Jitted init and per-chunk-length run functions of one (config, env, num_seeds)."""
+    """Jitted init and per-chunk-length run functions of one runner (vmapped over seeds when
+    ``num_seeds`` is set)."""
 
-    def __init__(self, config: PPOConfig, env: Any, num_seeds: int | None, env_params: Any):
-        self.ppo = make_ppo(config, env, env_params)
-        self.env = env
+    def __init__(self, ppo: Any, num_seeds: int | None):
+        self.ppo = ppo
         self.num_seeds = num_seeds
-        init = self.ppo.init
+        init = ppo.init
         if num_seeds is not None:
-            init = jax.vmap(init, in_axes=(0, None, None))
+            init = jax.vmap(init, in_axes=(0, None, None, None))
         self.init = jax.jit(init)
         self._runs: dict[int, Any] = {}
 
@@ -117,18 +117,6 @@ class _Fns:
         return self._runs[n]
 
 
-_FNS: dict[tuple, _Fns] = {}
-
-
-def _compiled_fns(config: PPOConfig, env: Any, num_seeds: int | None, env_params: Any) -> _Fns:
-    """Share compiled functions between runners of the same config/env (spaces from the first
-    ``env_params`` seen; they must not change between runners of one env)."""
-    key = (config, id(env), num_seeds)
-    if key not in _FNS or _FNS[key].env is not env:
-        _FNS[key] = _Fns(config, env, num_seeds, env_params)
-    return _FNS[key]
-
-
 class Runner:
     """Train PPO with progress, metrics log, checkpoints and bit-exact resume.
 
@@ -137,13 +125,18 @@ class Runner:
     and ``checkpoints/``; an existing checkpoint there is resumed from automatically (only by
     a runner of the same identity, see the module docstring). ``guard``: divergence limits
     checked after every chunk (``validate.check_divergence``; meant for discrete actions, whose
-    entropy is >= 0); None checks finiteness only.
+    entropy is >= 0); None checks finiteness only. ``info_metrics`` / ``stream`` / ``source``:
+    PPO's hooks (``agents.ppo.make_ppo``) and the stream's traced source. ``on_chunk(rs,
+    update) -> dict``: called after every chunk (e.g. a held-out evaluation); its values are
+    logged in that chunk's last row. ``log_fields``: constant fields of every log row.
     """
 
     def __init__(self, config: PPOConfig, env: Any, env_params: Any, out_dir: str | Path, *,
                  seed: int = 0, hparams: PPOHParams | None = None, num_seeds: int | None = None,
                  chunk_updates: int = 10, checkpoint_every: int = 50, max_to_keep: int = 2,
-                 progress: bool = True, guard: GuardSection | None = None):
+                 progress: bool = True, guard: GuardSection | None = None,
+                 info_metrics: Any = None, stream: Any = None, source: Any = None,
+                 on_chunk: Any = None, log_fields: dict[str, Any] | None = None):
         for name, v in (("chunk_updates", chunk_updates), ("checkpoint_every", checkpoint_every),
                         ("max_to_keep", max_to_keep)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -163,10 +156,12 @@ class Runner:
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.max_to_keep = max_to_keep
+        self.source, self.on_chunk = source, on_chunk
+        self.log_fields = dict(log_fields or {})
         self.manager = self._new_manager()
         self._check_identity()
-        self._fns = _compiled_fns(config, env, num_seeds, env_params)
-        self.ppo = self._fns.ppo
+        self.ppo = make_ppo(config, env, env_params, info_metrics=info_metrics, stream=stream)
+        self._fns = _Fns(self.ppo, num_seeds)
 
     def _new_manager(self) -> ocp.CheckpointManager:
         return ocp.CheckpointManager(
@@ -187,6 +182,7 @@ class Runner:
             "env_static": {k: v for k, v in sorted(vars(self.env).items())
                            if isinstance(v, (bool, int, float, str))},
             "env_params_sha256": tree_digest(self.env_params),
+            "source_sha256": None if self.source is None else tree_digest(self.source),
         }
 
     def _check_identity(self) -> None:
@@ -247,7 +243,7 @@ class Runner:
 
     def initial_state(self) -> RunnerState:
         """Fresh runner state for ``seed`` (and ``num_seeds``)."""
-        return self._fns.init(self._rng(), self.env_params, self.hparams)
+        return self._fns.init(self._rng(), self.env_params, self.hparams, self.source)
 
     def restore(self) -> tuple[RunnerState, int]:
         """Latest good checkpoint (or a fresh state) and its update index.
@@ -319,12 +315,15 @@ class Runner:
         tmp.write_text("".join(ln + "\n" for ln in kept))
         os.replace(tmp, self.metrics_path)
 
-    def _log(self, first_update: int, metrics: dict[str, np.ndarray]) -> None:
+    def _log(self, first_update: int, metrics: dict[str, np.ndarray],
+             last: dict[str, Any] | None = None) -> None:
         n = len(next(iter(metrics.values())))
         with self.metrics_path.open("a") as f:
             for i in range(n):
-                row = {"update": first_update + i + 1}
+                row = {**self.log_fields, "update": first_update + i + 1}
                 row.update({k: _jsonable(v[i]) for k, v in metrics.items()})
+                if last and i == n - 1:
+                    row.update({k: _jsonable(v) for k, v in last.items()})
                 f.write(json.dumps(row) + "\n")
 
     # ------------------------------------------------------------------ main loop
@@ -359,7 +358,8 @@ class Runner:
                 except DivergenceError:
                     self._log(u, m)           # the diagnosis; no checkpoint of this chunk
                     raise
-                self._log(u, m)
+                extra = self.on_chunk(rs, end) if self.on_chunk is not None else None
+                self._log(u, m, extra)
                 chunks.append(m)
                 u = end
                 if u % self.checkpoint_every == 0 or u == self.config.num_updates:

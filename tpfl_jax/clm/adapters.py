@@ -1,13 +1,18 @@
 """Interfaces between the CLM orchestrator and the training / backtest machinery.
 
 ``TrainingAdapter`` and ``BacktestAdapter`` are the Protocols ``ClmOrchestrator`` is written for;
-their methods may be ``async`` or plain (the orchestrator awaits awaitables). ``backtest_metrics``
-turns a trades DataFrame (one row per closed trade, ``TRADE_KEYS`` columns) into the metrics the
-promotion criteria read.
+their methods may be ``async`` or plain (the orchestrator awaits awaitables).
 
-The real adapters (Flax PPO on ``TradingEnv`` with the job's ``tp_reward_weight``; evaluation on
-held-out market data recording its trades into the tracker) need ``tpfl_jax.agents.ppo`` and
-``tpfl_jax.env.trading`` and are added here once those modules exist.
+The promotion criteria read ``METRIC_KEYS``, each defined by ``tpfl_jax.accounting``:
+``n_trades`` (closed trades), ``win_rate``, ``tp_hit_rate`` (= ``hit_rate``), ``mean_r``,
+``sharpe_ratio`` (the CLM's name for ``trade_sharpe``: mean / sd of realised R per trade, not
+annualised), ``max_drawdown`` (mean over episodes of the deepest fall from the equity peak, a
+fraction of equity; absent when only a trades table is known) and ``total_r``.
+``backtest_metrics`` scores a trades DataFrame (one row per closed trade, ``TRADE_KEYS``
+columns); the PPO backtest adapter scores its episodes through ``accounting.rollout``.
+
+The real adapters: Flax PPO on ``TradingEnv`` with the job's ``tp_reward_weight``, and
+evaluation on held-out market data recording its trades into the tracker.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from tpfl_jax.clm.models import TrainingJob
-from tpfl_jax.env.stats import EXIT_TP, TRADE_KEYS
+from tpfl_jax.env.stats import TRADE_KEYS
 
 METRIC_KEYS = ("n_trades", "win_rate", "tp_hit_rate", "mean_r", "sharpe_ratio", "max_drawdown",
                "total_r")
@@ -75,39 +80,31 @@ class BacktestAdapter(Protocol):
         ...
 
 
-def backtest_metrics(trades: pd.DataFrame) -> dict[str, float]:
-    """Promotion metrics of a trades DataFrame (per-trade, in R units).
+def clm_metrics(sums: Any, max_drawdown: float | None = None) -> dict[str, float]:
+    """``METRIC_KEYS`` from ``accounting`` sums (summed over every trade and episode);
+    ``max_drawdown`` is left out when unknown (None)."""
+    from tpfl_jax.accounting import finalize
 
-    n_trades; win_rate (R > 0); tp_hit_rate (exit_reason 'tp'); mean_r; sharpe_ratio = mean R /
-    std R (per trade, not annualised; 0 with fewer than 2 trades or zero spread); max_drawdown =
-    largest peak-to-trough fall of cumulative R (>= 0); total_r. Needs ``r_realised`` and
-    ``exit_reason`` columns; rows in exit order.
-    """
-    for col in ("r_realised", "exit_reason"):
-        if col not in trades.columns:
-            raise ValueError(f"backtest_metrics: column {col!r} missing; expected the TRADE_KEYS "
-                             "columns of a backtest")
-    r = trades["r_realised"].to_numpy(dtype=float)
-    if not np.all(np.isfinite(r)):
-        bad = int(np.flatnonzero(~np.isfinite(r))[0])
-        raise ValueError(f"backtest_metrics: row {trades.index[bad]!r}: r_realised = {r[bad]}; "
-                         "expected a finite number")
-    n = len(r)
-    if n == 0:
-        return {k: 0.0 for k in METRIC_KEYS}
-    reasons = trades["exit_reason"]
-    hit = (reasons == EXIT_TP) if pd.api.types.is_numeric_dtype(reasons) else (reasons == "tp")
-    equity = np.concatenate([[0.0], np.cumsum(r)])
-    std = float(r.std(ddof=1)) if n > 1 else 0.0
-    return {
-        "n_trades": float(n),
-        "win_rate": float((r > 0).mean()),
-        "tp_hit_rate": float(np.asarray(hit, dtype=float).mean()),
-        "mean_r": float(r.mean()),
-        "sharpe_ratio": float(r.mean() / std) if std > 0 else 0.0,
-        "max_drawdown": float((np.maximum.accumulate(equity) - equity).max()),
-        "total_r": float(r.sum()),
-    }
+    m = finalize(sums, axis=None)
+    out = {"n_trades": float(np.asarray(sums.trades)), "win_rate": float(m["win_rate"]),
+           "tp_hit_rate": float(m["hit_rate"]), "mean_r": float(m["mean_r"]),
+           "sharpe_ratio": float(m["trade_sharpe"]), "total_r": float(np.asarray(sums.r))}
+    if max_drawdown is not None:
+        out["max_drawdown"] = float(max_drawdown)
+    return out
+
+
+def backtest_metrics(trades: pd.DataFrame) -> dict[str, float]:
+    """``METRIC_KEYS`` of a trades DataFrame (the trade contract's columns, rows = closed
+    trades) by the accounting's definitions; without ``max_drawdown`` (a trades table has no
+    equity curve)."""
+    from tpfl_jax.accounting import trade_sums_from_frame
+
+    try:
+        sums = trade_sums_from_frame(trades)
+    except ValueError as e:
+        raise ValueError(f"backtest_metrics: {e}") from None
+    return clm_metrics(sums)
 
 
 # --------------------------------------------------------------------------- real adapters
@@ -183,7 +180,10 @@ class PPOTrainingAdapter:
         env = TradingEnv(**self.env_static)
         env_kwargs = {**self.env_kwargs, **job.training_params.get("env_params", {})}
         env_params = env.make_params(data, tp_reward_weight=weight, **env_kwargs)
-        result = jax.jit(make_train(cfg, env))(jax.random.key(self.seed), env_params)
+        from tpfl_jax.accounting import train_info_metrics
+
+        result = jax.jit(make_train(cfg, env, info_metrics=train_info_metrics))(
+            jax.random.key(self.seed), env_params)
         metrics = {k: np.asarray(v) for k, v in jax.device_get(result.metrics).items()}
         ret = metrics.get("episode_return", np.zeros(1))
         finite = ret[np.isfinite(ret)]
@@ -192,9 +192,8 @@ class PPOTrainingAdapter:
         summary = {"final_episode_return": float(finite[-1]) if finite.size else None,
                    "episodes_finished": float(np.nansum(metrics.get("episodes", 0.0))),
                    "num_updates": float(cfg.num_updates)}
-        for k in ("tp_hit_rate", "mean_r", "trades"):
-            if k in metrics:
-                summary[f"final_{k}"] = float(metrics[k][-1])
+        for k in ("hit_rate", "mean_r", "trades"):      # the last update's training rollout
+            summary[f"final_{k}"] = float(metrics[f"trade/{k}"][-1])
         config = {"ppo": dataclasses.asdict(cfg), "env_static": self.env_static,
                   "env_kwargs": {k: np.asarray(v).tolist() for k, v in env_kwargs.items()},
                   "tp_reward_weight": weight, "seed": self.seed}
@@ -237,7 +236,7 @@ class PPOBacktestAdapter:
                                      **model.config.get("env_kwargs", {}))
         ev = evaluate(model.params["network"], env, env_params, jax.random.key(self.seed),
                       self.n_episodes, deterministic=self.deterministic, config=cfg,
-                      obs_rms=model.params.get("obs_rms"))
+                      obs_rms=model.params.get("obs_rms"))    # accounting.rollout
         # the tracker takes the trade contract's columns (evaluate adds episode/step)
         trades = ev.trades[[k for k in TRADE_KEYS if k in ev.trades.columns]]
         if self.tracker is not None and len(trades):
@@ -246,7 +245,9 @@ class PPOBacktestAdapter:
                 trades, strategy_id=job.training_params.get("strategy_id", self.strategy_id),
                 symbol={i: s for i, s in enumerate(symbols)} if len(symbols) > 1 else symbols[0],
                 tp_reward_weight=model.config["tp_reward_weight"])
-        metrics = backtest_metrics(trades)
+        from tpfl_jax.accounting import total
+
+        metrics = clm_metrics(total(ev.sums), max_drawdown=ev.metrics["max_drawdown"])
         metrics["mean_episode_return"] = float(np.mean(ev.returns))
         return BacktestResult(metrics, trades)
 

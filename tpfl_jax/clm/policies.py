@@ -15,9 +15,11 @@ Policies (``POLICY_NAMES``; the seed's table is ``seed_table``):
   its centre by ``s = clip((volatility / vol_ref) ** vol_exponent, vol_scale_min, vol_scale_max)``:
   noisier symbols need a more extreme hit rate before the weight moves. Unknown volatility (0) ->
   ``s = 1``, i.e. exactly ``seed_table``.
-* ``gated``: moves to the table's target only when the whole Wilson interval (``z``) of the hit rate
-  lies in the same table region as the point estimate (R held at its estimate); otherwise, and for
-  invalid stats, keeps the previous weight.
+* ``gated``: moves to the table's target only when the hit rate says something about TP skill:
+  its Wilson interval (``z``) must exclude the no-edge hit rate ``sl / (tp + sl)`` of the chosen TP
+  distances (a low hit rate that wide TPs alone explain moves nothing) and lie in the same table
+  region as the point estimate (R held at its estimate); otherwise, and for invalid stats, it keeps
+  the previous weight. Without a no-edge rate (0) only the region test applies.
 * ``continuous``: ``w = clip(2 ** (cont_slope * (centre - hit)), w_min, w_max)`` with centre the
   middle of the hit-rate band (defaults: 2.0 at 0.45, 1.0 at 0.575, 0.5 at 0.70); invalid ->
   w_default. Uses the hit rate only.
@@ -27,6 +29,14 @@ Policies (``POLICY_NAMES``; the seed's table is ``seed_table``):
   ``w + exp_step``; negative expectancy (mean realised R < 0 and PnL per trade < 0) ->
   ``w - exp_step``; otherwise (mixed evidence) and for invalid stats the weight is held.
   Clipped to [w_min, w_max].
+* ``bandit``: learns which weight pays. Gaussian Thompson sampling over the ``bandit_grid``
+  weights, driven by the deployed PnL of the feedback period (``pnl_per_trade x total_attempts``:
+  use it with a per-period history). Each decision credits the period's PnL to the grid weight in
+  force, tries every untried grid weight first (in grid order), then draws each weight's mean PnL
+  from ``N(mean_k, sd^2 / n_k)`` (``sd``: the spread of every PnL observed so far) and moves to
+  the best draw. Its memory is ``PolicyState.arm_*``; draws are keyed by ``bandit_seed`` and the
+  update count (reproducible).
+* ``fixed``: keeps the weight it starts with (a control arm).
 
 On device (the closed loop) comparisons run in float32, the dtype of ``TPStats``. The host
 decision (``decide_weight``, the CLM) runs the same functions in float64 on the CPU, with the
@@ -47,7 +57,9 @@ from flax import struct
 
 from tpfl_jax.env.stats import TPStats, make_tp_stats
 
-POLICY_NAMES = ("seed_table", "ema", "vol_scaled", "gated", "continuous", "expectancy")
+POLICY_NAMES = ("seed_table", "ema", "vol_scaled", "gated", "continuous", "expectancy", "bandit",
+                "fixed")
+BANDIT_ARMS = 4  # static size of ``PolicyParams.bandit_grid``
 
 # reason codes
 REASON_NO_DATA = 0          # invalid stats (no feedback)
@@ -61,9 +73,12 @@ REASON_CONTINUOUS = 7       # continuous mapping
 REASON_EXP_UP = 8           # expectancy: positive expectancy and TP skill -> raise
 REASON_EXP_DOWN = 9         # expectancy: negative expectancy -> lower
 REASON_EXP_HOLD = 10        # expectancy: mixed evidence -> hold
+REASON_BANDIT_EXPLORE = 11  # bandit: an untried grid weight
+REASON_BANDIT_SAMPLE = 12   # bandit: the best Thompson draw
+REASON_FIXED = 13           # fixed: the weight it started with
 REASON_NAMES = ("no_data", "low_hit_good_r", "high_hit_low_r", "ok_hit_low_r", "optimal",
                 "no_rule", "inconclusive", "continuous", "expectancy_up", "expectancy_down",
-                "expectancy_hold")
+                "expectancy_hold", "bandit_explore", "bandit_sample", "fixed")
 
 
 @struct.dataclass
@@ -89,17 +104,26 @@ class PolicyParams:
     w_max: Any = 2.0
     exp_step: Any = 0.25
     skill_margin: Any = 0.0
+    bandit_grid: Any = struct.field(default_factory=lambda: jnp.asarray(
+        (0.0, 0.5, 1.0, 2.0), jnp.float32))
+    bandit_seed: Any = 0.0
 
 
 PARAM_FIELDS = tuple(f.name for f in dataclasses.fields(PolicyParams) if f.name != "policy_id")
+_ARRAY_FIELDS = ("bandit_grid",)
 
 
 @struct.dataclass
 class PolicyState:
-    """Policy memory: the weight in force and the number of updates."""
+    """Policy memory: the weight in force, the number of updates and the bandit's per-grid-weight
+    count, sum and sum of squares of the PnL it observed (zeros for the other policies)."""
 
     weight: jax.Array
     n_updates: jax.Array
+    arm_n: jax.Array = struct.field(default_factory=lambda: jnp.zeros(BANDIT_ARMS, jnp.float32))
+    arm_sum: jax.Array = struct.field(
+        default_factory=lambda: jnp.zeros(BANDIT_ARMS, jnp.float32))
+    arm_sq: jax.Array = struct.field(default_factory=lambda: jnp.zeros(BANDIT_ARMS, jnp.float32))
 
 
 def init_policy_state(weight: float = 1.0) -> PolicyState:
@@ -117,10 +141,17 @@ def make_policy_params(policy: str = "seed_table", **overrides: float) -> Policy
     if unknown:
         raise ValueError(f"make_policy_params: unknown parameter(s) {sorted(unknown)}; "
                          f"expected a subset of {PARAM_FIELDS}")
-    vals = {f: getattr(PolicyParams(), f) for f in PARAM_FIELDS} | overrides
+    defaults = PolicyParams()
+    vals = {f: getattr(defaults, f) for f in PARAM_FIELDS if f not in _ARRAY_FIELDS} | {
+        k: v for k, v in overrides.items() if k not in _ARRAY_FIELDS}
     for k, v in vals.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
             raise ValueError(f"make_policy_params: {k} = {v!r}; expected a finite number")
+    grid = np.asarray(overrides.get("bandit_grid", defaults.bandit_grid), float)
+    if grid.shape != (BANDIT_ARMS,) or not np.all(np.isfinite(grid)) or np.any(grid < 0) \
+            or np.any(np.diff(grid) <= 0):
+        raise ValueError(f"make_policy_params: bandit_grid = {overrides.get('bandit_grid')!r}; "
+                         f"expected {BANDIT_ARMS} increasing finite weights >= 0")
     checks = [
         (0.0 <= vals["hit_low"] < vals["hit_high"] <= 1.0, "0 <= hit_low < hit_high <= 1"),
         (vals["r_good"] > 0, "r_good > 0"),
@@ -139,6 +170,7 @@ def make_policy_params(policy: str = "seed_table", **overrides: float) -> Policy
         if not ok:
             raise ValueError(f"make_policy_params: expected {text}; got {overrides}")
     return PolicyParams(policy_id=jnp.int32(POLICY_NAMES.index(policy)),
+                        bandit_grid=jnp.asarray(grid, jnp.float32),
                         **{k: jnp.float32(v) for k, v in vals.items()})
 
 
@@ -165,7 +197,7 @@ def _table(hit, r, lo, hi, p: PolicyParams) -> tuple[jax.Array, jax.Array]:
 def _out(valid, w, code, fallback_w, state: PolicyState):
     w = jnp.where(valid, w, fallback_w).astype(jnp.float32)
     code = jnp.where(valid, code, REASON_NO_DATA).astype(jnp.int32)
-    return w, PolicyState(weight=w, n_updates=state.n_updates + 1), code
+    return w, state.replace(weight=w, n_updates=state.n_updates + 1), code
 
 
 def seed_table(stats: TPStats, state: PolicyState, params: PolicyParams):
@@ -216,13 +248,16 @@ def wilson_interval(hits, attempts, z) -> tuple[jax.Array, jax.Array]:
 
 
 def gated(stats: TPStats, state: PolicyState, params: PolicyParams):
-    """The table's target only when the hit rate's Wilson interval clears the thresholds."""
+    """The table's target only when the hit rate's Wilson interval excludes the no-edge hit
+    rate (TP skill) and clears the table's thresholds; else the weight is held."""
     lo_ci, hi_ci = wilson_interval(stats.total_hits, stats.total_attempts, params.z)
     args = (stats.avg_r_multiple, params.hit_low, params.hit_high, params)
     w, code = _table(stats.tp_hit_rate, *args)
     _, code_lo = _table(lo_ci, *args)
     _, code_hi = _table(hi_ci, *args)
-    conclusive = (code_lo == code) & (code_hi == code)
+    no_edge = _f32(stats.no_edge_hit_rate)
+    skill = (no_edge <= 0) | (lo_ci > no_edge) | (hi_ci < no_edge)
+    conclusive = (code_lo == code) & (code_hi == code) & skill
     w = jnp.where(conclusive, w, state.weight)
     code = jnp.where(conclusive, code, REASON_INCONCLUSIVE)
     return _out(stats.valid, w, code, state.weight, state)
@@ -248,11 +283,44 @@ def expectancy(stats: TPStats, state: PolicyState, params: PolicyParams):
     return _out(stats.valid, w, code, state.weight, state)
 
 
+def bandit(stats: TPStats, state: PolicyState, params: PolicyParams):
+    """Thompson sampling over ``bandit_grid``, rewarded by the period's deployed PnL."""
+    grid = _f32(params.bandit_grid)
+    cur = jnp.argmin(jnp.abs(grid - _f32(state.weight)))
+    reward = _f32(stats.pnl_per_trade) * _f32(stats.total_attempts)
+    one = jax.nn.one_hot(cur, grid.shape[0], dtype=grid.dtype)
+    n = _f32(state.arm_n) + one
+    tot = _f32(state.arm_sum) + one * reward
+    sq = _f32(state.arm_sq) + one * reward * reward
+    mean = tot / jnp.maximum(n, 1.0)
+    n_all = jnp.sum(n)
+    mu_all = jnp.sum(tot) / n_all
+    var = (jnp.sum(sq) - n_all * mu_all * mu_all) / jnp.maximum(n_all - 1.0, 1.0)
+    sd = jnp.sqrt(jnp.maximum(var, 0.0))
+    key = jax.random.fold_in(jax.random.key(0), (_f32(params.bandit_seed) * 1009.0
+                                                 + _f32(state.n_updates)).astype(jnp.int32))
+    draw = mean + sd / jnp.sqrt(jnp.maximum(n, 1.0)) * jax.random.normal(key, grid.shape,
+                                                                          grid.dtype)
+    untried = n == 0
+    explore = jnp.any(untried)
+    pick = jnp.where(explore, jnp.argmax(untried), jnp.argmax(draw))
+    w = grid[pick]
+    code = jnp.where(explore, REASON_BANDIT_EXPLORE, REASON_BANDIT_SAMPLE)
+    new = state.replace(arm_n=n, arm_sum=tot, arm_sq=sq)
+    return _out(True, w, code, w, new)
+
+
+def fixed(stats: TPStats, state: PolicyState, params: PolicyParams):
+    """The weight in force, always (a control arm)."""
+    del stats, params
+    return _out(True, state.weight, REASON_FIXED, state.weight, state)
+
+
 PolicyFn = Callable[[TPStats, PolicyState, PolicyParams],
                     tuple[jax.Array, PolicyState, jax.Array]]
 POLICIES: dict[str, PolicyFn] = {
     "seed_table": seed_table, "ema": ema, "vol_scaled": vol_scaled, "gated": gated,
-    "continuous": continuous, "expectancy": expectancy,
+    "continuous": continuous, "expectancy": expectancy, "bandit": bandit, "fixed": fixed,
 }
 assert tuple(POLICIES) == POLICY_NAMES
 
@@ -345,6 +413,10 @@ def reason_text(code: int, hit: float | None, r: float | None, weight: float,
                          "{w:.2f}",
         REASON_EXP_HOLD: "Mixed expectancy evidence (hit rate {hit:.1%}) - holding TP weight "
                          "{w:.2f}",
+        REASON_BANDIT_EXPLORE: "Bandit: trying the untried TP weight {w:.2f}",
+        REASON_BANDIT_SAMPLE: "Bandit: TP weight {w:.2f} has the best Thompson draw of deployed "
+                              "PnL",
+        REASON_FIXED: "Fixed policy: TP weight {w:.2f}",
     }
     if code not in texts:
         raise ValueError(f"reason_text: code = {code!r}; expected one of {sorted(texts)}")
@@ -369,13 +441,18 @@ def decide_weight(feedback: Mapping[str, Any] | None, policy: str = "seed_table"
         # float64 on the host: float32 leaves back at their decimals (host_float: 1.2f -> 1.2)
         def f64(x):
             x = np.asarray(x)
-            return (jnp.asarray(host_float(x), jnp.float64)
-                    if np.issubdtype(x.dtype, np.floating) else jnp.asarray(x))
+            if not np.issubdtype(x.dtype, np.floating):
+                return jnp.asarray(x)
+            return jnp.asarray(np.vectorize(host_float, otypes=[np.float64])(x)
+                               if x.ndim else host_float(x), jnp.float64)
         stats = stats_from_feedback(feedback, volatility)
         w, new_state, code = _apply_jit(stats, jax.tree.map(f64, state),
                                         jax.tree.map(f64, params))
         w = np.float32(w)
-        new_state = PolicyState(weight=jnp.float32(w), n_updates=jnp.int32(new_state.n_updates))
+        new_state = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32)
+                                 if jnp.issubdtype(x.dtype, jnp.floating) else x, new_state)
+        new_state = new_state.replace(weight=jnp.float32(w),
+                                      n_updates=jnp.int32(new_state.n_updates))
     weight, code = host_float(w), int(code)
     hit = None if feedback is None else float(feedback["tp_hit_rate"])
     r = None if feedback is None else float(feedback["avg_r_multiple"])

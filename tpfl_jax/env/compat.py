@@ -32,7 +32,7 @@ def _resolve_market(provider: Any) -> MarketData:
     if isinstance(provider, pd.DataFrame):
         from tpfl_jax.market.data import from_dataframe
 
-        return from_dataframe(provider)
+        return from_dataframe(provider, window_len=len(provider))   # one path: the whole frame
     for name in ("get_market_data", "get_data"):
         if hasattr(provider, name):
             return _resolve_market(getattr(provider, name)())

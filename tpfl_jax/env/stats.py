@@ -2,8 +2,8 @@
 
 Every ``TradingEnv.step`` puts ``info["trade"]``: a dict of per-step scalars (``TRADE_KEYS``)
 describing the trade that closed on that step (``closed`` False and zeros otherwise).
-``tp_stats`` reduces any batch of those dicts (any leading axes) into ``TPStats``, the pytree
-the weight policies consume, with the same rules as the SQLite tracker.
+``TPStats`` is the pytree of tracker aggregates the weight policies consume (same rules as the
+SQLite tracker); ``tpfl_jax.accounting.tp_stats`` builds it from trade sums.
 """
 
 from __future__ import annotations
@@ -106,41 +106,3 @@ def make_tp_stats(attempts, hits, sum_r, premature, min_attempts=10, volatility=
         no_edge_hit_rate=jnp.where(attempts > 0,
                                    jnp.asarray(sum_no_edge, jnp.float32) / denom, 0.0),
     )
-
-
-def tp_stats(trade: dict[str, Any], min_attempts=10, r_cap: float = R_CAP) -> TPStats:
-    """Reduce a batch of ``info["trade"]`` dicts (any leading axes) into ``TPStats``.
-
-    Attempts are all closed trades (every trade carries a TP), including ``end`` exits.
-    ``pnl`` / ``r_planned`` are optional (PnL per trade / no-edge hit rate 0 without them).
-    """
-    closed = trade["closed"].astype(jnp.float32)
-    pnl = trade["pnl"] * closed if "pnl" in trade else jnp.zeros_like(closed)
-    no_edge = (no_edge_hit_rate(trade["r_planned"]) * closed if "r_planned" in trade
-               else jnp.zeros_like(closed))
-    return make_tp_stats(
-        attempts=closed.sum(),
-        hits=(trade["hit"].astype(jnp.float32) * closed).sum(),
-        sum_r=(trade["r_realised"] * closed).sum(),
-        premature=(trade["premature"].astype(jnp.float32) * closed).sum(),
-        min_attempts=min_attempts,
-        r_cap=r_cap,
-        sum_pnl=pnl.sum(),
-        sum_no_edge=no_edge.sum(),
-    )
-
-
-def trade_summary(trade: dict[str, Any]) -> dict[str, jax.Array]:
-    """Scalar per-batch trade metrics for training logs (reduced on device)."""
-    closed = trade["closed"].astype(jnp.float32)
-    n = closed.sum()
-    d = jnp.maximum(n, 1.0)
-    return {
-        "trades": n,
-        "tp_hit_rate": (trade["hit"] * closed).sum() / d,
-        "mean_r": (trade["r_realised"] * closed).sum() / d,
-        "premature_rate": (trade["premature"] * closed).sum() / d,
-        "mean_tp_mult": (trade["tp_mult"] * closed).sum() / d,
-        "tp_zone_accuracy": (trade["tp_zone_accuracy"] * closed).sum() / d,
-        "pnl": (trade["pnl"] * closed).sum(),
-    }

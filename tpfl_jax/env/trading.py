@@ -26,7 +26,14 @@ from flax import struct
 from gymnax.environments import environment, spaces
 
 from tpfl_jax.env.exits import reached_level, resolve_bar, tp_zone_accuracy
-from tpfl_jax.env.stats import EXIT_END, EXIT_MANUAL, EXIT_NONE, EXIT_TIME, EXIT_TP
+from tpfl_jax.env.stats import (
+    EXIT_END,
+    EXIT_MANUAL,
+    EXIT_NONE,
+    EXIT_TIME,
+    EXIT_TP,
+    no_edge_hit_rate,
+)
 from tpfl_jax.market.types import MarketData, make_market_data
 from tpfl_jax.reward import VOL_FLOOR, RewardCoefs, reward_terms
 
@@ -57,6 +64,12 @@ class EnvState(environment.EnvState):
     entry_bar: jax.Array
     max_drawdown: jax.Array  # deepest drawdown of this episode so far (fraction, >= 0)
     episode_vol: jax.Array   # one bar's volatility (vol unit / close) at the episode's start
+    # Path lanes (fresh training data, ``market.fresh``): the path the next auto-reset starts on
+    # (-1: a random path) and the lane stride (paths [stride, n_paths) are this update's fresh
+    # paths, lane i owning stride + i, 2 * stride + i, ...; 0: no lanes). A lane whose paths are
+    # used up falls back to random paths; ``step`` flags those resets (``info["reused_path"]``).
+    lane_next: jax.Array = -1
+    lane_stride: jax.Array = 0
 
 
 # Traced integer switches of EnvParams, written as names in configs (``make_params`` maps them).
@@ -123,6 +136,16 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
         self.window = int(window)
         self.n_tp = int(n_tp)
         self.premature_horizon = int(premature_horizon)
+
+    # equal static settings are the same env (one compiled program; no identity-keyed caches)
+    def _key(self) -> tuple[Any, ...]:
+        return (type(self), self.window, self.n_tp, self.premature_horizon)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TradingEnv) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     # ------------------------------------------------------------------ params
     def make_params(self, market: MarketData, **kwargs: Any) -> EnvParams:
@@ -342,7 +365,8 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
             mfe=keep(mfe, f0), mae=keep(mae, f0),
             bars_held=keep(bars_held, 0).astype(jnp.int32),
             entry_bar=keep(entry_bar, 0).astype(jnp.int32), max_drawdown=max_dd,
-            episode_vol=state.episode_vol,
+            episode_vol=state.episode_vol, lane_next=state.lane_next,
+            lane_stride=state.lane_stride,
         )
         terminated = self.is_terminated(new_state, params)
         # bonus_accuracy: the accuracy the TP bonus was paid on (EnvParams.accuracy's mode; 0
@@ -362,10 +386,19 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
         return _step(self, key, state, action,
                      self.default_params if params is None else params)
 
-    def reset_env(self, key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
+    def reset_env(self, key: jax.Array, params: EnvParams, lane_next: Any = -1,
+                  lane_stride: Any = 0) -> tuple[jax.Array, EnvState]:
+        """A new episode: a random path and start bar from ``key``; with ``lane_next >= 0`` the
+        episode starts on path ``lane_next`` instead (a fresh path of this env's lane), and the
+        state's ``lane_next`` moves to the lane's following path (see :class:`EnvState`)."""
         m = params.market
         u = _key_uniforms(key)
-        path = jnp.minimum((u[0] * m.n_paths).astype(jnp.int32), m.n_paths - 1)
+        lane_next = jnp.asarray(lane_next, jnp.int32)
+        lane_stride = jnp.asarray(lane_stride, jnp.int32)
+        random_path = jnp.minimum((u[0] * m.n_paths).astype(jnp.int32), m.n_paths - 1)
+        laned = lane_next >= 0
+        path = jnp.where(laned, lane_next, random_path)
+        nxt = jnp.where(path + lane_stride < m.n_paths, path + lane_stride, -1)  # exhausted
         # the episode reads bars start-window .. start+max_steps (inclusive)
         n_starts = jnp.maximum(m.n_bars - params.max_steps_in_episode - 1 - self.window, 1)
         start = self.window + jnp.minimum((u[1] * n_starts).astype(jnp.int32), n_starts - 1)
@@ -377,6 +410,7 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
             tp_price=f0, sl_price=f0, tp_mult=f0, risk=f0, entry_cost=f0, mfe=f0, mae=f0,
             bars_held=jnp.int32(0), entry_bar=jnp.int32(0), max_drawdown=f0,
             episode_vol=(m.vol_unit[path, start] / m.close[path, start]).astype(jnp.float32),
+            lane_next=jnp.where(laned, nxt, -1).astype(jnp.int32), lane_stride=lane_stride,
         )
         return self.get_obs(state, params), state
 
@@ -420,12 +454,16 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
     def num_actions(self) -> int:
         return 1 + 2 * self.n_tp
 
+    @property
+    def obs_size(self) -> int:
+        """Observation length: ``window`` returns + ``N_POSITION_FEATURES``."""
+        return self.window + N_POSITION_FEATURES
+
     def action_space(self, params: EnvParams | None = None) -> spaces.Discrete:
         return spaces.Discrete(self.num_actions)
 
     def observation_space(self, params: EnvParams | None = None) -> spaces.Box:
-        n = self.window + N_POSITION_FEATURES
-        return spaces.Box(-jnp.inf, jnp.inf, (n,), jnp.float32)
+        return spaces.Box(-jnp.inf, jnp.inf, (self.obs_size,), jnp.float32)
 
     def state_space(self, params: EnvParams) -> spaces.Dict:
         return spaces.Dict({
@@ -483,10 +521,10 @@ def mode_index(field: str, value: Any) -> Any:
 
 
 def no_edge_hit_probability(tp_mult, sl_mult):
-    """``sl / (tp + sl)``: the probability that a driftless continuous price reaches the TP
-    before the SL (gambler's ruin). Measured no-edge hit rates on the synthetic markets are
-    within ~0.04 of it (bars, SL-first and the time barrier move it a little)."""
-    return sl_mult / (tp_mult + sl_mult)
+    """``sl / (tp + sl)``: ``env.stats.no_edge_hit_rate`` of the planned R ``tp / sl`` (the
+    gambler's-ruin TP-before-SL probability of a driftless continuous price; measured no-edge hit
+    rates on the synthetic markets are within ~0.04 of it)."""
+    return no_edge_hit_rate(jnp.asarray(tp_mult, jnp.float32) / sl_mult)
 
 
 def bonus_accuracy(mode, hit, mfe_ratio, tp_mult, sl_mult):
@@ -534,11 +572,13 @@ def _step(env: TradingEnv, key, state, action, params):
     obs_st, state_st, reward, terminated, info = env.step_env(key, state, action, params)
     truncated = env.is_truncated(state_st, params)
     done = jnp.logical_or(terminated, truncated)
-    obs_re, state_re = env.reset_env(key, params)
+    obs_re, state_re = env.reset_env(key, params, state_st.lane_next, state_st.lane_stride)
     state = jax.tree.map(lambda x, y: jax.lax.select(done, x, y), state_re, state_st)
     obs = jax.lax.select(done, obs_re, obs_st)
+    # a lane with no fresh path left: this reset went to a random (possibly used) path
+    reused = done & (state_st.lane_stride > 0) & (state_st.lane_next < 0)
     info = {**info, "terminated": terminated, "truncated": truncated,
-            "final_observation": obs_st}
+            "final_observation": obs_st, "reused_path": reused}
     return obs, state, reward, terminated, truncated, info
 
 

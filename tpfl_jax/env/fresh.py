@@ -1,0 +1,98 @@
+"""Fresh training paths for every PPO update: a synthetic market is a generator, so an agent
+never needs to see the same bars twice.
+
+:class:`FreshPaths` is a ``agents.ppo.DataStream`` for :class:`~tpfl_jax.env.trading.TradingEnv`.
+Its market has ``num_envs * (1 + lanes)`` paths of ``n_bars`` bars:
+
+* paths ``[0, num_envs)`` carry the running episodes: before every update, env ``i``'s current
+  path is copied into slot ``i`` (the bars it is trading on do not change, so neither does its
+  observation);
+* paths ``[num_envs, ...)`` are generated anew from the update's key: env ``i`` owns the lane
+  ``num_envs * (1 + r) + i`` (``r = 0 .. lanes - 1``), and its ``r``-th reset in the update starts
+  on that path (``TradingEnv.reset_env``'s lane). ``lanes = ceil(num_steps / episode steps) + 1``
+  covers every natural reset of an update plus one early termination (ruin); a lane used up
+  falls back to random paths, and ``step`` flags such resets (``info["reused_path"]``).
+
+So every episode trains on a path no earlier episode used, episodes run to their full length
+across updates, and the data are a pure function of the training key (reproducible; arms given
+the same key see the same paths). The generator's parameters are the traced ``source``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from tpfl_jax.market.types import MarketData
+
+
+@struct.dataclass
+class FreshData:
+    """The stream's state: the generator params (traced) and the market in use."""
+
+    source: Any
+    market: MarketData
+
+
+@dataclass(frozen=True)
+class FreshPaths:
+    """Fresh paths of ``n_bars`` bars with ``substeps`` intrabar points from the generator
+    given as ``source`` (``market.synthetic``), for ``num_envs`` envs of ``env`` whose rollouts
+    are ``num_steps`` long and whose episodes are ``episode_steps`` long (all static)."""
+
+    env: Any
+    n_bars: int
+    substeps: int
+    num_envs: int
+    num_steps: int
+    episode_steps: int
+
+    @property
+    def lanes(self) -> int:
+        """Fresh paths per env and update."""
+        return math.ceil(self.num_steps / max(self.episode_steps, 1)) + 1
+
+    @property
+    def n_paths(self) -> int:
+        return self.num_envs * (1 + self.lanes)
+
+    def _simulate(self, key: jax.Array, source: Any, n: int) -> MarketData:
+        from tpfl_jax.market import synthetic
+
+        return synthetic.simulate(key, source, n, self.n_bars, self.substeps)
+
+    def _lanes(self, env_state: Any) -> Any:
+        """Every env back on its first fresh lane path."""
+        n = self.num_envs
+        first = n + jnp.arange(n, dtype=jnp.int32)
+        return env_state.replace(lane_next=first, lane_stride=jnp.full((n,), n, jnp.int32))
+
+    def start(self, key: jax.Array, source: Any, env_params: Any
+              ) -> tuple[FreshData, jax.Array, Any, Any]:
+        """A fresh market and every env reset on its own fresh path."""
+        k_mkt, k_reset = jax.random.split(key)
+        market = self._simulate(k_mkt, source, self.n_paths)
+        params = env_params.replace(market=market)
+        n = self.num_envs
+        first = n + jnp.arange(n, dtype=jnp.int32)
+        obs, state = jax.vmap(self.env.reset_env, in_axes=(0, None, 0, None))(
+            jax.random.split(k_reset, n), params, first, jnp.int32(n))
+        return FreshData(source, market), obs, self._lanes(state), params
+
+    def refresh(self, key: jax.Array, data: FreshData, env_state: Any, env_params: Any
+                ) -> tuple[FreshData, Any, Any]:
+        """Running episodes' paths copied to slots ``[0, num_envs)``; new lane paths."""
+        n = self.num_envs
+        carried = jax.tree.map(lambda x: x[env_state.path], data.market)
+        fresh = self._simulate(key, data.source, n * self.lanes)
+        market = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), carried, fresh)
+        state = self._lanes(env_state.replace(path=jnp.arange(n, dtype=jnp.int32)))
+        return data.replace(market=market), state, env_params.replace(market=market)
+
+
+__all__ = ["FreshData", "FreshPaths"]
