@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tpfl_jax.accounting import train_info_metrics
 from tpfl_jax.agents.ppo import PPOConfig, make_train
 
 MATCHED = dict(num_envs=4, num_steps=128, update_epochs=4, num_minibatches=4, lr=2.5e-4,
@@ -131,11 +132,11 @@ def trading_single(weight: float, seed: int, total: int) -> None:
     """One configuration, as a separate process would run it (used for the sequential timing)."""
     t0 = time.perf_counter()
     env, params, cfg = trading_setup(total)
-    train = jax.jit(make_train(cfg, env, params))
+    train = jax.jit(make_train(cfg, env, params, info_metrics=train_info_metrics))
     out = jax.block_until_ready(train(jax.random.key(seed),
                                       params.replace(tp_reward_weight=jnp.float32(weight))))
     print(f"single {weight} {seed}: {time.perf_counter() - t0:.2f} s "
-          f"{float(out.metrics['trade/tp_hit_rate'][-1]):.3f}")
+          f"{float(out.metrics['trade/hit_rate'][-1]):.3f}")
 
 
 def trading_sweep(total: int, n_seq: int) -> None:
@@ -145,7 +146,8 @@ def trading_sweep(total: int, n_seq: int) -> None:
     w = jnp.asarray(WEIGHTS, jnp.float32)
     eps = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(WEIGHTS), *jnp.shape(x))), params)
     eps = eps.replace(tp_reward_weight=w)
-    sweep = jax.vmap(jax.vmap(make_train(cfg, env, params), (0, None)), (None, 0))
+    train = make_train(cfg, env, params, info_metrics=train_info_metrics)
+    sweep = jax.vmap(jax.vmap(train, (0, None)), (None, 0))
     t_all = time.perf_counter()
     c, r, out = timed(sweep, jax.random.split(jax.random.key(0), 4), eps)
     wall = time.perf_counter() - t_all
@@ -157,7 +159,7 @@ def trading_sweep(total: int, n_seq: int) -> None:
     print("weight | ep_return | trades/upd | tp_hit_rate | mean_tp_mult | mean_r | tp_zone_acc")
     for i, wt in enumerate(WEIGHTS):
         print(f"{wt:6.2f} | {m['episode_return'][i]:9.2f} | {m['trade/trades'][i]:10.1f} | "
-              f"{m['trade/tp_hit_rate'][i]:11.3f} | {m['trade/mean_tp_mult'][i]:12.3f} | "
+              f"{m['trade/hit_rate'][i]:11.3f} | {m['trade/mean_tp_mult'][i]:12.3f} | "
               f"{m['trade/mean_r'][i]:6.3f} | {m['trade/tp_zone_accuracy'][i]:.3f}")
     seq = []
     for i in range(n_seq):

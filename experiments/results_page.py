@@ -3,10 +3,12 @@
 
     python experiments/results_page.py results/study results/real [--out experiments/RESULTS.md]
 
-Per job: the primary metric's paired differences of every arm against ``fixed_1.0`` and
-``fixed_0.0`` (Holm-adjusted intervals, p-values, decisions, MDE), the reference rules on the
-same deployment episodes, the training table (entropy against its maximum) and the reward audit
-summary. Numbers are read from the files each run wrote; nothing is recomputed.
+Per job: the answer (best arm, what differs from each control after Holm, the reference rules on
+the same episodes), the levels table (every arm beside flat / buy-and-hold / trend / oracle), the
+primary metric's paired differences against both controls (simultaneous Bonferroni intervals,
+Holm-adjusted p-values, Holm decisions, MDE at alpha/m), the training table (entropy against its
+maximum, repetition) and the reward audit summary, with the learning-curve and levels figures.
+Numbers are read from the files each run wrote (``tpfl_jax.results`` only formats them).
 """
 
 from __future__ import annotations
@@ -31,56 +33,57 @@ def _fmt(v: float) -> str:
 
 
 def job_section(job: Path, figure: Path | None = None, out: Path | None = None) -> str:
-    """The markdown section of one job; its paired-difference plot is copied to ``figure``
-    (linked relative to ``out``) when given, else linked where it lies."""
+    """The markdown section of one job; its figures are copied next to ``figure`` (a path
+    stem, linked relative to ``out``) when given, else linked where they lie."""
+    from tpfl_jax import report
+    from tpfl_jax import results as R
+
     paired = pd.read_csv(job / "paired.csv")
     cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
     primary = cfg["stats"]["primary_metric"]
     p = paired[paired.metric == primary]
     summary = pd.read_csv(job / "summary.csv")
-    means = summary.groupby("policy", sort=False)[primary].mean()
-    lines = [f"### {_job_label(job)}", "",
-             f"{int(p['n'].iloc[0])} seeds; primary metric `{primary}` (PnL per deploy episode, "
-             "mean over cycles 1..C-1); arm - control per seed; Holm-adjusted intervals.", "",
-             "| arm | mean | vs fixed_1.0 [Holm CI] | p (Holm) | vs fixed_0.0 [Holm CI] | "
-             "p (Holm) | MDE |", "|---|---|---|---|---|---|---|"]
-    for arm in means.index:
-        row = [f"`{arm}`", _fmt(means[arm])]
+    refs = pd.read_csv(job / "references.csv")
+    ref_summary = R.reference_summary(refs)
+    controls = list(dict.fromkeys(p.control))
+    lines = [f"### {_job_label(job)}", "", *R.answer(summary, p, ref_summary, controls, primary),
+             "", report.levels_markdown(pd.read_csv(job / "levels.csv"), primary), "",
+             f"{int(p['n'].iloc[0])} seeds; `{primary}` (PnL per deploy episode, mean over "
+             "cycles 1..C-1); arm - control per seed; 95% simultaneous intervals (Bonferroni); "
+             "decisions by Holm.", "",
+             "| arm | vs fixed_1.0 [simult. CI] | p (Holm) | vs fixed_0.0 [simult. CI] | "
+             "p (Holm) | MDE |", "|---|---|---|---|---|---|"]
+    for arm in dict.fromkeys(summary.policy):
+        row = [f"`{arm}`"]
         for ctl in ("fixed_1.0", "fixed_0.0"):
             r = p[(p.control == ctl) & (p.arm == arm)]
             if len(r):
                 r = r.iloc[0]
                 star = " **" if r.reject else ""
-                row += [f"{_fmt(r.mean_diff)} [{_fmt(r.holm_lo)}, {_fmt(r.holm_hi)}]{star}",
+                row += [f"{_fmt(r.mean_diff)} [{_fmt(r.simul_lo)}, {_fmt(r.simul_hi)}]{star}",
                         f"{r.p_holm:.3g}"]
             else:
                 row += ["control", ""]
         mde = p[p.arm == arm]["mde"]
         row.append(f"{mde.iloc[0]:.0f}" if len(mde) else "")
         lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
-    lines.append("`**`: rejected at family level 5% (Holm).")
+    lines += ["", "`**`: rejected at family level 5% (Holm)."]
     for metric in (m for m in cfg["stats"].get("secondary_metrics", []) if m != primary):
         sec = paired[(paired.metric == metric) & paired.control.isin(["fixed_1.0", "fixed_0.0"])]
         if not len(sec):
             continue
-        cells = [f"{r.arm} vs {r.control} {_fmt(r.mean_diff)} [{_fmt(r.holm_lo)}, "
-                 f"{_fmt(r.holm_hi)}]{' **' if r.reject else ''}" for r in sec.itertuples()]
-        lines += ["", f"Secondary `{metric}` (Holm-adjusted within the metric): "
-                  + "; ".join(cells) + "."]
-    refs_f = job / "references.csv"
-    if refs_f.exists():
-        refs = pd.read_csv(refs_f).groupby("rule", sort=False)["oos_pnl"].agg(["mean", "std",
-                                                                                 "count"])
-        lines += ["", "Reference rules on the same deployment episodes (oos_pnl, mean ± sd "
-                  "over seeds): " + "; ".join(f"{n} {_fmt(r['mean'])} ± {r['std']:.0f}"
-                                              for n, r in refs.iterrows())]
+        cells = [f"{r.arm} vs {r.control} {_fmt(r.mean_diff)} [{_fmt(r.simul_lo)}, "
+                 f"{_fmt(r.simul_hi)}]{' **' if r.reject else ''}" for r in sec.itertuples()]
+        lines += ["", f"Secondary `{metric}` (simultaneous intervals and Holm decisions within "
+                  "the metric): " + "; ".join(cells) + "."]
     tr = pd.read_csv(job / "training.csv")
     lines += ["", "Training: entropy / max per cycle "
               + ", ".join(f"{x:.2f}" for x in tr.entropy_ratio)
               + "; updates per cycle " + ", ".join(f"{x:.0f}" for x in tr.updates_mean)
               + "; share meeting the criterion "
-              + ", ".join(f"{x:.2f}" for x in tr.converged) + "."]
+              + ", ".join(f"{x:.2f}" for x in tr.converged)
+              + (f"; env steps per distinct training bar <= {tr.repetition.max():.2f}"
+                 if "repetition" in tr else "") + "."]
     audit = job / "audit_summary.json"
     if audit.exists():
         a = json.loads(audit.read_text())
@@ -91,14 +94,20 @@ def job_section(job: Path, figure: Path | None = None, out: Path | None = None) 
     if timing.exists():
         t = json.loads(timing.read_text())
         lines += ["", f"Compile {t['compile_s']:.0f} s, run {t['run_s']:.0f} s."]
-    src = job / "paired_primary.png"
-    if figure is not None and src.exists():
-        figure.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, figure)
-        rel = figure.resolve().relative_to(out.resolve().parent) if out else figure
-        lines += ["", f"![paired differences]({rel.as_posix()})", ""]
-    else:
-        lines += ["", f"![paired]({src.as_posix()})", ""]
+    lines.append("")
+    for name in ("learning_curves.png", "levels.png", "paired_primary.png"):
+        src = job / name
+        if not src.exists():
+            continue
+        if figure is not None:
+            dst = figure.with_name(f"{figure.stem}_{src.stem}.png")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            rel = dst.resolve().relative_to(out.resolve().parent) if out else dst
+            lines.append(f"![{src.stem}]({rel.as_posix()})")
+        else:
+            lines.append(f"![{src.stem}]({src.as_posix()})")
+    lines.append("")
     return "\n".join(lines)
 
 

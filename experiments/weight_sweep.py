@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from tpfl_jax.accounting import train_info_metrics
 from tpfl_jax.agents.evaluate import evaluate
 from tpfl_jax.agents.ppo import PPOConfig, make_train
 from tpfl_jax.audit import ci95
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
                     normalize_reward=True)
     weights = jnp.asarray(args.weights, jnp.float32)
     axes = jax.tree.map(lambda _: None, params).replace(tp_reward_weight=0)
-    train = make_train(cfg, env, params)
+    train = make_train(cfg, env, params, info_metrics=train_info_metrics)
     sweep = jax.jit(jax.vmap(jax.vmap(train, (0, None)), (None, axes)))
     keys = jax.random.split(jax.random.key(1), args.seeds)
     t0 = time.perf_counter()

@@ -18,6 +18,7 @@ import numpy as np
 from tpfl_jax import distributed as D
 from tpfl_jax.agents.ppo import PPOConfig, make_train
 from tpfl_jax.env.trading import TradingEnv
+from tpfl_jax.loop import seed_keys
 from tpfl_jax.market.types import make_market_data
 
 TINY = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 2, update_epochs=1,
@@ -54,9 +55,9 @@ def main() -> None:
     # compiled program serves the padded call below (3 configurations padded to 8)
     t0 = time.perf_counter()
     sweep = D.make_ppo_sweep(TINY, env, mesh, D.MeshConfig(on_indivisible="pad"), params)
-    keys = D.seed_keys(seeds)
+    keys = seed_keys(0, seeds)
     flat_out = sweep.run(jnp.repeat(keys, 4, axis=0), jnp.tile(jnp.asarray(weights), seeds),
-                         params)
+                         params, None, None)
     out = jax.tree.map(lambda x: x.reshape(seeds, 4, *x.shape[1:]), flat_out)
     res["sharded"] = sharding_info(flat_out.metrics["episode_return"])
     res["params_sharded"] = sharding_info(jax.tree.leaves(flat_out.params)[0])

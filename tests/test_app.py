@@ -145,37 +145,41 @@ def test_structured_schema_is_the_dataclass():
 
 @pytest.mark.slow
 def test_tiny_loop_end_to_end_produces_every_artefact(tmp_path):
+    import hashlib
+    import os
+
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "tpfl_jax.app", "loop", "experiment=tiny",
          f"hydra.run.dir={out}", "progress=false"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("config_resolved.yaml", "metrics.jsonl", "summary.csv", "cycles.csv",
-                 "trades.parquet", "report.md", "policy_table.csv", "weight_trajectory.png",
-                 "policy_metrics.png", "learning_curves.png", "timing.json"):
+                 "curves.csv", "references.csv", "levels.csv", "trades.parquet", "report.md",
+                 "weight_trajectory.png", "levels.png", "learning_curves.png", "timing.json",
+                 "paired.csv", "training.csv", "paired_primary.png", "audit_table.csv",
+                 "audit_summary.json", "audit_reward_pnl.png"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "checkpoints" / "final").is_dir()
     # the compilation cache is user-level (here the session's tmp dir), not in the run dir
-    import os
-
     from tpfl_jax.validate import COMPILE_CACHE_ENV
 
     assert any(Path(os.environ[COMPILE_CACHE_ENV]).iterdir())
     assert not (out / ".jax_cache").exists()
-    for name in ("paired.csv", "training.csv", "paired_primary.png", "audit_table.csv",
-                 "audit_summary.json", "audit_reward_pnl.png"):
-        assert (out / name).stat().st_size > 0, name
-    assert "## Reward audit" in (out / "report.md").read_text()
+    # reference rules: chosen on training data, on the arms' deploy episodes, every cycle
     refs = pd.read_csv(out / "references.csv")
-    assert refs["rule"].iloc[0] == "flat" and (refs[refs.rule == "flat"].oos_pnl == 0).all()
-    assert {"buy_and_hold"} < set(refs["rule"]) and len(refs) == 4 * 2   # 4 rules x 2 seeds
-    assert "## Reference rules on the same deployment episodes" in (out / "report.md").read_text()
+    assert set(refs["rule"]) == {"flat", "buy_and_hold", "trend", "oracle"}
+    assert len(refs) == 4 * 2 * 2 and (refs[refs.rule == "flat"].deploy_pnl == 0).all()
+    assert refs[refs.rule == "trend"]["chosen"].str.startswith("trend_lb").all()
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 4 * 2 * 2   # policies x seeds x cycles
     assert {"deploy_greedy_pnl", "deploy_sampled_pnl", "train_updates", "train_converged",
-            "train_final_entropy", "train_entropy_max", "stats_no_edge_hit_rate"} <= set(rows[0])
+            "train_final_entropy", "train_entropy_max", "stats_no_edge_hit_rate",
+            "train_repetition"} <= set(rows[0])
+    assert all(r["train_repetition"] == 1.0 for r in rows)     # fresh paths: none reused
+    curves = pd.read_csv(out / "curves.csv")
+    assert {"greedy_pnl", "sampled_pnl", "env_steps"} <= set(curves.columns) and len(curves)
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["policy"]) == {"fixed_0.0", "fixed_1.0", "seed_table", "ema"}
     paired = pd.read_csv(out / "paired.csv")
@@ -186,18 +190,26 @@ def test_tiny_loop_end_to_end_produces_every_artefact(tmp_path):
     r = prim.set_index(["control", "arm"]).loc[("fixed_1.0", "fixed_0.0")]
     assert r["mean_diff"] == pytest.approx((wide["fixed_0.0"] - wide["fixed_1.0"]).mean())
     trades = pd.read_parquet(out / "trades.parquet")
-    assert len(trades) == sum(r["stats_total_attempts"] for r in rows)
+    assert len(trades) == round(sum(r["deploy_trades"] for r in rows) * 8)   # 8 deploy envs
+    # the report answers first, and its answer is summary.csv's
     report = (out / "report.md").read_text()
-    assert "fixed_1.0" in report and "±" in report and "weight_trajectory.png" in report
-    assert report.index("Primary metric: `oos_pnl`") < report.index("Descriptive")
-    assert "Holm" in report and "paired_primary.png" in report
-    assert "plots and report" in proc.stdout and "seed_table" in proc.stdout
+    assert report.index("## Answer") < report.index("## Levels") < report.index(
+        "## Paired differences")
+    means = summary.groupby("policy", sort=False)["oos_pnl"].mean()
+    best = means.idxmax()
+    assert f"Best arm: `{best}` with oos_pnl {means[best]:+.1f}" in report
+    assert "References on the same episodes" in report and "simultaneous" in report
+    assert "## Reward audit" in report and "learning_curves.png" in report
+    assert "## Answer" in proc.stdout and "seed_table" in proc.stdout
 
-    # tpfl-report on the run dir rebuilds the table
-    from tpfl_jax.report import report_dir
+    # tpfl-report on the run dir writes its own files, never the run's report.md
+    from tpfl_jax.report import COLLECTED_REPORT, report_dir
 
-    table, _ = report_dir(out)
-    assert list(table["final_pnl"]) == sorted(table["final_pnl"], reverse=True)
+    digest = hashlib.sha256((out / "report.md").read_bytes()).hexdigest()
+    table, path = report_dir(out)
+    assert path == out / COLLECTED_REPORT and path.exists()
+    assert hashlib.sha256((out / "report.md").read_bytes()).hexdigest() == digest
+    assert list(table["oos_pnl"]) == sorted(table["oos_pnl"], reverse=True)
 
     # experiments/results_page.py builds a results page from the run (a one-job "sweep")
     import importlib.util
@@ -210,11 +222,11 @@ def test_tiny_loop_end_to_end_produces_every_artefact(tmp_path):
     md.parent.mkdir()
     text = page.main([str(tmp_path), "--out", str(md), "--figures", str(tmp_path / "doc" / "fig")])
     figs = list((tmp_path / "doc" / "fig").glob("*.png"))
-    assert len(figs) == 1 and f"](fig/{figs[0].name})" in text
+    assert len(figs) == 3 and all(f"](fig/{f.name})" in text for f in figs)
     r = prim.set_index(["control", "arm"]).loc[("fixed_0.0", "ema")]
     f = page._fmt
-    assert f"{f(r['mean_diff'])} [{f(r['holm_lo'])}, {f(r['holm_hi'])}]" in text
-    assert "Training: entropy / max per cycle" in text and "Reference rules" in text
+    assert f"{f(r['mean_diff'])} [{f(r['simul_lo'])}, {f(r['simul_hi'])}]" in text
+    assert "Training: entropy / max per cycle" in text and "Best arm" in text
 
 
 def test_study_gpu_is_the_study_with_more_training():

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tpfl_jax.accounting import episode_keys
 from tpfl_jax.audit import AuditConfig, run_audit, write_audit
-from tpfl_jax.baselines import KINDS, act, make_runner, reference_set, stack, strategy
+from tpfl_jax.baselines import KINDS, act, reference_set, run_strategies, stack, strategy
 from tpfl_jax.env.trading import TradingEnv, decode_action
 from tpfl_jax.market import synthetic
 from tpfl_jax.market.types import make_market_data
@@ -45,15 +46,15 @@ def test_reward_is_linear_in_the_weight_on_common_random_numbers():
     params = ENV.make_params(m, max_steps_in_episode=40)
     refs = reference_set(ENV)
     names = ["churn", "trend_tp4", "random"]
-    out = jax.device_get(make_runner(ENV, 40)(
-        jax.random.split(jax.random.key(3), 16), stack([refs[n] for n in names]),
-        jnp.asarray([0.0, 1.0, 2.0]), params))
-    for k in ("pnl", "trades", "hits", "term/pnl"):          # same episodes at every weight
-        np.testing.assert_array_equal(out[k][:, 0], out[k][:, 2])
-    bonus1 = out["term/tp_bonus"][:, 1]
-    np.testing.assert_allclose(out["reward"][:, 2], out["reward"][:, 0] + 2 * bonus1,
+    out = jax.device_get(run_strategies(
+        ENV, stack([refs[n] for n in names]), jnp.asarray([0.0, 1.0, 2.0]), params,
+        episode_keys(jax.random.key(3), 16), 40))
+    for x in (out.pnl, out.trades, out.hits, out.terms["pnl"]):  # same episodes, every weight
+        np.testing.assert_array_equal(x[:, 0], x[:, 2])
+    bonus1 = out.terms["tp_bonus"][:, 1]
+    np.testing.assert_allclose(out.reward[:, 2], out.reward[:, 0] + 2 * bonus1,
                                rtol=1e-4, atol=1e-3)
-    assert np.all(out["trades"][0] > 10)                     # churn trades a lot
+    assert np.all(out.trades[0] > 10)                        # churn trades a lot
 
 
 def _trend_market(n=64):
@@ -119,32 +120,39 @@ def test_audit_config_errors_name_the_field():
         reference_set(ENV, lookback=40)
 
 
-def test_deploy_references_follow_the_loops_deploy_episodes():
-    """Shapes, flat = 0, and the same episodes as the loop: the deploy market of seed s and cycle
-    c is the loop's ``cycle_markets(source, k_mkt, c)`` with its reset keys."""
-    from tpfl_jax.baselines import make_deploy_references
-    from tpfl_jax.loop import SyntheticMarkets, seed_keys
+def test_references_choose_on_training_data_and_play_the_loops_deploy_episodes():
+    """Shapes, flat = 0, each family's choice is the best mean PnL on the cycle's *training*
+    market, and the chosen rule is played on exactly the loop's deploy episodes of seed s and
+    cycle c (``loop.cycle_keys`` + ``accounting.episode_keys``)."""
+    from tpfl_jax.accounting import rollout
+    from tpfl_jax.baselines import make_references, reference_candidates, strategy_actor
+    from tpfl_jax.loop import cycle_keys, seed_keys
+    from tpfl_jax.market.specs import SyntheticMarkets
 
     spec = SyntheticMarkets(kind="regime", train_paths=2, deploy_paths=3, n_bars=120, substeps=2)
     source = spec.source()
     template, _ = spec.cycle_markets(source, jax.random.key(0), 0)
     params = ENV.make_params(template, max_steps_in_episode=30)
-    run = make_deploy_references(ENV, spec, 2, 5, 30)
-    refs = reference_set(ENV)
+    run = make_references(ENV, spec, 2, 5, 30, select_episodes=8)
     keys = seed_keys(0, 2)
-    out = jax.device_get(run(keys, stack([refs["flat"], refs["buy_and_hold"]]), source, params))
-    assert out["pnl"].shape == (2, 2, 2, 5)                   # rules x seeds x cycles x envs
-    assert np.all(out["pnl"][0] == 0) and np.any(out["pnl"][1] != 0)
-    # seed 1, cycle 1 by hand: the loop's key derivation and env.reset on its deploy market
-    k_mkt, _, k_cycles = jax.random.split(keys[1], 3)
-    _, dep = spec.cycle_markets(source, k_mkt, jnp.int32(1))
-    _, k_dep = jax.random.split(jax.random.fold_in(k_cycles, 1))
-    k_reset, k_run = jax.random.split(k_dep)
-    from tpfl_jax.baselines import _episode_fn
-
-    ep = _episode_fn(ENV, 30)
-    p = params.replace(market=dep)
-    for e, (rk, uk) in enumerate(zip(jax.random.split(k_reset, 5), jax.random.split(k_run, 5),
-                                     strict=True)):
-        want = ep(rk, uk, refs["buy_and_hold"], jnp.float32(0.0), p)["pnl"]
-        assert float(out["pnl"][1, 1, 1, e]) == pytest.approx(float(want), rel=1e-5, abs=1e-3)
+    out = jax.device_get(run(keys, source, params))
+    cands = reference_candidates(ENV)
+    assert set(out) == {"flat", "buy_and_hold", "trend", "oracle"}
+    sums, choice = out["trend"]
+    assert sums.pnl.shape == (2, 2, 5) and choice.shape == (2, 2)    # seeds x cycles (x envs)
+    assert np.all(out["flat"][0].pnl == 0) and np.any(out["buy_and_hold"][0].pnl != 0)
+    # seed 1, cycle 1 by hand
+    k = cycle_keys(keys[1], 1)
+    train_m, dep = spec.cycle_markets(source, k.market, jnp.int32(1))
+    p_tr = params.replace(market=train_m, tp_reward_weight=jnp.float32(0.0))
+    sel = episode_keys(jax.random.fold_in(k.train, 0x5E1EC7), 8)
+    means = run_strategies(ENV, stack([s_ for _, s_ in cands["trend"]]), jnp.zeros(1), p_tr,
+                           sel, 30).pnl.mean(-1)[:, 0]
+    assert int(choice[1, 1]) == int(np.argmax(means))               # chosen on training data
+    chosen = cands["trend"][int(choice[1, 1])][1]
+    p_dep = params.replace(market=dep, tp_reward_weight=jnp.float32(0.0))
+    want = jax.jit(lambda p: rollout(ENV, strategy_actor(ENV, chosen, p), p,
+                                     episode_keys(k.deploy, 5), 30).sums.pnl)(p_dep)
+    np.testing.assert_allclose(sums.pnl[1, 1], np.asarray(want), rtol=1e-5, atol=1e-3)
+    # a family without labels is left out
+    assert "oracle" not in reference_candidates(ENV, has_labels=False)

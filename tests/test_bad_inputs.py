@@ -515,7 +515,7 @@ def test_report_on_a_malformed_summary_names_file_and_columns(tmp_path):
 
     (tmp_path / "summary.csv").write_text("name,pnl\nx,1\n")
     with pytest.raises(ValueError, match=rf"{tmp_path / 'summary.csv'}: missing column\(s\) "
-                                         r"\['policy', 'final_pnl', 'final_sharpe'\]"):
+                                         r"\['policy', 'final_pnl', 'oos_pnl'\]"):
         report_dir(tmp_path)
     with pytest.raises(FileNotFoundError, match="not a directory"):
         report_dir(tmp_path / "nope")

@@ -60,7 +60,8 @@ def small():
     markets = WalkForwardMarkets(train_bars=240, deploy_bars=100, window=env.window)
     cfg = LoopConfig(num_cycles=N_CYCLES, deploy_envs=12, keep_trades=True,
                      min_attempts=MIN_ATTEMPTS, feedback_mode="sampled", chunk_updates=1,
-                     return_window=1, entropy_frac=1.0, history_window=HIST_WINDOW)
+                     return_window=1, entropy_frac=1.0, history_window=HIST_WINDOW,
+                     curve_envs=4)
     pc = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 4, widths=(16,),
                    update_epochs=1, num_minibatches=2)
     loop = make_loop(cfg, pc, env, markets, ep)
@@ -165,16 +166,16 @@ def test_walk_forward_deploy_window_is_out_of_sample():
 
 
 def test_fixed_policy_and_validation():
-    from tpfl_jax.clm.policies import PolicyState
+    from tpfl_jax.clm.policies import REASON_FIXED, init_policy_state
     from tpfl_jax.env.stats import make_tp_stats
 
     stats = make_tp_stats(20, 6, 10.0, 0)  # hit 0.3, estimated R 3.33 -> table says 2.0
-    st = PolicyState(jnp.float32(0.5), jnp.int32(0))
+    st = init_policy_state(0.5)
     w, _, code = loop_policy_step(stats, st, make_loop_policy("fixed", 0.5))
-    assert float(w) == 0.5 and int(code) == -1
+    assert float(w) == 0.5 and int(code) == REASON_FIXED
     w, _, _ = loop_policy_step(stats, st, make_loop_policy("seed_table"))
     assert float(w) == 2.0
-    assert LOOP_POLICY_KINDS[0] == "fixed"
+    assert "fixed" in LOOP_POLICY_KINDS and "bandit" in LOOP_POLICY_KINDS
     with pytest.raises(ValueError, match="kind"):
         make_loop_policy("nope")
     with pytest.raises(ValueError, match="initial_weight"):
@@ -182,7 +183,7 @@ def test_fixed_policy_and_validation():
     with pytest.raises(ValueError, match="num_cycles"):
         LoopConfig(num_cycles=0)
     for bad in ({"feedback_mode": "mode"}, {"entropy_frac": 1.5}, {"chunk_updates": 0},
-                {"converge": 1}, {"history_window": 0}):
+                {"converge": 1}, {"history_window": 0}, {"curve_envs": 64}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             LoopConfig(**bad)
     with pytest.raises(ValueError, match="history"):

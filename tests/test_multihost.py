@@ -104,8 +104,9 @@ def test_single_process_train_writes_every_artefact(single):
     assert (out / "checkpoints" / "final").is_dir()
     assert "2 weights x 2 seeds as one program on 1 device(s)" in stdout
     summary = pd.read_csv(out / "summary.csv")
-    assert sorted(summary["weight"].unique()) == [0.5, 2.0]
-    assert len(summary) == 2 * 2 and summary["eval_return"].notna().all()
+    assert sorted(summary["final_weight"].unique()) == [0.5, 2.0]
+    assert len(summary) == 2 * 2 and summary["oos_pnl"].notna().all()
+    assert (out / "curves.csv").stat().st_size > 0 and (out / "vs_references.csv").exists()
     m = _metrics(out)
     assert len(m) == 2 * 2                                  # weights x updates, seeds per row
     assert all(len(v) == 2 for v in m["reward"])            # one value per seed
@@ -117,19 +118,24 @@ def test_train_rows_are_labelled_with_their_weight_and_seed(single):
     import jax.numpy as jnp
     from hydra import compose, initialize_config_dir
 
+    from tpfl_jax.accounting import train_info_metrics
     from tpfl_jax.agents.ppo import make_train
     from tpfl_jax.app import CONFIG_DIR, build_market
     from tpfl_jax.config import to_container, to_objects
+    from tpfl_jax.loop import cycle_keys
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         c = to_container(compose(config_name="config",
                                  overrides=["experiment=tiny", "train.num_seeds=2"]))
     obj = to_objects(c)
     spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
-    train_m, _ = spec.cycle_markets(source, jax.random.key(c.seed), 0)
+    train_m, _ = spec.cycle_markets(source, cycle_keys(jax.random.key(c.seed), 0).market, 0)
     params = env_params.replace(market=train_m, tp_reward_weight=jnp.float32(2.0))
     key = jax.random.fold_in(jax.random.key(c.seed), 1)                    # seed index 1
-    want = jax.jit(make_train(obj.ppo, obj.env, params))(key, params).metrics
+    stream = spec.stream(obj.env, obj.ppo.num_envs, obj.ppo.num_steps,
+                         int(c.env.max_steps_in_episode))                  # fresh paths
+    want = jax.jit(make_train(obj.ppo, obj.env, params, info_metrics=train_info_metrics,
+                              stream=stream))(key, params, None, source).metrics
     m = _metrics(single[0])
     rows = m[m["weight"] == 2.0].sort_values("update")
     for col in ("reward", "loss", "episode_return"):
@@ -154,14 +160,14 @@ def test_two_processes_match_one_process(single, two_process):
         x, y = np.asarray(a[col].tolist(), float), np.asarray(b[col].tolist(), float)
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6, err_msg=col)
     sa, sb = (pd.read_csv(o / "summary.csv") for o in (single[0], two_process[0][0]))
-    np.testing.assert_allclose(sa["eval_return"], sb["eval_return"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(sa["oos_pnl"], sb["oos_pnl"], rtol=1e-4, atol=1e-3)
 
 
 def test_two_process_loop_matches_one_process(tmp_path):
     one = tmp_path / "one"
     _run_single(LOOP, one)
     (p0, _), (p1, _) = _run_two(LOOP, tmp_path / "two")
-    for name in ("summary.csv", "cycles.csv", "policy_table.csv", "report.md"):
+    for name in ("summary.csv", "cycles.csv", "levels.csv", "report.md"):
         assert (p0 / name).stat().st_size > 0, name
         assert not (p1 / name).exists(), f"process 1 wrote {name}"
     a, b = (pd.read_csv(d / "cycles.csv") for d in (one, p0))

@@ -14,6 +14,7 @@ import pytest
 from flax import struct
 from gymnax.environments import environment, spaces
 
+from tpfl_jax.accounting import train_info_metrics
 from tpfl_jax.agents.evaluate import evaluate
 from tpfl_jax.agents.networks import (
     ActionSpec,
@@ -200,9 +201,9 @@ def test_lr_sweep_vmaps_over_hparams():
 def test_trade_metrics_and_evaluate_trades():
     env = ToyTradeEnv()
     ep = env.default_params
-    res = jax.jit(make_train(TINY, env))(jax.random.key(0), ep)
+    res = jax.jit(make_train(TINY, env, info_metrics=train_info_metrics))(jax.random.key(0), ep)
     m = res.metrics
-    for k in ("trade/trades", "trade/tp_hit_rate", "trade/mean_r", "trade/pnl",
+    for k in ("trade/trades", "trade/hit_rate", "trade/mean_r", "trade/pnl",
               "reward_terms/pnl", "reward_terms/tp_bonus", "episode_return"):
         assert m[k].shape == (TINY.num_updates,), k
     # 4 envs; a trade closes at t = 3, 6, 9, 12 of 12-step episodes; 16 steps per update

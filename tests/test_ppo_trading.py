@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tpfl_jax.accounting import train_info_metrics
 from tpfl_jax.agents.evaluate import evaluate
 from tpfl_jax.agents.ppo import PPOConfig, make_train
 from tpfl_jax.env.stats import EXIT_REASONS, TRADE_KEYS
@@ -32,10 +33,11 @@ def test_weight_sweep_metrics_and_trades():
     weights = jnp.array([0.0, 2.0])
     eps = jax.tree.map(lambda x: jnp.broadcast_to(x, (2, *jnp.shape(x))), params)
     eps = eps.replace(tp_reward_weight=weights)
-    sweep = jax.jit(jax.vmap(jax.vmap(make_train(cfg, env, params), (0, None)), (None, 0)))
+    train = make_train(cfg, env, params, info_metrics=train_info_metrics)
+    sweep = jax.jit(jax.vmap(jax.vmap(train, (0, None)), (None, 0)))
     out = sweep(jax.random.split(jax.random.key(0), 2), eps)
     m = out.metrics
-    for k in ("trade/trades", "trade/tp_hit_rate", "trade/mean_r", "trade/premature_rate",
+    for k in ("trade/trades", "trade/hit_rate", "trade/mean_r", "trade/premature_rate",
               "trade/pnl", "episode_return"):
         assert m[k].shape == (2, 2, cfg.num_updates), k
     assert any(k.startswith("reward_terms/") for k in m)

@@ -145,14 +145,17 @@ def rollout(env: Any, actor: Actor, env_params: Any, keys: jax.Array, n_steps: i
     """Play one episode per key in ``keys`` (``[E]``, see :func:`episode_keys`) for at most
     ``n_steps`` (static) steps with ``actor(obs, state, key) -> action`` (one env's view).
 
-    The episode starts where ``env.reset`` starts for its reset key and stops at ruin
-    (termination) or after ``max_steps_in_episode`` steps (truncation); no auto-reset.
+    The episode starts where ``env.reset`` starts for its reset key and stops at termination
+    (ruin) or after ``max_steps_in_episode`` steps (truncation); no auto-reset. Any gymnax env
+    works: trade and equity sums stay 0 for an env without ``info["trade"]`` / ``equity``.
     """
+
+    sl_mult = getattr(env_params, "sl_mult", 1.0)
+    n_stop = env_params.max_steps_in_episode
 
     def episode(key: jax.Array):
         k_reset, k_run = jax.random.split(key)
         obs, st0 = env.reset_env(k_reset, env_params)
-        eq0 = st0.equity
 
         def step(carry, k):
             obs, st, active, sums = carry
@@ -160,26 +163,29 @@ def rollout(env: Any, actor: Actor, env_params: Any, keys: jax.Array, n_steps: i
             action = actor(obs, st, k_act)
             obs_n, st_n, reward, term, info = env.step_env(k_env, st, action, env_params)
             f = active.astype(jnp.float32)
-            tr = info["trade"]
-            add_ = trade_sums(tr, f, env_params.sl_mult).replace(
-                steps=f, reward=reward * f,
-                terms={n: v * f for n, v in info["reward_terms"].items()})
+            terms = info.get("reward_terms", {})
+            add_ = (trade_sums(info["trade"], f, sl_mult) if "trade" in info
+                    else zero_sums()).replace(
+                steps=f, reward=jnp.asarray(reward, jnp.float32) * f,
+                terms={n: jnp.asarray(terms.get(n, 0.0), jnp.float32) * f for n in TERM_NAMES})
             sums = add(sums, add_)
             st = jax.tree.map(lambda x, y: jnp.where(active, x, y), st_n, st)
             obs = jnp.where(active, obs_n, obs)
-            out = (tr, active) if keep_trades else None
-            trunc = st_n.time >= env_params.max_steps_in_episode
+            out = (info["trade"], active) if keep_trades and "trade" in info else None
+            trunc = st_n.time >= n_stop
             return (obs, st, active & ~(term | trunc), sums), out
 
         (_, st, _, sums), out = jax.lax.scan(
             step, (obs, st0, jnp.bool_(True), zero_sums()), jax.random.split(k_run, n_steps))
-        ret = st.equity / eq0 - 1.0
-        sums = sums.replace(pnl=st.equity - eq0, ret=ret, ret_sq=ret * ret,
-                            max_drawdown=st.max_drawdown, episodes=jnp.float32(1.0))
-        return sums, out
+        if hasattr(st, "equity"):          # a trading env: the episode's equity accounting
+            eq0 = st0.equity
+            ret = st.equity / eq0 - 1.0
+            sums = sums.replace(pnl=st.equity - eq0, ret=ret, ret_sq=ret * ret,
+                                max_drawdown=st.max_drawdown)
+        return sums.replace(episodes=jnp.float32(1.0)), out
 
     sums, out = jax.vmap(episode)(keys)
-    if keep_trades:
+    if out is not None:
         return Rollout(sums, out[0], out[1])
     return Rollout(sums)
 
@@ -222,22 +228,29 @@ METRICS: dict[str, str] = {
 }
 
 
-def _ratio(num, den):
-    return jnp.where(den > 0, num / jnp.maximum(den, 1e-30), 0.0)
-
-
-def _sharpe(s, s2, n):
-    mean = _ratio(s, n)
-    var = _ratio(s2 - n * mean * mean, n - 1.0)
-    sd = jnp.sqrt(jnp.maximum(var, 0.0))
-    return jnp.where((n > 1) & (sd > 1e-12 * jnp.maximum(jnp.abs(mean), 1.0)),
-                     mean / jnp.maximum(sd, 1e-30), 0.0)
+def _xp(tree: Any) -> Any:
+    """numpy for host (numpy) leaves, so host metrics keep float64; jnp otherwise."""
+    return jnp if any(isinstance(x, jax.Array) for x in jax.tree.leaves(tree)) else np
 
 
 def finalize(sums: EpisodeSums, axis: int | tuple[int, ...] | None = -1) -> dict[str, jax.Array]:
     """Every metric of :data:`METRICS` from sums, reducing ``axis`` first (the episode axis by
-    default; ``None``: ``sums`` are already totals). Works on jnp and numpy leaves."""
-    t = sums if axis is None else total(sums, axis)
+    default; ``None``: ``sums`` are already totals). Works on jnp (traced or not) and numpy
+    leaves (computed in numpy then)."""
+    xp = _xp(sums)
+
+    def _ratio(num, den):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return xp.where(den > 0, num / xp.maximum(den, 1e-30), 0.0)
+
+    def _sharpe(s, s2, n):
+        mean = _ratio(s, n)
+        sd = xp.sqrt(xp.maximum(_ratio(s2 - n * mean * mean, n - 1.0), 0.0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return xp.where((n > 1) & (sd > 1e-12 * xp.maximum(xp.abs(mean), 1.0)),
+                            mean / xp.maximum(sd, 1e-30), 0.0)
+
+    t = sums if axis is None else jax.tree.map(lambda x: xp.sum(x, axis=axis), sums)
     n_ep, n_tr = t.episodes, t.trades
     hit = _ratio(t.hits, n_tr)
     no_edge = _ratio(t.no_edge, n_tr)
@@ -270,10 +283,10 @@ def tp_stats(totals: EpisodeSums | dict[str, jax.Array], min_attempts: int | jax
     estimate ``1 / hit_rate``."""
     if not isinstance(totals, EpisodeSums):
         totals = total(trade_sums(totals), axis=tuple(range(np.ndim(totals["closed"]))))
-    a = totals.trades
+    a = jnp.asarray(totals.trades)
+    vol = jnp.where(a > 0, totals.vol / jnp.maximum(a, 1.0), 0.0)
     stats = make_tp_stats(a, totals.hits, totals.r, totals.premature, min_attempts=min_attempts,
-                          volatility=_ratio(totals.vol, a), sum_pnl=totals.trade_pnl,
-                          sum_no_edge=totals.no_edge)
+                          volatility=vol, sum_pnl=totals.trade_pnl, sum_no_edge=totals.no_edge)
     if r_source == "actual":
         stats = stats.replace(avg_r_multiple=stats.actual_r)
     return stats
@@ -299,10 +312,10 @@ def train_info_metrics(info: dict[str, Any]) -> dict[str, jax.Array]:
 
 def trade_sums_from_frame(trades: pd.DataFrame, sl_mult: float = 1.0) -> EpisodeSums:
     """Trade-level sums (numpy) of a host table of closed trades with the trade contract's
-    columns (``env.stats.TRADE_KEYS``; ``exit_reason`` as a name or a code)."""
-    need = ("r_realised", "exit_reason", "pnl", "tp_mult", "r_planned", "premature",
-            "tp_price", "entry_price", "tp_zone_accuracy")
-    missing = [c for c in need if c not in trades.columns]
+    columns (``env.stats.TRADE_KEYS``; ``exit_reason`` as a name or a code). ``r_realised`` and
+    ``exit_reason`` are required; a missing optional column counts as 0 (without ``pnl``, wins
+    are counted on R: the initial risk is positive, so PnL and R have one sign)."""
+    missing = [c for c in ("r_realised", "exit_reason") if c not in trades.columns]
     if missing:
         raise ValueError(f"trade_sums_from_frame: columns {missing} missing; expected the "
                          "trade contract's columns (env.stats.TRADE_KEYS)")
@@ -313,11 +326,17 @@ def trade_sums_from_frame(trades: pd.DataFrame, sl_mult: float = 1.0) -> Episode
                          f"{r[bad]}; expected a finite number")
     reasons = trades["exit_reason"]
     hit = (reasons == EXIT_TP) if pd.api.types.is_numeric_dtype(reasons) else (reasons == "tp")
-    rec = {k: trades[k].to_numpy() for k in need if k != "exit_reason"}
-    rec["closed"] = np.ones(len(trades), bool)
-    rec["hit"] = np.asarray(hit, bool)
-    sums = jax.device_get(trade_sums(rec, 1.0, sl_mult))
-    return jax.tree.map(lambda x: np.asarray(x, np.float64).sum(), sums)
+    zero = np.zeros(len(trades))
+    rec = {k: trades[k].to_numpy(float) if k in trades.columns else zero
+           for k in ("pnl", "tp_mult", "r_planned", "premature", "tp_price", "entry_price",
+                     "tp_zone_accuracy")}
+    if "pnl" not in trades.columns:
+        rec["pnl"] = r                        # for the win count only; trade_pnl is reset below
+    rec |= {"r_realised": r, "closed": np.ones(len(trades), bool), "hit": np.asarray(hit, bool)}
+    with jax.enable_x64(True):            # host sums in float64
+        sums = jax.device_get(trade_sums(rec, np.float64(1.0), sl_mult))
+    sums = jax.tree.map(lambda x: np.asarray(x, np.float64).sum(), sums)
+    return sums if "pnl" in trades.columns else sums.replace(trade_pnl=np.float64(0.0))
 
 
 __all__ = ["BONUS_MODES", "METRICS", "Actor", "EpisodeSums", "Rollout", "add", "episode_keys",

@@ -32,6 +32,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from tpfl_jax import accounting as A
@@ -158,7 +159,9 @@ def make_references(env: TradingEnv, markets: Any, num_cycles: int, deploy_envs:
     from tpfl_jax.loop import cycle_keys
 
     cands = reference_candidates(env, has_labels)
-    stacked = {f: stack([s for _, s in c]) for f, c in cands.items()}
+    fams = list(cands)
+    every = stack([s for f in fams for _, s in cands[f]])      # one selection rollout for all
+    bounds = np.cumsum([0] + [len(cands[f]) for f in fams])
 
     def one_cycle(seed_key, source, env_params, c):
         keys = cycle_keys(seed_key, c)
@@ -166,14 +169,14 @@ def make_references(env: TradingEnv, markets: Any, num_cycles: int, deploy_envs:
         p_train = env_params.replace(market=train_m, tp_reward_weight=jnp.float32(0.0))
         p_dep = env_params.replace(market=deploy_m, tp_reward_weight=jnp.float32(0.0))
         sel_keys = A.episode_keys(jax.random.fold_in(keys.train, 0x5E1EC7), select_episodes)
-        dep_keys = A.episode_keys(keys.deploy, deploy_envs)
-        out = {}
-        for fam, strat in stacked.items():
-            pnl = jax.vmap(lambda s: play(env, s, p_train, sel_keys, n_steps).pnl.mean())(strat)
-            i = jnp.argmax(pnl)
-            chosen = jax.tree.map(lambda x, i=i: x[i], strat)
-            out[fam] = (play(env, chosen, p_dep, dep_keys, n_steps), i)
-        return out
+        pnl = jax.vmap(lambda s: play(env, s, p_train, sel_keys, n_steps).pnl.mean())(every)
+        idx = jnp.stack([lo + jnp.argmax(pnl[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:],
+                                                                        strict=True)])
+        chosen = jax.tree.map(lambda x: x[idx], every)
+        sums = jax.vmap(lambda s: play(env, s, p_dep, A.episode_keys(keys.deploy, deploy_envs),
+                                       n_steps))(chosen)
+        return {f: (jax.tree.map(lambda x, i=i: x[i], sums), idx[i] - bounds[i])
+                for i, f in enumerate(fams)}
 
     def one_seed(seed_key, source, env_params):
         return jax.vmap(lambda c: one_cycle(seed_key, source, env_params, c))(

@@ -18,7 +18,8 @@ from tpfl_jax.env.frames import trades_frame
 
 class EvalResult(NamedTuple):
     """Per-episode returns (reward sums) and lengths, every ``accounting.METRICS`` value over
-    the episodes, and the closed trades (ordered by episode, then step)."""
+    the episodes, the closed trades (ordered by episode, then step; empty for an env without
+    trades) and the per-episode sums."""
 
     returns: np.ndarray
     lengths: np.ndarray
@@ -58,7 +59,8 @@ def evaluate(params: Any, env: Any, env_params: Any, rng: jax.Array,
                    n_steps=int(max_steps), greedy=bool(deterministic),
                    obs_clip=float(config.obs_clip))
     out = jax.device_get(out)
-    trades = trades_frame(out.trades, out.active, index_names=("episode", "step"))
+    trades = (trades_frame(out.trades, out.active, index_names=("episode", "step"))
+              if out.trades is not None else pd.DataFrame())
     metrics = {k: float(v) for k, v in A.finalize(out.sums).items()}
     return EvalResult(np.asarray(out.sums.reward), np.asarray(out.sums.steps, np.int64),
                       trades, metrics, out.sums)
