@@ -98,7 +98,9 @@ def test_missing_control_arms_are_added_with_a_log_line(caplog):
 
 def test_history_is_a_loop_default_with_per_policy_overrides():
     o = to_objects(_compose(["loop.history=cumulative"]))
-    assert set(o.policy_histories) == {"cumulative"}
+    hist = dict(zip(o.policy_names, o.policy_histories, strict=True))
+    assert hist.pop("bandit") == "cycle"              # the bandit's own history: per cycle
+    assert set(hist.values()) == {"cumulative"}
     o = to_objects(_compose(["policy=seed_vs_fixed", "+policy.policies.2.history=window"]))
     assert o.policy_histories == ("cycle", "cycle", "window")
     with pytest.raises(ValueError, match="config.loop.history"):

@@ -133,15 +133,19 @@ def episode_keys(key: jax.Array, n_episodes: int) -> jax.Array:
 @struct.dataclass
 class Rollout:
     """Per-episode sums ``[E]``; with ``keep_trades`` also every step's trade record
-    ``[E, T]`` and ``active`` (the episode was still running at that step)."""
+    ``[E, T]`` and ``active`` (the episode was still running at that step); with
+    ``keep_steps`` every step's observation ``[E, T, ...]``, action ``[E, T, ...]`` and
+    ``active``."""
 
     sums: EpisodeSums
     trades: dict[str, jax.Array] | None = None
     active: jax.Array | None = None
+    obs: jax.Array | None = None
+    actions: jax.Array | None = None
 
 
 def rollout(env: Any, actor: Actor, env_params: Any, keys: jax.Array, n_steps: int,
-            keep_trades: bool = False) -> Rollout:
+            keep_trades: bool = False, keep_steps: bool = False) -> Rollout:
     """Play one episode per key in ``keys`` (``[E]``, see :func:`episode_keys`) for at most
     ``n_steps`` (static) steps with ``actor(obs, state, key) -> action`` (one env's view).
 
@@ -171,7 +175,11 @@ def rollout(env: Any, actor: Actor, env_params: Any, keys: jax.Array, n_steps: i
             sums = add(sums, add_)
             st = jax.tree.map(lambda x, y: jnp.where(active, x, y), st_n, st)
             obs = jnp.where(active, obs_n, obs)
-            out = (info["trade"], active) if keep_trades and "trade" in info else None
+            out = {"active": active} if keep_trades or keep_steps else None
+            if keep_trades and "trade" in info:
+                out["trades"] = info["trade"]
+            if keep_steps:
+                out |= {"obs": obs, "actions": action}
             trunc = st_n.time >= n_stop
             return (obs, st, active & ~(term | trunc), sums), out
 
@@ -185,9 +193,9 @@ def rollout(env: Any, actor: Actor, env_params: Any, keys: jax.Array, n_steps: i
         return sums.replace(episodes=jnp.float32(1.0)), out
 
     sums, out = jax.vmap(episode)(keys)
-    if out is not None:
-        return Rollout(sums, out[0], out[1])
-    return Rollout(sums)
+    if not (keep_trades or keep_steps):
+        return Rollout(sums)
+    return Rollout(sums, out.get("trades"), out["active"], out.get("obs"), out.get("actions"))
 
 
 def network_actor(network: Any, params: Any, obs_rms: Any = None, obs_clip: float = 10.0,

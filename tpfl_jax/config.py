@@ -155,13 +155,14 @@ class StatsSection:
     """``tpfl-loop``'s paired comparison (``tpfl_jax.stats``): every arm against the fixed
     arms at ``control_weights`` (added to the policy set when missing), per seed. The
     ``primary_metric`` (a ``summary.csv`` column; default ``oos_pnl``: mean out-of-sample PnL
-    per deploy episode over cycles 1..C-1 of the feedback deploy mode) is declared before the
+    per deploy episode over cycles 1..C-1 of the feedback deploy mode, greedy by default) is
+    declared before the
     run and reported first; ``secondary_metrics`` follow. ``level``: family-wise confidence
     (Holm over arms per control); ``n_boot``: bootstrap resamples."""
 
     primary_metric: str = "oos_pnl"
     secondary_metrics: list[str] = field(
-        default_factory=lambda: ["oos_pnl_greedy", "oos_trade_sharpe", "oos_tp_skill"])
+        default_factory=lambda: ["oos_pnl_sampled", "oos_trade_sharpe", "oos_tp_skill"])
     control_weights: list[float] = field(default_factory=lambda: [1.0, 0.0])
     level: float = 0.95
     n_boot: int = 2000

@@ -16,6 +16,10 @@ Its market has ``num_envs * (1 + lanes)`` paths of ``n_bars`` bars:
 So every episode trains on a path no earlier episode used, episodes run to their full length
 across updates, and the data are a pure function of the training key (reproducible; arms given
 the same key see the same paths). The generator's parameters are the traced ``source``.
+
+A fresh path holds one episode, so it is only ``window + episode_steps + 2`` bars long plus
+``2 x vol_span`` bars of room for the start (the causal volatility unit is warmed up after
+about that many bars): at most ``n_bars``, the length of the held-out paths.
 """
 
 from __future__ import annotations
@@ -61,10 +65,17 @@ class FreshPaths:
     def n_paths(self) -> int:
         return self.num_envs * (1 + self.lanes)
 
+    @property
+    def path_bars(self) -> int:
+        """Bars of one fresh path (one episode and the room for its start)."""
+        from tpfl_jax.market.types import DEFAULT_VOL_SPAN
+
+        return min(self.n_bars, self.env.window + self.episode_steps + 2 + 2 * DEFAULT_VOL_SPAN)
+
     def _simulate(self, key: jax.Array, source: Any, n: int) -> MarketData:
         from tpfl_jax.market import synthetic
 
-        return synthetic.simulate(key, source, n, self.n_bars, self.substeps)
+        return synthetic.simulate(key, source, n, self.path_bars, self.substeps)
 
     def _lanes(self, env_state: Any) -> Any:
         """Every env back on its first fresh lane path."""

@@ -225,16 +225,23 @@ def _poisson(u: jax.Array, lam: jax.Array) -> jax.Array:
 def simulate(key: jax.Array, params: Any, n_paths: int, n_bars: int,
              substeps: int = DEFAULT_SUBSTEPS, symbol_id: int | jax.Array = 0,
              vol_span: int = DEFAULT_VOL_SPAN) -> MarketData:
-    """Simulate ``[n_paths, n_bars]`` OHLCV bars from any params struct (``.to_mixed()``)."""
+    """Simulate ``[n_paths, n_bars]`` OHLCV bars from any params struct (``.to_mixed()``).
+
+    The kind's structure is static: a params struct without ``jump_intensity`` (GBM, regime,
+    GARCH) draws no jump variates, and one with a single regime and no GARCH coefficients
+    (GBM, Merton) runs no regime/variance recursion over the bars."""
     _check_key(key)
     p = jax.tree.map(lambda x: jnp.asarray(x, _F32), params.to_mixed())  # no weak-type retraces
+    jumps = hasattr(params, "jump_intensity")
+    chain = jnp.size(p.drift) > 1 or isinstance(params, (GARCHParams, MixedParams))
     return _simulate(key, p, symbol_id, n_paths=n_paths, n_bars=n_bars,
-                     substeps=substeps, vol_span=vol_span)
+                     substeps=substeps, vol_span=vol_span, jumps=jumps, chain=chain)
 
 
-@functools.partial(jax.jit, static_argnames=("n_paths", "n_bars", "substeps", "vol_span"))
+@functools.partial(jax.jit, static_argnames=("n_paths", "n_bars", "substeps", "vol_span",
+                                             "jumps", "chain"))
 def _simulate(key, p: MixedParams, symbol_id, *, n_paths: int, n_bars: int, substeps: int,
-              vol_span: int) -> MarketData:
+              vol_span: int, jumps: bool = True, chain: bool = True) -> MarketData:
     m = substeps
     drift = jnp.reshape(jnp.asarray(p.drift, _F32), (-1,))
     vol = jnp.reshape(jnp.asarray(p.vol, _F32), (-1,))
@@ -245,35 +252,46 @@ def _simulate(key, p: MixedParams, symbol_id, *, n_paths: int, n_bars: int, subs
     b = jnp.asarray(p.garch_beta, _F32)
 
     cells = n_paths * n_bars
-    normals, uniforms = _random_block(key, cells * (2 * m + 2), n_paths * (n_bars + 1 + n_bars * m))
-    normals = normals.reshape(n_paths, n_bars, 2 * m + 2)
-    z, jump_z = normals[..., :m], normals[..., m:2 * m]
-    gap_z, vol_z = normals[..., 2 * m], normals[..., 2 * m + 1]
+    n_z = 2 * m + 2 if jumps else m + 2            # diffusion, [jump sizes,] gap, volume
+    n_u = n_paths * (n_bars + 1 + (n_bars * m if jumps else 0))
+    normals, uniforms = _random_block(key, cells * n_z, n_u)
+    normals = normals.reshape(n_paths, n_bars, n_z)
+    z = normals[..., :m]
+    gap_z, vol_z = normals[..., n_z - 2], normals[..., n_z - 1]
     u = uniforms[:n_paths * (n_bars + 1)].reshape(n_bars + 1, n_paths)
-    u_jump = uniforms[n_paths * (n_bars + 1):].reshape(n_paths, n_bars, m)
     z_bar = jnp.sum(z, axis=-1) / math.sqrt(m)  # standardised diffusive shock per bar
 
-    # Regime chain and GARCH multiplier: one scan over bars (time-major).
-    s_init = _draw(u[0], jnp.cumsum(_stationary(trans)))
-    cdf = jnp.cumsum(trans, axis=-1)
+    if chain:
+        # Regime chain and GARCH multiplier: one scan over bars (time-major).
+        s_init = _draw(u[0], jnp.cumsum(_stationary(trans)))
+        cdf = jnp.cumsum(trans, axis=-1)
 
-    def step(carry, x):
-        s, h = carry
-        u_next, z_t = x
-        s_next = _draw(u_next, cdf[s])
-        h_next = (1.0 - a - b) + (a * z_t * z_t + b) * h
-        return (s_next, h_next), (s, h)
+        def step(carry, x):
+            s, h = carry
+            u_next, z_t = x
+            s_next = _draw(u_next, cdf[s])
+            h_next = (1.0 - a - b) + (a * z_t * z_t + b) * h
+            return (s_next, h_next), (s, h)
 
-    _, (s_tm, h_tm) = jax.lax.scan(step, (s_init, jnp.ones((n_paths,), _F32)), (u[1:], z_bar.T))
-    regime, h = s_tm.T, h_tm.T  # [n_paths, n_bars]
+        _, (s_tm, h_tm) = jax.lax.scan(step, (s_init, jnp.ones((n_paths,), _F32)),
+                                       (u[1:], z_bar.T))
+        regime, h = s_tm.T, h_tm.T  # [n_paths, n_bars]
+    else:                           # one regime, constant variance: nothing to recurse
+        regime = jnp.zeros((n_paths, n_bars), jnp.int32)
+        h = jnp.ones((n_paths, n_bars), _F32)
 
     mu = drift[regime]
     sigma = vol[regime] * jnp.sqrt(h)
     incr = (mu / m)[..., None] + (sigma / math.sqrt(m))[..., None] * z
 
-    lam = jnp.asarray(p.jump_intensity, _F32) / m
-    n_jumps = _poisson(u_jump, lam)
-    incr = incr + n_jumps * p.jump_mean + jnp.sqrt(n_jumps) * p.jump_vol * jump_z
+    if jumps:
+        jump_z = normals[..., m:2 * m]
+        u_jump = uniforms[n_paths * (n_bars + 1):].reshape(n_paths, n_bars, m)
+        lam = jnp.asarray(p.jump_intensity, _F32) / m
+        n_jumps = _poisson(u_jump, lam)
+        incr = incr + n_jumps * p.jump_mean + jnp.sqrt(n_jumps) * p.jump_vol * jump_z
+    else:
+        n_jumps = jnp.zeros_like(incr)
 
     gap = p.gap_vol * gap_z
     gap = gap.at[:, 0].set(0.0)
