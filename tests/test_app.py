@@ -238,6 +238,6 @@ def test_study_gpu_is_the_study_with_more_training():
     assert g.policy_histories == s.policy_histories and g.num_seeds == s.num_seeds == 16
     assert g.loop.num_cycles >= s.loop.num_cycles and g.loop.deploy_envs >= s.loop.deploy_envs
     steps = lambda o: o.ppo.num_updates * o.ppo.batch_size     # noqa: E731
-    assert steps(g) >= 20 * steps(s)
+    assert steps(g) >= 3 * steps(s)
     same = ("lr", "ent_coef", "update_epochs", "normalize_reward", "gamma", "clip_eps")
     assert [getattr(g.ppo, k) for k in same] == [getattr(s.ppo, k) for k in same]
