@@ -24,7 +24,7 @@ import yaml
 
 
 def _job_label(job: Path) -> str:
-    over = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+    over = json.loads((job / "run.json").read_text())["overrides"]
     return ", ".join(str(o) for o in over if not str(o).startswith(("progress", "hydra")))
 
 
@@ -39,7 +39,7 @@ def job_section(job: Path, figure: Path | None = None, out: Path | None = None) 
     from tpfl_jax import results as R
 
     paired = pd.read_csv(job / "paired.csv")
-    cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+    cfg = yaml.safe_load((job / "config_resolved.yaml").read_text())
     primary = cfg["stats"]["primary_metric"]
     p = paired[paired.metric == primary]
     summary = pd.read_csv(job / "summary.csv")

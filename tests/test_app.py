@@ -204,6 +204,22 @@ def test_tiny_loop_end_to_end_produces_every_artefact(tmp_path):
     assert "## Reward audit" in report and "learning_curves.png" in report
     assert "## Answer" in proc.stdout and "seed_table" in proc.stdout
 
+    # the run dir is owned: the same run again is a no-op; another command is refused
+    again = subprocess.run(
+        [sys.executable, "-m", "tpfl_jax.app", "loop", "experiment=tiny",
+         f"hydra.run.dir={out}", "progress=false"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr[-2000:]
+    other = subprocess.run(
+        [sys.executable, "-m", "tpfl_jax.app", "train", "experiment=tiny",
+         f"hydra.run.dir={out}", "progress=false"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert other.returncode == 2 and "holds a loop run" in other.stderr
+    assert (out / "report.md").read_text() == report and json.loads(
+        (out / "run.json").read_text())["status"] == "complete"
+
     # tpfl-report on the run dir writes its own files, never the run's report.md
     from tpfl_jax.report import COLLECTED_REPORT, report_dir
 

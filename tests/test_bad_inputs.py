@@ -217,18 +217,6 @@ def test_clm_db_path_must_stay_in_the_run_dir(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_rerun_with_another_config_in_a_checkpointed_dir_is_refused(tmp_path):
-    from omegaconf import OmegaConf
-
-    out = tmp_path / "run"
-    (out / "checkpoints").mkdir(parents=True)
-    old = _compose(["experiment=tiny", "seed=0"])
-    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(old, resolve=True))
-    V.check_resume(out, _compose(["experiment=tiny", "seed=0", "progress=false"]))  # same run
-    with pytest.raises(ValueError, match=r"holds a run of another config \(seed: 0 -> 1\)"):
-        V.check_resume(out, _compose(["experiment=tiny", "seed=1"]))
-
-
 def test_registry_refuses_non_finite_params_and_metrics(tmp_path):
     from tpfl_jax.clm.registry import ModelRegistry
 

@@ -388,6 +388,20 @@ def test_compat_rejects_bad_input():
         v3.step(99)
 
 
+def test_compat_takes_an_ohlcv_dataframe():
+    """A DataFrame market provider is validated and used as one path (it raised TypeError)."""
+    from backtesting.test import GOOG
+
+    v3 = TradingEnvV3({"window": 8, "max_steps_in_episode": 30}, market_data_provider=GOOG)
+    obs = v3.reset()
+    assert np.shape(obs) == (8 + 10,)
+    assert v3.params.market.n_paths == 1 and v3.params.market.n_bars == len(GOOG)
+    np.testing.assert_allclose(np.asarray(v3.params.market.close[0]), GOOG["Close"].to_numpy(),
+                               rtol=1e-6)
+    obs, reward, term, trunc, info = v3.step(1)
+    assert np.isfinite(reward)
+
+
 def test_gymnax_gymnasium_wrapper():
     pytest.importorskip("gymnasium")
     from gymnax.wrappers.gym import GymnaxToGymWrapper

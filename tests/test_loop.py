@@ -255,3 +255,33 @@ def test_continue_opt_state_keeps_moments_restarts_schedule():
     assert int(cont[1].inner_state[0].count) == 3                      # Adam bias correction
     upd, _ = tx.update({"w": jnp.full(3, 0.5)}, cont, params)
     assert np.all(np.isfinite(optax.global_norm(upd)))
+
+
+def test_one_definition_per_number_loop_evaluate_and_clm_adapter(small):
+    """The last cycle's greedy deployment of one arm recomputed by ``evaluate`` (the same
+    network, market and episode keys) and scored by the CLM adapter's metrics: every number
+    (PnL, hit rate, trade Sharpe, mean R) is the same, from the one accounting layer."""
+    from tpfl_jax.accounting import episode_keys, total
+    from tpfl_jax.agents.evaluate import evaluate
+    from tpfl_jax.clm.adapters import backtest_metrics, clm_metrics
+    from tpfl_jax.loop import cycle_keys
+
+    res, loop, ep = small["res"], small["loop"], small["ep"]
+    p, s, c = 3, 1, N_CYCLES - 1
+    keys = cycle_keys(seed_keys(0, N_SEEDS)[s], c)
+    _, dep = loop.markets.cycle_markets(small["data"], keys.market, jnp.int32(c))
+    params = jax.tree.map(lambda x: x[p, s], res.params)
+    dep_params = ep.replace(market=dep, tp_reward_weight=res.weight[p, s, c])
+    ev = evaluate(params, small["env"], dep_params, episode_keys(keys.deploy, 12),
+                  deterministic=True, config=small["pc"])
+    for k in ("pnl", "hit_rate", "trade_sharpe", "mean_r", "trades", "max_drawdown"):
+        assert ev.metrics[k] == pytest.approx(float(res.deploy[f"greedy/{k}"][p, s, c]),
+                                              rel=1e-5, abs=1e-4), k
+    adapter = clm_metrics(total(ev.sums), max_drawdown=ev.metrics["max_drawdown"])
+    table = backtest_metrics(ev.trades)
+    for a, b in (("tp_hit_rate", "hit_rate"), ("sharpe_ratio", "trade_sharpe"),
+                 ("mean_r", "mean_r"), ("max_drawdown", "max_drawdown")):
+        assert adapter[a] == pytest.approx(ev.metrics[b], rel=1e-5, abs=1e-6), a
+        if a != "max_drawdown":                       # a trades table has no equity curve
+            assert table[a] == pytest.approx(ev.metrics[b], rel=1e-4, abs=1e-5), a
+    assert adapter["n_trades"] == table["n_trades"] == len(ev.trades)

@@ -12,8 +12,10 @@ validated (``tpfl_jax.validate``) before anything is compiled or written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +31,8 @@ from tpfl_jax import report
 from tpfl_jax import results as R
 from tpfl_jax import validate as V
 from tpfl_jax.config import Config, to_container, to_objects
+from tpfl_jax.errors import UserError, one_line
+from tpfl_jax.rundir import atomic, write_frame, write_text
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
@@ -38,6 +42,18 @@ def _out_dir(cfg: DictConfig) -> tuple[Path, Path]:
     """(run output dir, user-level compile-cache dir) of the current Hydra job."""
     hc = HydraConfig.get()
     return Path(hc.runtime.output_dir), V.compile_cache_dir(cfg.get("compile_cache_dir"))
+
+
+@contextlib.contextmanager
+def user_inputs() -> Any:
+    """Around code that only checks and prepares what the user gave (config, files, data):
+    its ``ValueError`` / ``OSError`` is a user error (one CLI line), not a bug."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (ValueError, OSError) as e:
+        raise UserError(str(e)) from e
 
 
 def quiet_jax_logs() -> None:
@@ -50,14 +66,25 @@ def quiet_jax_logs() -> None:
 
 
 def setup_jax(cache_dir: Path | None) -> None:
-    """Enable the persistent compilation cache in ``cache_dir`` (None: leave it off)."""
+    """Enable the persistent compilation cache in ``cache_dir`` (None: leave it off). The
+    cache is optional: a directory that cannot be created or written is reported in one
+    warning line and the run goes on without it."""
     import jax
 
     quiet_jax_logs()
-    if cache_dir is not None:
+    if cache_dir is None:
+        return
+    try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", str(cache_dir))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        probe = cache_dir / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        print(f"warning: compile cache {cache_dir} is not writable ({e.strerror}); running "
+              "without it (set compile_cache_dir or TPFL_COMPILE_CACHE_DIR)", file=sys.stderr)
+        return
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def _checkpointer() -> Any:
@@ -73,7 +100,7 @@ def _checkpointer() -> Any:
 
 
 def _write_config(cfg: DictConfig, out: Path) -> None:
-    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def _jsonable(v: Any) -> Any:
@@ -95,10 +122,10 @@ def resolve_data_path(path: str) -> str:
     try:
         f = importlib.resources.files(pkg) / rel
     except ModuleNotFoundError:
-        raise ValueError(f"config.market.path = {path!r}: package {pkg!r} is not installed "
+        raise UserError(f"config.market.path = {path!r}: package {pkg!r} is not installed "
                          "(the backtesting data ships with the dev extra)") from None
     if not f.is_file():
-        raise ValueError(f"config.market.path = {path!r}: no file {rel!r} in package {pkg!r}")
+        raise UserError(f"config.market.path = {path!r}: no file {rel!r} in package {pkg!r}")
     return str(f)
 
 
@@ -116,13 +143,13 @@ def build_market(c: Config, env: Any, env_kwargs: dict[str, Any], loop_cfg: Any)
         try:
             source = spec.source(**dict(m.params))
         except ValueError as e:
-            raise ValueError(f"config.market.params: {e}") from None
+            raise UserError(f"config.market.params: {e}") from None
         template, _ = spec.cycle_markets(source, jax.random.key(c.seed), 0)
     elif m.source == "csv":
         from tpfl_jax.market.data import read_ohlcv, to_windows
 
         if not m.path:
-            raise ValueError("config.market.path: required for market.source=csv")
+            raise UserError("config.market.path: required for market.source=csv")
         columns = {k: v for k, v in dataclasses.asdict(m.columns).items() if v is not None}
         if m.timestamp:
             columns["timestamp"] = m.timestamp
@@ -134,11 +161,11 @@ def build_market(c: Config, env: Any, env_kwargs: dict[str, Any], loop_cfg: Any)
                                   window=env.window)
         template = source
     else:
-        raise ValueError(f"config.market.source = {m.source!r}; expected 'synthetic' or 'csv'")
+        raise UserError(f"config.market.source = {m.source!r}; expected 'synthetic' or 'csv'")
     try:
         env_params = env.make_params(template, **env_kwargs)
     except ValueError as e:
-        raise ValueError(f"config.env / config.market: {e}") from None
+        raise UserError(f"config.env / config.market: {e}") from None
     return spec, source, env_params
 
 
@@ -159,9 +186,9 @@ def reward_audit(c: Config, env: Any, env_params: Any, spec: Any, source: Any, o
         acfg = AuditConfig(weights=tuple(a.weights), episodes=a.episodes, lookback=a.lookback,
                            seed=c.seed)
     except ValueError as e:
-        raise ValueError(f"config.audit: {e}") from None
+        raise UserError(f"config.audit: {e}") from None
     if a.paths < 1:
-        raise ValueError(f"config.audit.paths = {a.paths}; expected >= 1")
+        raise UserError(f"config.audit.paths = {a.paths}; expected >= 1")
     if isinstance(spec, SyntheticMarkets):
         from tpfl_jax.market import synthetic
 
@@ -174,7 +201,7 @@ def reward_audit(c: Config, env: Any, env_params: Any, spec: Any, source: Any, o
     try:
         result = run_audit(env, env_params.replace(market=market), acfg, label=label)
     except ValueError as e:
-        raise ValueError(f"config.audit: {e}") from None
+        raise UserError(f"config.audit: {e}") from None
     write_audit(result, out)
     if not quiet:
         print(result.text())
@@ -188,9 +215,10 @@ def run_audit_app(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> 
     obj = to_objects(c)
     out.mkdir(parents=True, exist_ok=True)
     setup_jax(cache_dir)
-    spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
+    with user_inputs():
+        spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
     if not c.audit.enabled:
-        raise ValueError("config.audit.enabled is false: nothing to audit")
+        raise UserError("config.audit.enabled is false: nothing to audit")
     result = reward_audit(c, obj.env, env_params, spec, source, out)
     print(f"tables and plot: {out}")
     return result
@@ -218,9 +246,10 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
 
     bar = tqdm(total=5, desc="tpfl-loop", disable=not c.progress, unit="phase")
     bar.set_postfix_str("markets")
-    spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
-    loop = make_loop(obj.loop, obj.ppo, obj.env, spec, env_params)
-    check_inputs(loop, source, obj.env, env_params)
+    with user_inputs():
+        spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
+        loop = make_loop(obj.loop, obj.ppo, obj.env, spec, env_params)
+        check_inputs(loop, source, obj.env, env_params)
     policies = stack_policies([make_loop_policy(k, w, h, **p) for k, w, p, h in zip(
         obj.policy_kinds, obj.initial_weights, obj.policy_params, obj.policy_histories,
         strict=True)])
@@ -257,7 +286,7 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
         answer=frames["answer"], levels=frames["levels"], paired=paired,
         primary=primary, training=frames["training"], plots=plots,
         notes=_loop_notes(obj, c, frames), audit=audit.text() if audit else None)
-    (out / "timing.json").write_text(json.dumps({"compile_s": t_compile, "run_s": t_run}))
+    write_text(out / "timing.json", json.dumps({"compile_s": t_compile, "run_s": t_run}))
     _log_experiment(cfg, c, out, frames["cycles"], paired)
     bar.update(1)
     bar.close()
@@ -323,21 +352,36 @@ def loop_references(obj: Any, spec: Any, source: Any, env_params: Any,
 
 def _write_loop_files(out: Path, res: Any, obj: Any, f: dict[str, Any]) -> None:
     """The run's tables (CSV, metrics.jsonl), trades (keep_trades) and the final networks."""
-    f["cycles"].to_csv(out / "cycles.csv", index=False)
-    f["cycles"].to_json(out / "metrics.jsonl", orient="records", lines=True)
-    f["summary"].to_csv(out / "summary.csv", index=False)
-    f["curves"].to_csv(out / "curves.csv", index=False)
-    f["ref_cycles"].to_csv(out / "references.csv", index=False)
-    f["levels"].to_csv(out / "levels.csv", index=False)
-    f["training"].to_csv(out / "training.csv", index=False)
+    for key, name in (("cycles", "cycles.csv"), ("cycles", "metrics.jsonl"),
+                      ("summary", "summary.csv"), ("curves", "curves.csv"),
+                      ("ref_cycles", "references.csv"), ("levels", "levels.csv"),
+                      ("training", "training.csv")):
+        write_frame(f[key], out / name)
     if obj.loop.keep_trades:
         from tpfl_jax.replay import all_deploy_trades
 
-        all_deploy_trades(res, obj.policy_names).to_parquet(out / "trades.parquet")
+        write_frame(all_deploy_trades(res, obj.policy_names), out / "trades.parquet")
+    _save_final(out, {"params": res.params, "obs_rms": res.obs_rms})
+
+
+def _save_final(out: Path, tree: Any) -> None:
+    """The final networks as an orbax checkpoint ``checkpoints/final``, written under a temporary
+    name and renamed (a stale one of an unfinished earlier attempt of this run is replaced)."""
+    import shutil
+
+    final = (out / "checkpoints" / "final").absolute()
+    tmp = final.with_name(f".final.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     ckpt = _checkpointer()
-    ckpt.save((out / "checkpoints" / "final").absolute(),
-              {"params": res.params, "obs_rms": res.obs_rms})
-    ckpt.wait_until_finished()
+    try:
+        ckpt.save(tmp, tree)
+        ckpt.wait_until_finished()
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{final}: cannot write the checkpoint ({e.strerror or e})") from None
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
 
 
 def _paired_stats(c: Config, obj: Any, summary: pd.DataFrame, out: Path
@@ -350,11 +394,11 @@ def _paired_stats(c: Config, obj: Any, summary: pd.DataFrame, out: Path
     for i, m in enumerate(metrics):
         if m not in summary:
             where = "primary_metric" if i == 0 else "secondary_metrics"
-            raise ValueError(f"config.stats.{where}: {m!r} is not a summary.csv column; "
+            raise UserError(f"config.stats.{where}: {m!r} is not a summary.csv column; "
                              f"expected one of {list(summary.columns[2:])}")
     paired = {m: ST.paired_table(summary, m, obj.control_names, st.level, st.n_boot, c.seed)
               for m in metrics}
-    pd.concat(paired.values(), ignore_index=True).to_csv(out / "paired.csv", index=False)
+    write_frame(pd.concat(paired.values(), ignore_index=True), out / "paired.csv")
     return paired
 
 
@@ -484,7 +528,8 @@ def run_train(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.D
     setup_jax(cache_dir)
     import jax
 
-    spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
+    with user_inputs():
+        spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
     job = _train_job(c, obj, spec, source, env_params)
     if len(weights) == 1 and jax.process_count() == 1:
         params, obs_rms = _train_runner(c, obj, job, weights[0], out)
@@ -493,18 +538,18 @@ def run_train(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.D
         if params is None:                       # multi-host: process 0 writes the artefacts
             return pd.DataFrame()
     ev = _train_final_eval(c, obj, job, weights, params, obs_rms)
-    ev["trades"].to_parquet(out / "trades.parquet")
+    write_frame(ev["trades"], out / "trades.parquet")
     summary = R.summary_frame(ev["cycles"])
-    summary.to_csv(out / "summary.csv", index=False)
+    write_frame(summary, out / "summary.csv")
     refs = job["references"]
-    refs.to_csv(out / "references.csv", index=False)
+    write_frame(refs, out / "references.csv")
     curves = R.train_curves(R.read_metrics_rows(out / "metrics.jsonl"),
                             obj.ppo.batch_size)
-    curves.to_csv(out / "curves.csv", index=False)
+    write_frame(curves, out / "curves.csv")
     vs = R.episode_paired(ev["greedy_pnl"], job["ref_pnl"], weights)
-    vs.to_csv(out / "vs_references.csv", index=False)
+    write_frame(vs, out / "vs_references.csv")
     levels = R.levels_table(summary, R.reference_summary(refs))
-    levels.to_csv(out / "levels.csv", index=False)
+    write_frame(levels, out / "levels.csv")
     plots = [report.plot_learning_curves(out / "learning_curves.png", curves, refs,
                                          obj.ppo.num_updates * obj.ppo.batch_size),
              report.plot_levels(out / "levels.png", levels)]
@@ -539,7 +584,7 @@ def _train_job(c: Config, obj: Any, spec: Any, source: Any, env_params: Any) -> 
     try:       # the held-out window must exist in full (no clamped slice into training bars)
         spec.check(source, 1, need)
     except ValueError as e:
-        raise ValueError(f"config.market / config.env ({c.market.path or c.market.kind}): "
+        raise UserError(f"config.market / config.env ({c.market.path or c.market.kind}): "
                          f"{e}") from None
     seed_key = jax.random.key(c.seed)
     keys = cycle_keys(seed_key, 0)
@@ -629,7 +674,7 @@ def _train_sweep(c: Config, obj: Any, job: dict[str, Any], weights: list[float],
 
     n_u, chunk = obj.ppo.num_updates, min(c.train.chunk_updates, obj.ppo.num_updates)
     if n_u % chunk:
-        raise ValueError(f"config.train.chunk_updates = {c.train.chunk_updates}: must divide "
+        raise UserError(f"config.train.chunk_updates = {c.train.chunk_updates}: must divide "
                          f"the {n_u} PPO updates (ppo.total_timesteps // (num_envs x "
                          "num_steps)) to score several weights in one program")
     mesh = D.make_mesh(obj.mesh)
@@ -649,7 +694,7 @@ def _train_sweep(c: Config, obj: Any, job: dict[str, Any], weights: list[float],
         return None, None
     swap = lambda t: jax.tree.map(lambda x: np.swapaxes(np.asarray(x), 0, 1), t)  # noqa: E731
     m, ev = swap(result.metrics), swap(result.evals)                              # [K, S, ...]
-    with (out / "metrics.jsonl").open("w") as f:
+    with atomic(out / "metrics.jsonl") as tmp, tmp.open("w") as f:
         for i, wt in enumerate(weights):
             for u in range(n_u):
                 row = {"weight": wt, "update": u + 1}
@@ -661,9 +706,7 @@ def _train_sweep(c: Config, obj: Any, job: dict[str, Any], weights: list[float],
     # metrics.jsonl above is the diagnosis; a diverged run writes nothing as good below
     V.check_divergence(m, c.guard, lambda i: f"tpfl-train weight {weights[i[0]]}, seed {i[1]}")
     params, obs_rms = swap(result.runner_state.params), swap(result.runner_state.obs_rms)
-    ckpt = _checkpointer()
-    ckpt.save((out / "checkpoints" / "final").absolute(), {"params": params, "obs_rms": obs_rms})
-    ckpt.wait_until_finished()
+    _save_final(out, {"params": params, "obs_rms": obs_rms})
     return params, obs_rms
 
 
@@ -706,7 +749,7 @@ def run_clm(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> dict[s
     from tpfl_jax.config import to_mesh_config
 
     if D.is_multi_process(to_mesh_config(cfg)):
-        raise ValueError("tpfl-clm runs as one process (it writes one SQLite tracker and "
+        raise UserError("tpfl-clm runs as one process (it writes one SQLite tracker and "
                          "registry); start it outside a multi-task srun / mpirun step, with "
                          f"no mesh.num_processes / {D.ENV_NUM_PROCESSES} above 1")
     c = to_container(cfg)
@@ -728,7 +771,7 @@ def run_clm(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> dict[s
                   "premature_horizon": obj.env.premature_horizon}
     m = c.market
     if m.source != "synthetic" or m.kind != "regime":
-        raise ValueError("tpfl-clm: the PPO adapters generate synthetic regime markets per "
+        raise UserError("tpfl-clm: the PPO adapters generate synthetic regime markets per "
                          "symbol; use market=regime")
     train_ad = PPOTrainingAdapter(obj.ppo, env_static=env_static, env_kwargs=env_kwargs,
                                   n_paths=m.train_paths, n_bars=m.n_bars, seed=c.seed)
@@ -745,8 +788,8 @@ def run_clm(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> dict[s
             "tp_reward_weight": job.training_params.get("tp_reward_weight"),
             "tp_feedback_reason": job.training_params.get("tp_feedback_reason"),
             "metrics": result.metrics, "reasons": result.reasons}
-    (out / "metrics.jsonl").write_text(json.dumps(info, default=float) + "\n")
-    tracker.trades(c.clm.strategy_id).to_parquet(out / "trades.parquet")
+    write_text(out / "metrics.jsonl", json.dumps(info, default=float) + "\n")
+    write_frame(tracker.trades(c.clm.strategy_id), out / "trades.parquet")
     _write_config(cfg, out)
     print(json.dumps(info, indent=1, default=float))
     tracker.close()
@@ -755,30 +798,98 @@ def run_clm(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> dict[s
 
 
 # --------------------------------------------------------------------------- hydra mains
-def _hydra_job(fn, distributed: bool = True):
-    def main(cfg: DictConfig) -> Any:
+DEBUG_ENV = "TPFL_DEBUG"   # 1: user errors keep their traceback too (as does --debug)
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _hydra_job(fn, command: str, distributed: bool = True):
+    """The Hydra task of ``fn`` (a console script via :func:`_cli`): process 0 owns the run
+    directory (``rundir.RunDir``: lock, identity with the command, completion record); a
+    user error is one line on stderr and exit status 2; a complete run is not recomputed."""
+
+    def task(cfg: DictConfig) -> Any:
         import jax
 
         from tpfl_jax.config import to_mesh_config
         from tpfl_jax.distributed import init_distributed, sync_processes
+        from tpfl_jax.rundir import AlreadyComplete, RunDir
 
         quiet_jax_logs()
-        if distributed:
-            init_distributed(to_mesh_config(cfg))    # no-op unless several processes
-        out, cache = _out_dir(cfg)
-        if jax.process_index() == 0:
-            V.check_resume(out, cfg)                 # before the old run's record is replaced
-            _write_config(cfg, out)
+        run = None
         try:
-            result = fn(cfg, out, cache if cfg.compile_cache else None)
+            to_objects(cfg)                              # every key checked before anything
+            if distributed:
+                init_distributed(to_mesh_config(cfg))    # no-op unless several processes
+            out, cache = _out_dir(cfg)
+            if jax.process_index() == 0:
+                overrides = list(HydraConfig.get().overrides.task)
+                run = RunDir(out, command, V.config_identity(cfg), overrides).acquire()
+                _write_config(cfg, out)
+            try:
+                result = fn(cfg, out, cache if cfg.compile_cache else None)
+            finally:
+                # the other processes wait here while process 0 writes (jax.distributed's own
+                # shutdown barrier would time out on a long evaluation / checkpoint)
+                sync_processes("tpfl_jax.app:done")
+            if run is not None:
+                run.complete()
+            return _objective(result)
+        except AlreadyComplete as e:
+            print(e)
+            return None
+        except UserError as e:
+            if run is not None:
+                run.failed(one_line(e))
+            if _debug():
+                raise
+            print(f"tpfl-{command}: error: {one_line(e)}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        except BaseException as e:
+            if run is not None:
+                run.failed(f"{type(e).__name__}: {one_line(e)}")
+            raise
         finally:
-            # the other processes wait here while process 0 writes (jax.distributed's own
-            # shutdown barrier would time out on a long evaluation / checkpoint)
-            sync_processes("tpfl_jax.app:done")
-        return _objective(result)
-    main.__name__ = fn.__name__
+            if run is not None:
+                run.release()
+
+    task.__name__ = fn.__name__
+    task.__doc__ = fn.__doc__
+    return hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(task)
+
+
+def _cli(fn, command: str, distributed: bool = True):
+    """The console script ``tpfl-<command>``: Hydra parses the overrides; a config that does
+    not compose (unknown key, wrong type, bad override) is one line and exit status 2, like
+    every user error; ``--debug`` (or ``TPFL_DEBUG=1``) keeps the traceback."""
+    job = _hydra_job(fn, command, distributed)
+
+    def main() -> None:
+        if "--debug" in sys.argv:
+            sys.argv.remove("--debug")
+            os.environ[DEBUG_ENV] = "1"
+        os.environ["HYDRA_FULL_ERROR"] = "1"      # Hydra raises; we decide how to report
+        try:
+            job()
+        except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs below
+            if _debug() or not _is_config_error(e):
+                raise
+            print(f"tpfl-{command}: error: {one_line(e)}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    main.__name__ = f"{command}_main"
     main.__doc__ = fn.__doc__
-    return hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(main)
+    return main
+
+
+def _is_config_error(e: BaseException) -> bool:
+    """A config that does not compose (Hydra / OmegaConf) or any ``UserError``."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(e, (UserError, HydraException, OmegaConfBaseException))
 
 
 def _objective(result: Any) -> float | None:
@@ -793,24 +904,32 @@ def _objective(result: Any) -> float | None:
     return None
 
 
-loop_main = _hydra_job(run_loop)
-train_main = _hydra_job(run_train)
-clm_main = _hydra_job(run_clm, distributed=False)   # host-side glue: one process
-audit_main = _hydra_job(run_audit_app, distributed=False)
+loop_main = _cli(run_loop, "loop")
+train_main = _cli(run_train, "train")
+clm_main = _cli(run_clm, "clm", distributed=False)   # host-side glue: one process
+audit_main = _cli(run_audit_app, "audit", distributed=False)
 
 
 def report_main(argv: list[str] | None = None) -> None:
-    """``tpfl-report DIR``: collect a run or multirun dir into tables, plots and report.md."""
+    """``tpfl-report DIR``: collect a run or multirun dir into ``tpfl-report.md`` and
+    ``tpfl-report.csv`` there (a run's own ``report.md`` is never touched); jobs that failed or
+    did not finish are listed with their overrides."""
     import argparse
 
     from tpfl_jax.report import format_table, report_dir
 
     ap = argparse.ArgumentParser(prog="tpfl-report", description=report_main.__doc__)
     ap.add_argument("path")
+    ap.add_argument("--debug", action="store_true", help="tracebacks for user errors too")
     a = ap.parse_args(argv)
-    table, path = report_dir(a.path)
+    try:
+        table, path = report_dir(a.path)
+    except (UserError, FileNotFoundError) as e:
+        if a.debug or _debug():
+            raise
+        ap.exit(2, f"tpfl-report: error: {one_line(e)}\n")
     print(format_table(table))
-    print(f"report: {path / 'report.md'}")
+    print(f"report: {path}")
 
 
 COMMANDS = {"loop": loop_main, "train": train_main, "clm": clm_main, "report": report_main,

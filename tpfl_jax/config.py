@@ -21,6 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from tpfl_jax.agents.ppo import PPOConfig
+from tpfl_jax.errors import UserError
 from tpfl_jax.loop import HISTORY_MODES, LOOP_POLICY_KINDS, LoopConfig, make_loop_policy
 from tpfl_jax.reward import RewardCoefs
 from tpfl_jax.validate import GuardSection, check_config, check_known_keys
@@ -313,7 +314,7 @@ def to_objects(cfg: DictConfig | Config) -> Objects:
         env = TradingEnv(window=e.window, n_tp=len(e.tp_mults),
                          premature_horizon=e.premature_horizon)
     except ValueError as err:
-        raise ValueError(f"config.env: {err}") from None
+        raise UserError(f"config.env: {err}") from None
     env_kwargs = {k: getattr(e, k) for k in (
         "sl_mult", "fee_bps", "half_spread_bps", "impact_coef", "position_size",
         "initial_equity", "ruin_floor", "max_holding", "sl_first", "max_steps_in_episode",
@@ -325,39 +326,39 @@ def to_objects(cfg: DictConfig | Config) -> Objects:
         try:
             env_kwargs[k] = mode_index(k, getattr(e, k))
         except ValueError as err:
-            raise ValueError(f"config.env.{k}: {err}") from None
+            raise UserError(f"config.env.{k}: {err}") from None
     env_kwargs["coefs"] = dataclasses.asdict(e.reward)
     try:
         ppo = PPOConfig(**{**dataclasses.asdict(c.ppo), "widths": tuple(c.ppo.widths)})
     except ValueError as err:
-        raise ValueError(f"config.ppo: {err}") from None
+        raise UserError(f"config.ppo: {err}") from None
     lp = c.loop
     try:
         loop = LoopConfig(**{f.name: getattr(lp, f.name)
                              for f in dataclasses.fields(LoopConfig)})
     except ValueError as err:
-        raise ValueError(f"config.loop: {err}") from None
+        raise UserError(f"config.loop: {err}") from None
     if lp.num_seeds < 1:
-        raise ValueError(f"config.loop.num_seeds = {lp.num_seeds}; expected >= 1")
+        raise UserError(f"config.loop.num_seeds = {lp.num_seeds}; expected >= 1")
     specs = list(c.policy.policies)
     if not specs:
-        raise ValueError("config.policy.policies: empty; expected at least one policy")
+        raise UserError("config.policy.policies: empty; expected at least one policy")
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise ValueError(f"config.policy.policies: duplicate names {names}")
+        raise UserError(f"config.policy.policies: duplicate names {names}")
     for i, s in enumerate(specs):
         if s.kind not in LOOP_POLICY_KINDS:
-            raise ValueError(f"config.policy.policies[{i}].kind = {s.kind!r}; expected one of "
+            raise UserError(f"config.policy.policies[{i}].kind = {s.kind!r}; expected one of "
                              f"{LOOP_POLICY_KINDS}")
         hist = lp.history if s.history is None else s.history
         if hist not in HISTORY_MODES:
             where = "config.loop.history" if s.history is None else \
                 f"config.policy.policies[{i}].history"
-            raise ValueError(f"{where} = {hist!r}; expected one of {HISTORY_MODES}")
+            raise UserError(f"{where} = {hist!r}; expected one of {HISTORY_MODES}")
         try:
             make_loop_policy(s.kind, s.initial_weight, hist, **dict(s.params))
         except ValueError as err:
-            raise ValueError(f"config.policy.policies[{i}] ({s.name}): {err}") from None
+            raise UserError(f"config.policy.policies[{i}] ({s.name}): {err}") from None
     specs, controls = _with_controls(specs, c.stats.control_weights)
     names = [s.name for s in specs]
     mesh = to_mesh_config(c)
@@ -377,14 +378,14 @@ def _with_controls(specs: list[Any], weights: list[float]) -> tuple[list[Any], t
     names = []
     for w in weights:
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
-            raise ValueError(f"config.stats.control_weights: {w!r}; expected numbers >= 0")
+            raise UserError(f"config.stats.control_weights: {w!r}; expected numbers >= 0")
         found = [s for s in specs if s.kind == "fixed" and float(s.initial_weight) == float(w)]
         if found:
             names.append(found[0].name)
             continue
         name = f"fixed_{float(w)}"
         if any(s.name == name for s in specs):
-            raise ValueError(f"config.policy.policies: {name!r} is taken by a non-control "
+            raise UserError(f"config.policy.policies: {name!r} is taken by a non-control "
                              f"policy; the control arm (kind fixed, weight {w}) needs it")
         log.warning("config.policy: added the control arm %s (kind fixed, weight %s): every "
                     "comparison is paired against stats.control_weights %s", name, w, weights)
@@ -399,10 +400,10 @@ def to_mesh_config(cfg: DictConfig | Config) -> Any:
 
     m = to_container(cfg).mesh
     if len(m.batch_spec) != 1 or not m.batch_spec[0]:
-        raise ValueError(f"config.mesh.batch_spec = {m.batch_spec}: the apps flatten their "
+        raise UserError(f"config.mesh.batch_spec = {m.batch_spec}: the apps flatten their "
                          f"configurations into one batch axis; expected one entry (a mesh axis "
                          f"name or a list of names) that splits it")
     try:
         return MeshConfig.from_dict(dataclasses.asdict(m))
     except (ValueError, TypeError) as err:
-        raise ValueError(f"config.mesh: {err}") from None
+        raise UserError(f"config.mesh: {err}") from None

@@ -114,8 +114,11 @@ class TensorboardLogger(ExperimentLogger):
     def __init__(self, root: Path, run_name: str, experiment: str, uri: str | None = None):
         from tensorboardX import SummaryWriter
 
+        from tpfl_jax.validate import safe_name
+
         base = Path(uri) if uri else Path(root) / "tensorboard"
-        self.location = str(base / experiment / run_name)
+        # names become one path component each: "../x" cannot leave the log dir
+        self.location = str(base / safe_name(experiment) / safe_name(run_name))
         self.writer = SummaryWriter(logdir=self.location)
         self._params: dict[str, Any] = {}
         self._last: dict[str, float] = {}

@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from tpfl_jax.results import mean_ci  # noqa: E402
+from tpfl_jax.rundir import save_figure, write_text  # noqa: E402
 
 TABLE_METRICS = ("final_pnl", "oos_pnl", "oos_pnl_greedy", "oos_trade_sharpe", "oos_tp_skill",
                  "oos_hit_rate", "oos_mean_r", "final_weight", "updates", "converged")
@@ -72,7 +73,7 @@ def plot_weights(path: Path, cycles: pd.DataFrame) -> Path:
            "(mean over seeds; band: min..max)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -96,7 +97,7 @@ def plot_levels(path: Path, levels: pd.DataFrame, primary: str = "oos_pnl") -> P
            title="Arms beside the reference rules (same episodes)")
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -145,7 +146,7 @@ def plot_learning_curves(path: Path, curves: pd.DataFrame, ref_cycles: pd.DataFr
     fig.suptitle("Learning curves: greedy (band: 95% CI over seeds) and sampled, with the "
                  "reference rules", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -163,31 +164,23 @@ def write_report(run_dir: Path, table: pd.DataFrame, header: str, plots: list[Pa
         text += ["## Reward audit (this env and market)", "", "```", audit, "```", ""]
     text += [f"![{p.stem}]({p.name})" for p in plots]
     path = run_dir / name
-    atomic_write_text(path, "\n".join(text) + "\n")
+    write_text(path, "\n".join(text) + "\n")
     return path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path``, then rename it over ``path`` (a
-    reader sees the old or the new file, never half of one)."""
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _read_summary(f: Path) -> pd.DataFrame:
-    """One ``summary.csv``; unreadable or without ``SUMMARY_COLUMNS`` -> ``ValueError``
+    """One ``summary.csv``; unreadable or without ``SUMMARY_COLUMNS`` -> ``UserError``
     naming the file and what is missing."""
+    from tpfl_jax.errors import UserError
+
     try:
         df = pd.read_csv(f)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ValueError(f"tpfl-report: {f}: not a summary table ({type(e).__name__}: "
+        raise UserError(f"tpfl-report: {f}: not a summary table ({type(e).__name__}: "
                          f"{str(e).strip()[:200]})") from None
     missing = [c for c in SUMMARY_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"tpfl-report: {f}: missing column(s) {missing}; present: "
+        raise UserError(f"tpfl-report: {f}: missing column(s) {missing}; present: "
                          f"{[str(c) for c in df.columns]} (expected a summary.csv written by "
                          "tpfl-loop or tpfl-train)")
     return df
@@ -266,39 +259,69 @@ def write_loop_report(run_dir: Path, header: str, *, answer: list[str], levels: 
                  "Full table: `audit_table.csv`, `audit.md`; plot: `audit_reward_pnl.png`.", ""]
     text += [f"![{p.stem}]({p.name})" for p in plots]
     path = run_dir / "report.md"
-    atomic_write_text(path, "\n".join(text) + "\n")
+    write_text(path, "\n".join(text) + "\n")
     return path
 
 
-def collect(path: str | Path) -> pd.DataFrame:
-    """Every ``summary.csv`` under ``path`` (a run or a multirun dir), with a ``run`` column and
-    the job's overrides (from ``.hydra/overrides.yaml``) as ``overrides``."""
+def collect(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every run under ``path`` (a run or a multirun dir): the ``summary.csv`` rows of the
+    complete runs with ``run`` and ``overrides`` columns, and one row per run directory
+    (``run``, ``command``, ``status``: complete / failed / incomplete, ``overrides``,
+    ``error``) so failed and unfinished jobs are listed, not dropped."""
+    from tpfl_jax.errors import UserError
+    from tpfl_jax.rundir import RECORD, read_record
+
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"tpfl-report: {path} is not a directory; expected a run or "
-                                "multirun output directory")
-    frames = []
-    for f in sorted(path.rglob("summary.csv")):
-        df = _read_summary(f)
-        df.insert(0, "run", str(f.parent.relative_to(path)) or ".")
-        ov = f.parent / ".hydra" / "overrides.yaml"
-        df.insert(1, "overrides", " ".join(
-            ln.strip("- \n") for ln in ov.read_text().splitlines()) if ov.exists() else "")
-        frames.append(df)
-    if not frames:
-        raise FileNotFoundError(f"tpfl-report: no summary.csv under {path}")
-    return pd.concat(frames, ignore_index=True)
+        raise UserError(f"{path} is not a directory; expected a run or multirun output "
+                        "directory")
+    runs, frames = [], []
+    dirs = sorted({f.parent for f in path.rglob(RECORD)} | {f.parent for f in
+                                                             path.rglob("summary.csv")})
+    for d in dirs:
+        rec = read_record(d) or {}
+        name = str(d.relative_to(path)) or "."
+        overrides = " ".join(rec.get("overrides", []))
+        status = rec.get("status", "unknown (no run.json)")
+        if status == "running":
+            status = "incomplete (killed or still running)"
+        runs.append({"run": name, "command": rec.get("command", ""), "status": status,
+                     "overrides": overrides, "error": rec.get("error", "")})
+        f = d / "summary.csv"
+        if f.exists() and rec.get("status") in ("complete", None):
+            df = _read_summary(f)
+            df.insert(0, "run", name)
+            df.insert(1, "overrides", overrides)
+            frames.append(df)
+    if not runs:
+        raise UserError(f"no run under {path} (no run.json or summary.csv)")
+    summary = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return summary, pd.DataFrame(runs)
 
 
 def report_dir(path: str | Path) -> tuple[pd.DataFrame, Path]:
     """Collect a run or multirun dir into ``tpfl-report.md`` and ``tpfl-report.csv`` there
-    (its own files: a run's ``report.md`` is never touched); returns the table."""
+    (its own files: a run's ``report.md`` is never touched): every run's status with its
+    overrides, then the per-arm table of the complete runs. Returns (table, report path)."""
+    from tpfl_jax.rundir import write_frame
+
     path = Path(path)
-    summary = collect(path)
-    by = ("overrides", "policy") if summary["run"].nunique() > 1 else ("policy",)
-    table = policy_table(summary, by)
-    table.to_csv(path / "tpfl-report.csv", index=False)
-    out = write_report(path, table, f"tpfl report: {path}", [], name=COLLECTED_REPORT)
+    summary, runs = collect(path)
+    lines = ["## Runs", "", _markdown(runs), ""]
+    bad = runs[runs.status != "complete"]
+    if len(bad):
+        why = [f"`{r.run}` ({r.status}" + (f": {r.error}" if r.error else "") + ")"
+               for r in bad.itertuples()]
+        lines += [f"**{len(bad)} of {len(runs)} run(s) did not complete** (left out of the "
+                  "table below): " + "; ".join(why), ""]
+    if len(summary):
+        by = ("overrides", "policy") if summary["run"].nunique() > 1 else ("policy",)
+        table = policy_table(summary, by)
+    else:
+        table = pd.DataFrame()
+    write_frame(table, path / "tpfl-report.csv")
+    out = write_report(path, table, f"tpfl report: {path}", [], name=COLLECTED_REPORT,
+                       lines=lines)
     return table, out
 
 

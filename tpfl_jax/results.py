@@ -93,6 +93,14 @@ def cycle_frame(res: Any, names: Sequence[str], *, batch_size: int, episode_step
     return pd.DataFrame(rows)
 
 
+def summary_columns() -> tuple[str, ...]:
+    """Every metric column :func:`summary_frame` writes (``stats.*_metric`` choose from these)."""
+    cols = []
+    for m in SUMMARY_METRICS:
+        cols += [f"final_{m}", f"oos_{m}", *(f"oos_{m}_{mode}" for mode in MODES)]
+    return (*cols, "final_weight", "updates", "converged")
+
+
 def summary_frame(cycles: pd.DataFrame, by: str = "policy") -> pd.DataFrame:
     """One row per ``by`` x seed: ``final_<m>`` (last cycle) and ``oos_<m>`` (mean over cycles
     1..C-1) for ``SUMMARY_METRICS`` of the feedback mode, ``oos_<m>_<mode>`` of each mode,
@@ -307,4 +315,4 @@ def episode_paired(agent_pnl: np.ndarray, ref_pnl: dict[str, np.ndarray],
 __all__ = ["METRICS", "MODES", "SUMMARY_METRICS", "answer", "best_fixed_in_hindsight",
            "curve_frame", "cycle_frame", "episode_paired", "identical_arms", "levels_table",
            "mean_ci", "oos_cycles", "read_metrics_rows", "reference_frame", "reference_summary",
-           "summary_frame", "train_curves"]
+           "summary_columns", "summary_frame", "train_curves"]

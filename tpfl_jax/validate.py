@@ -11,8 +11,8 @@
   against the ``guard`` thresholds; a diverged run raises ``DivergenceError``.
 * ``confine`` / ``safe_name``: names that become paths stay inside their base directory.
 * ``compile_cache_dir``: the user-level JAX compilation cache (not the run directory).
-* ``config_identity`` / ``check_resume``: a run directory is resumed only by the config that
-  wrote it.
+* ``config_identity``: what a run computes (``tpfl_jax.rundir`` refuses to mix two in one
+  directory).
 """
 
 from __future__ import annotations
@@ -30,13 +30,17 @@ from typing import Any
 
 import numpy as np
 
+from tpfl_jax.errors import UserError
+
 COMPILE_CACHE_ENV = "TPFL_COMPILE_CACHE_DIR"
+MAX_POSITION_SIZE = 100.0      # notional / equity (leverage) the env accepts
+MAX_EQUITY = 1e12              # starting equity (currency); float32 keeps ~7 digits
 INT32_MAX = 2**31 - 1
 # keys that do not change what a run computes (excluded from its identity)
 NON_IDENTITY_KEYS = ("progress", "compile_cache", "compile_cache_dir", "guard", "mesh")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config value out of range; the message names every bad key."""
 
 
@@ -182,13 +186,18 @@ def check_config(c: Any) -> None:
     ck.num("env.premature_horizon", e.premature_horizon, lo=1, integer=True)
     if not e.tp_mults:
         ck.bad("env.tp_mults", list(e.tp_mults), "a non-empty list of numbers > 0")
-    for i, m in enumerate(e.tp_mults):
-        ck.num(f"env.tp_mults[{i}]", m, lo=0, lo_open=True)
+    tps_ok = all([ck.num(f"env.tp_mults[{i}]", m, lo=0, lo_open=True)
+                  for i, m in enumerate(e.tp_mults)])
+    if tps_ok and any(b <= a for a, b in zip(e.tp_mults, e.tp_mults[1:], strict=False)):
+        # the TP index orders distances (the audit's churn rule trades the tightest, index 0)
+        ck.bad("env.tp_mults", list(e.tp_mults),
+               f"strictly increasing TP distances, e.g. {sorted(set(map(float, e.tp_mults)))}")
     ck.num("env.sl_mult", e.sl_mult, lo=0, lo_open=True)
     for k in ("fee_bps", "half_spread_bps", "impact_coef"):
         ck.num(f"env.{k}", getattr(e, k), lo=0)
-    ck.num("env.position_size", e.position_size, lo=0, lo_open=True)
-    ck.num("env.initial_equity", e.initial_equity, lo=0, lo_open=True)
+    # the env runs in float32: notional = equity x size must stay far from its range (3.4e38)
+    ck.num("env.position_size", e.position_size, lo=0, lo_open=True, hi=MAX_POSITION_SIZE)
+    ck.num("env.initial_equity", e.initial_equity, lo=0, lo_open=True, hi=MAX_EQUITY)
     ck.num("env.ruin_floor", e.ruin_floor, lo=0, hi=1, hi_open=True)
     ck.num("env.max_holding", e.max_holding, lo=1, integer=True)
     ck.num("env.max_steps_in_episode", e.max_steps_in_episode, lo=1, hi=INT32_MAX,
@@ -210,8 +219,11 @@ def check_config(c: Any) -> None:
     a = c.audit
     ck.num("audit.episodes", a.episodes, lo=2, integer=True)
     ck.num("audit.paths", a.paths, lo=1, integer=True)
+    if not a.weights:
+        ck.bad("audit.weights", list(a.weights), "a non-empty list of weights >= 0")
     for i, w_ in enumerate(a.weights):
         ck.num(f"audit.weights[{i}]", w_, lo=0)
+    _check_stats_and_logger(ck, c)
     if a.lookback is not None:
         ck.num("audit.lookback", a.lookback, lo=1, hi=e.window, integer=True)
 
@@ -292,6 +304,34 @@ def check_config(c: Any) -> None:
     ck.raise_if_any()
 
 
+def _check_stats_and_logger(ck: _Checker, c: Any) -> None:
+    """``stats.*`` (level, resamples, declared metrics, control weights) and ``logger.*``."""
+    from tpfl_jax.results import summary_columns
+
+    st = c.stats
+    ck.num("stats.level", st.level, lo=0, hi=1, lo_open=True, hi_open=True)
+    ck.num("stats.n_boot", st.n_boot, lo=100, hi=10**7, integer=True)
+    known = summary_columns()
+    ck.choice("stats.primary_metric", st.primary_metric, known)
+    for i, m in enumerate(st.secondary_metrics):
+        ck.choice(f"stats.secondary_metrics[{i}]", m, known)
+    if not st.control_weights:
+        ck.bad("stats.control_weights", list(st.control_weights),
+               "at least one control weight (e.g. [1.0, 0.0]): every comparison is paired "
+               "against a control arm")
+    for i, w in enumerate(st.control_weights):
+        ck.num(f"stats.control_weights[{i}]", w, lo=0)
+    if len(set(map(str, st.control_weights))) != len(st.control_weights):
+        ck.bad("stats.control_weights", list(st.control_weights), "distinct weights")
+    lg = c.logger
+    from tpfl_jax.explog import LOGGER_KINDS
+
+    ck.choice("logger.kind", lg.kind, LOGGER_KINDS)
+    if lg.experiment is not None and (not isinstance(lg.experiment, str) or not
+                                      lg.experiment.strip() or len(lg.experiment) > 100):
+        ck.bad("logger.experiment", lg.experiment, "null or a name of 1-100 characters")
+
+
 def check_train(c: Any) -> None:
     """``tpfl-train``'s ``train`` section (weights, seeds, chunking, evaluation)."""
     ck = _Checker()
@@ -324,8 +364,15 @@ def check_clm(c: Any, out: Path | None = None) -> None:
         v = getattr(k, name)
         if not isinstance(v, str) or not v.strip():
             ck.bad(f"clm.{name}", v, "a non-empty string")
+    from tpfl_jax.tracking.checks import MAX_NAME_LEN
+
     if isinstance(k.symbol, str) and "," in k.symbol:
         ck.bad("clm.symbol", k.symbol, "one symbol (no commas)")
+    if isinstance(k.symbol, str) and len(k.symbol) > MAX_NAME_LEN:
+        ck.bad("clm.symbol", k.symbol[:40] + "...", f"at most {MAX_NAME_LEN} characters (the "
+               "symbol names the model's checkpoint folder)")
+    if isinstance(k.db, str) and (len(k.db) > 255 or "\x00" in k.db):
+        ck.bad("clm.db", k.db[:40] + "...", "a file name of at most 255 characters")
     ck.num("clm.min_attempts", k.min_attempts, lo=1, hi=INT32_MAX, integer=True)
     ck.num("clm.backtest_episodes", k.backtest_episodes, lo=1, hi=INT32_MAX, integer=True)
     if out is not None and isinstance(k.db, str) and k.db.strip():
@@ -344,7 +391,8 @@ def estimate_footprint(ppo: Any, obs_size: int, n_agents: int, *, n_actions: int
                        ) -> dict[str, int]:
     """Lower-bound bytes a run holds at once, by component (and ``total``).
 
-    Per agent: the rollout of ``num_envs x num_steps`` transitions (observation twice, ~35
+    Per agent: the network's parameters with their gradient, Adam moments and one copy; the
+    rollout of ``num_envs x num_steps`` transitions (observation twice, ~35
     scalars of actions, values, rewards and trade records), the update batch and its shuffled
     copy, the minibatch activations; synthetic markets generated per agent (``market_cells``
     bars with ``substeps`` intrabar draws), kept deploy trades and per-update metric curves
@@ -358,7 +406,13 @@ def estimate_footprint(ppo: Any, obs_size: int, n_agents: int, *, n_actions: int
         obs_size + 2 * width + n_actions) * 3
     market = market_cells_per_agent * (4 * substeps + 20)
     deploy = deploy_envs * (2 * obs_size + 40) + keep_trade_cells * 20
+    layers = [obs_size, *ppo.widths]
+    torso = sum(a * b + b for a, b in zip(layers, layers[1:], strict=False))
+    heads = ppo.widths[-1] * (n_actions + 1) + n_actions + 1
+    n_params = torso * (1 if ppo.shared_torso else 2) + heads
     comp = {
+        # parameters, their gradient and Adam's two moments (and a copy for the warm start)
+        "network_and_optimizer": n_agents * n_params * 5 * f32,
         "rollout_and_batch": n_agents * transitions * per_t * f32,
         "activations": n_agents * act * f32,
         "markets": n_agents * market * f32 + shared_market_cells * 12 * f32,
@@ -528,7 +582,7 @@ def confine(base: str | os.PathLike[str], path: str | os.PathLike[str], what: st
     b = Path(base).resolve()
     p = (b / Path(path)).resolve()
     if p != b and b not in p.parents:
-        raise ValueError(f"{what} = {os.fspath(path)!r} resolves to {p}, outside {b}; "
+        raise UserError(f"{what} = {os.fspath(path)!r} resolves to {p}, outside {b}; "
                          "expected a path inside it")
     return p
 
@@ -537,15 +591,22 @@ def confine(base: str | os.PathLike[str], path: str | os.PathLike[str], what: st
 def compile_cache_dir(configured: str | None = None) -> Path:
     """The user-level JAX compilation cache: ``configured`` (config ``compile_cache_dir``),
     else ``$TPFL_COMPILE_CACHE_DIR``, else ``$XDG_CACHE_HOME/tpfl_jax/jax``, else
-    ``~/.cache/tpfl_jax/jax``."""
+    ``$HOME/.cache/tpfl_jax/jax``; without a usable ``HOME`` (unset, empty, relative or ``/``)
+    ``<temp dir>/tpfl_jax-<uid>/jax``."""
     if configured:
         return Path(configured).expanduser()
     env = os.environ.get(COMPILE_CACHE_ENV)
     if env:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
-    root = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return root / "tpfl_jax" / "jax"
+    if xdg and Path(xdg).expanduser().is_absolute():
+        return Path(xdg).expanduser() / "tpfl_jax" / "jax"
+    home = os.environ.get("HOME", "")
+    if home and Path(home).is_absolute() and Path(home) != Path("/"):
+        return Path(home) / ".cache" / "tpfl_jax" / "jax"
+    import tempfile  # no usable home: a per-user cache in the temp dir
+
+    return Path(tempfile.gettempdir()) / f"tpfl_jax-{os.getuid()}" / "jax"
 
 
 # --------------------------------------------------------------------------- run identity
@@ -585,30 +646,6 @@ def identity_diff(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 8
     if len(keys) > limit:
         parts.append(f"... {len(keys) - limit} more")
     return "; ".join(parts) or "(no visible difference)"
-
-
-def check_resume(out: Path, cfg: Any) -> None:
-    """Refuse to reuse a run directory holding a checkpointed run of another config.
-
-    ``out/config_resolved.yaml`` (written by the apps) is compared with ``cfg`` when ``out``
-    has ``checkpoints/``; a different identity raises ``ValueError`` naming the keys.
-    """
-    from omegaconf import OmegaConf
-
-    old_file = out / "config_resolved.yaml"
-    if not (old_file.is_file() and (out / "checkpoints").exists()):
-        return
-    try:
-        old = config_identity(OmegaConf.load(old_file))
-    except Exception as e:  # noqa: BLE001 - an unreadable record cannot prove the identity
-        raise ValueError(f"{old_file}: cannot read the config of the run in {out} "
-                         f"({type(e).__name__}: {e}); resume refused. Use another output "
-                         "directory (hydra.run.dir=...)") from None
-    new = config_identity(cfg)
-    if identity_hash(old) != identity_hash(new):
-        raise ValueError(f"{out} holds a run of another config ({identity_diff(old, new)}); "
-                         "resuming it would mix two runs, so it is refused. Use another output "
-                         "directory (hydra.run.dir=...) or rerun with the same config")
 
 
 def tree_digest(tree: Any) -> str:
@@ -660,7 +697,7 @@ def first_non_finite(value: Any, path: str = "") -> str | None:
 
 __all__ = ["COMPILE_CACHE_ENV", "ConfigError", "DivergenceError", "GuardSection",
            "check_clm", "check_config", "check_divergence", "check_known_keys",
-           "check_memory", "check_resume", "check_run_memory", "check_train",
+           "check_memory", "check_run_memory", "check_train",
            "compile_cache_dir", "confine", "config_identity", "device_memory_bytes",
            "estimate_footprint", "first_non_finite", "identity_diff", "identity_hash",
            "safe_name", "tree_digest"]
