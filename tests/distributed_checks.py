@@ -98,9 +98,10 @@ def main() -> None:
     res["pad_max_abs_diff"] = float(np.nanmax(np.abs(pa - ra)))
     res["t_pad_s"] = time.perf_counter() - t0
 
-    # not divisible with the default policy: 3 seeds x 1 weight over 8 devices
+    # not divisible with on_indivisible='error': 3 seeds x 1 weight over 8 devices
     try:
-        D.make_ppo_sweep(TINY, env, mesh, env_params=params)(3, [1.0], params)
+        D.make_ppo_sweep(TINY, env, mesh, D.MeshConfig(on_indivisible="error"),
+                         env_params=params)(3, [1.0], params)
         res["indivisible_error"] = None
     except ValueError as e:
         res["indivisible_error"] = str(e)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -257,3 +258,56 @@ def test_study_gpu_is_the_study_with_more_training():
     assert steps(g) >= 3 * steps(s)
     same = ("lr", "ent_coef", "update_epochs", "normalize_reward", "gamma", "clip_eps")
     assert [getattr(g.ppo, k) for k in same] == [getattr(s.ppo, k) for k in same]
+
+
+def test_every_hydra_default_equals_its_objects_default():
+    """The Hydra schemas are the frozen objects' defaults (no hand copy can drift)."""
+    import inspect
+
+    from tpfl_jax.agents.ppo import PPOConfig
+    from tpfl_jax.audit import AuditConfig
+    from tpfl_jax.config import (
+        AuditSection,
+        EnvConfig,
+        LoopSection,
+        MarketConfig,
+        MeshSection,
+        PPOSection,
+        RewardSection,
+    )
+    from tpfl_jax.distributed import MeshConfig
+    from tpfl_jax.env.trading import _MODE_FIELDS, DEFAULT_TP_MULTS, EnvParams, TradingEnv
+    from tpfl_jax.loop import LoopConfig
+    from tpfl_jax.market.specs import SyntheticMarkets
+    from tpfl_jax.reward import RewardCoefs
+
+    def same(schema, obj, names, convert=lambda k, v: v):
+        s, o = schema(), obj
+        for k in names:
+            got, want = getattr(s, k), convert(k, getattr(o, k))
+            got = list(got) if isinstance(got, (list, tuple)) else got
+            want = list(want) if isinstance(want, (list, tuple)) else want
+            assert got == want, f"{schema.__name__}.{k}: {got!r} != {obj!r}.{k} {want!r}"
+
+    fields = lambda cls: [f.name for f in dataclasses.fields(cls)]  # noqa: E731
+    same(PPOSection, PPOConfig(), fields(PPOConfig))
+    same(LoopSection, LoopConfig(), fields(LoopConfig))
+    same(RewardSection, RewardCoefs(), fields(RewardCoefs))
+    same(AuditSection, AuditConfig(), ["weights", "episodes", "lookback"])
+    same(MeshSection, MeshConfig(), ["shape", "axis_names", "batch_spec", "on_indivisible",
+                                     "coordinator_address", "num_processes", "process_id",
+                                     "local_device_ids", "auto_detect"])
+    same(MarketConfig, SyntheticMarkets(), fields(SyntheticMarkets))
+    env_params = [f.name for f in dataclasses.fields(EnvParams)
+                  if f.name not in ("market", "coefs", "tp_mults") and f.name in
+                  fields(EnvConfig)]
+    assert len(env_params) >= 14
+    import jax.numpy as jnp
+
+    ep = EnvParams(market=None, tp_mults=jnp.asarray(DEFAULT_TP_MULTS))
+    same(EnvConfig, ep, env_params,
+         lambda k, v: _MODE_FIELDS[k][int(v)] if k in _MODE_FIELDS else v)
+    assert EnvConfig().tp_mults == list(DEFAULT_TP_MULTS)
+    sig = inspect.signature(TradingEnv.__init__).parameters
+    for k in ("window", "premature_horizon"):
+        assert getattr(EnvConfig(), k) == sig[k].default, k

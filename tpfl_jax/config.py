@@ -23,15 +23,20 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from tpfl_jax.agents.ppo import PPOConfig
 from tpfl_jax.errors import UserError
 from tpfl_jax.loop import HISTORY_MODES, LOOP_POLICY_KINDS, LoopConfig, make_loop_policy
+from tpfl_jax.market.specs import SyntheticMarkets
 from tpfl_jax.reward import RewardCoefs
 from tpfl_jax.validate import GuardSection, check_config, check_known_keys
 
 log = logging.getLogger(__name__)
+_SYN = SyntheticMarkets()     # the synthetic market section's defaults are the spec's
 
 
 @dataclass
 class EnvConfig:
-    """``TradingEnv`` static settings and ``EnvParams`` values (see ``env/trading.py``).
+    """``TradingEnv`` static settings and ``EnvParams`` values (see ``env/trading.py``; the
+    defaults are those objects' defaults: ``tests/test_app.py`` compares every one; the env
+    module is not imported here, since importing gymnax would start the XLA backend before a
+    multi-host job's ``jax.distributed.initialize``).
 
     accuracy: the accuracy the TP bonus is paid on (``mfe_ratio`` | ``hit`` | ``skill``);
     drawdown_mode: ``increase`` (of the episode's max drawdown) | ``level`` (every step);
@@ -88,13 +93,13 @@ class MarketConfig:
     has no volume column (volume 0)."""
 
     source: str = "synthetic"
-    kind: str = "regime"
+    kind: str = _SYN.kind
     params: dict[str, Any] = field(default_factory=dict)
-    train_paths: int = 16
-    deploy_paths: int = 16
-    n_bars: int = 300
-    substeps: int = 8
-    fresh: bool = True
+    train_paths: int = _SYN.train_paths
+    deploy_paths: int = _SYN.deploy_paths
+    n_bars: int = _SYN.n_bars
+    substeps: int = _SYN.substeps
+    fresh: bool = _SYN.fresh
     path: str | None = None
     train_bars: int = 400
     deploy_bars: int = 200
@@ -230,7 +235,7 @@ class MeshSection:
     shape: list[int] = field(default_factory=lambda: [-1])
     axis_names: list[str] = field(default_factory=lambda: ["batch"])
     batch_spec: list[Any] = field(default_factory=lambda: ["batch"])
-    on_indivisible: str = "pad"
+    on_indivisible: str = "pad"          # = distributed.MeshConfig's (tests compare them)
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
@@ -295,7 +300,7 @@ def to_container(cfg: DictConfig | Config) -> Config:
     """The composed config as the :class:`Config` dataclass (``OmegaConf.to_object``)."""
     if isinstance(cfg, Config):
         return cfg
-    check_known_keys(cfg)          # closed schemas: keys added with ``+`` must exist
+    check_known_keys(cfg, Config)  # closed schemas: keys added with ``+`` must exist
     obj = OmegaConf.to_object(cfg)
     if not isinstance(obj, Config):
         raise TypeError(f"config: expected the base_config schema, got {type(obj).__name__}")

@@ -71,7 +71,7 @@ class MeshConfig:
     shape: tuple[int, ...] = (-1,)
     axis_names: tuple[str, ...] = ("batch",)
     batch_spec: tuple[AxisSpec, ...] = ("batch",)
-    on_indivisible: Literal["error", "pad"] = "error"
+    on_indivisible: Literal["error", "pad"] = "pad"
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
@@ -301,7 +301,7 @@ def gather(tree: Any) -> Any:
 # --------------------------------------------------------------------------- sharded vmap
 def sharded_vmap(fn: Callable[..., Any], mesh: Mesh, in_axes: int | None | Sequence[int | None] = 0,
                  out_axes: int = 0, *, axis: AxisSpec = "batch",
-                 on_indivisible: Literal["error", "pad"] = "error") -> Callable[..., Any]:
+                 on_indivisible: Literal["error", "pad"] = "pad") -> Callable[..., Any]:
     """``jit(vmap(fn, in_axes, out_axes))`` with the vmapped axis sharded over ``axis`` of ``mesh``.
 
     ``in_axes`` is one entry per positional argument (an int: that axis of every leaf is the

@@ -70,15 +70,11 @@ def _is_dataclass_type(t: Any) -> bool:
     return isinstance(t, type) and dataclasses.is_dataclass(t)
 
 
-def check_known_keys(cfg: Any, schema: type | None = None, where: str = "config") -> None:
-    """Raise ``ConfigError`` for a key of ``cfg`` (a ``DictConfig``) that ``schema`` (default
+def check_known_keys(cfg: Any, schema: type, where: str = "config") -> None:
+    """Raise ``ConfigError`` for a key of ``cfg`` (a ``DictConfig``) that ``schema`` (e.g.
     ``config.Config``) lacks, e.g. one added with ``+``; open dict fields are not checked."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
-    if schema is None:
-        from tpfl_jax.config import Config
-
-        schema = Config
     problems: list[str] = []
 
     def walk(node: Any, cls: type, path: str) -> None:

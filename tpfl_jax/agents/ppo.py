@@ -277,40 +277,39 @@ def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.where(n > 0, (x * mask).sum() / jnp.maximum(n, 1.0), jnp.nan)
 
 
-# --------------------------------------------------------------------------- make_ppo
-def make_ppo(config: PPOConfig, env: Any, env_params: Any = None, *,
-             info_metrics: InfoMetrics | None = None, stream: DataStream | None = None) -> PPO:
-    """Build the pure PPO functions for ``env``.
+# --------------------------------------------------------------------------- the algorithm
+class PPOAlgorithm:
+    """PPO's pure functions for one static configuration on one env (each a short method;
+    :func:`make_ppo` hands them out as :class:`PPO`). Everything traced is an argument."""
 
-    ``env_params`` (default ``env.default_params``) is used only to read the static
-    observation/action spaces; the traced env params are passed to the functions.
-    ``info_metrics`` and ``stream``: the optional hooks of the module docstring.
-    """
-    space_params = env.default_params if env_params is None else env_params
-    network = make_network(env, space_params, config.widths, config.activation,
-                           config.shared_torso, config.init_log_std)
-    spec = network.spec
-    obs_shape = tuple(env.observation_space(space_params).shape)
-    n_envs = config.num_envs
-    v_reset = jax.vmap(env.reset, in_axes=(0, None))
-    v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    def __init__(self, config: PPOConfig, env: Any, space_params: Any,
+                 info_metrics: InfoMetrics | None = None, stream: DataStream | None = None):
+        self.config, self.env = config, env
+        self.info_metrics, self.stream = info_metrics, stream
+        self.network = make_network(env, space_params, config.widths, config.activation,
+                                    config.shared_torso, config.init_log_std)
+        self.obs_shape = tuple(env.observation_space(space_params).shape)
+        self.v_reset = jax.vmap(env.reset, in_axes=(0, None))
+        self.v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
-    def init(rng: jax.Array, env_params: Any, hparams: PPOHParams | None = None,
+    # ------------------------------------------------------------------ init
+    def init(self, rng: jax.Array, env_params: Any, hparams: PPOHParams | None = None,
              source: Any = None) -> RunnerState:
         """A new run: network, optimizer, envs reset (on the stream's first data, drawn from
         ``source``, when the PPO has a stream)."""
-        hp = config.hparams() if hparams is None else hparams
+        cfg, n_envs = self.config, self.config.num_envs
+        hp = cfg.hparams() if hparams is None else hparams
         rng = _as_typed_key(rng)
         rng, k_net, k_env = jax.random.split(rng, 3)
-        params = network.init(k_net, jnp.zeros((1, *obs_shape), jnp.float32))
-        opt_state = make_optimizer(config, hp).init(params)
+        params = self.network.init(k_net, jnp.zeros((1, *self.obs_shape), jnp.float32))
+        opt_state = make_optimizer(cfg, hp).init(params)
         data = None
-        if stream is None:
-            obs, env_state = v_reset(jax.random.split(k_env, n_envs), env_params)
+        if self.stream is None:
+            obs, env_state = self.v_reset(jax.random.split(k_env, n_envs), env_params)
         else:
-            data, obs, env_state, _ = stream.start(k_env, source, env_params)
-        obs_rms = RunningMeanStd.create(obs_shape)
-        if config.normalize_obs:
+            data, obs, env_state, _ = self.stream.start(k_env, source, env_params)
+        obs_rms = RunningMeanStd.create(self.obs_shape)
+        if cfg.normalize_obs:
             obs_rms = obs_rms.update(obs)
         zeros = jnp.zeros((n_envs,), jnp.float32)
         return RunnerState(
@@ -319,61 +318,69 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any = None, *,
             ret_rms=RunningMeanStd.create(()), disc_return=zeros, ep_return=zeros,
             ep_length=jnp.zeros((n_envs,), jnp.int32), data=data)
 
-    def _norm_obs(obs_rms: RunningMeanStd, obs: jax.Array) -> jax.Array:
-        if config.normalize_obs:
-            return obs_rms.normalize(obs, config.obs_clip)
+    # ------------------------------------------------------------------ rollout
+    def norm_obs(self, obs_rms: RunningMeanStd, obs: jax.Array) -> jax.Array:
+        if self.config.normalize_obs:
+            return obs_rms.normalize(obs, self.config.obs_clip)
         return obs.astype(jnp.float32)
 
-    def _rollout(rs: RunnerState, env_params: Any) -> tuple[RunnerState, Transition]:
-        hp = rs.hparams
+    def _scaled_reward(self, rs: RunnerState, reward: jax.Array, done: jax.Array):
+        """(discounted return, its statistics, the reward PPO trains on): scaled by the running
+        std of the discounted return with ``normalize_reward``."""
+        if not self.config.normalize_reward:
+            return rs.disc_return, rs.ret_rms, reward
+        disc = rs.disc_return * rs.hparams.gamma + reward
+        ret_rms = rs.ret_rms.update(disc)
+        return jnp.where(done, 0.0, disc), ret_rms, reward / jnp.sqrt(ret_rms.var + 1e-8)
 
-        def step(rs: RunnerState, _):
-            rng, k_act, k_step = jax.random.split(rs.rng, 3)
-            obs_n = _norm_obs(rs.obs_rms, rs.obs)
-            dist, value = network.apply(rs.params, obs_n)
-            action = dist.sample(k_act)
-            log_prob = dist.log_prob(action)
-            next_obs, env_state, reward, term, trunc, info = v_step(
-                jax.random.split(k_step, n_envs), rs.env_state, to_env_action(spec, action),
-                env_params)
-            reward = reward.astype(jnp.float32)
-            done = jnp.logical_or(term, trunc)
-            final_obs = info.pop("final_observation")
-            for k in ("terminated", "truncated", "discount"):
-                info.pop(k, None)
-            obs_rms = rs.obs_rms.update(next_obs) if config.normalize_obs else rs.obs_rms
-            ep_return = rs.ep_return + reward
-            ep_length = rs.ep_length + 1
-            if config.normalize_reward:
-                disc = rs.disc_return * hp.gamma + reward
-                ret_rms = rs.ret_rms.update(disc)
-                train_reward = reward / jnp.sqrt(ret_rms.var + 1e-8)
-                disc = jnp.where(done, 0.0, disc)
-            else:
-                disc, ret_rms, train_reward = rs.disc_return, rs.ret_rms, reward
-            keep = info if info_metrics is not None else {}
-            tr = Transition(obs_n, action, log_prob, value, train_reward, term, done,
-                            _norm_obs(obs_rms, final_obs), reward, ep_return, ep_length, keep)
-            rs = rs.replace(
-                env_state=env_state, obs=next_obs, rng=rng, obs_rms=obs_rms, ret_rms=ret_rms,
-                disc_return=disc, ep_return=jnp.where(done, 0.0, ep_return),
-                ep_length=jnp.where(done, 0, ep_length))
-            return rs, tr
+    def env_step(self, rs: RunnerState, env_params: Any) -> tuple[RunnerState, Transition]:
+        """One step of every env with the current policy."""
+        rng, k_act, k_step = jax.random.split(rs.rng, 3)
+        obs_n = self.norm_obs(rs.obs_rms, rs.obs)
+        dist, value = self.network.apply(rs.params, obs_n)
+        action = dist.sample(k_act)
+        log_prob = dist.log_prob(action)
+        next_obs, env_state, reward, term, trunc, info = self.v_step(
+            jax.random.split(k_step, self.config.num_envs), rs.env_state,
+            to_env_action(self.network.spec, action), env_params)
+        reward = reward.astype(jnp.float32)
+        done = jnp.logical_or(term, trunc)
+        final_obs = info.pop("final_observation")
+        for k in ("terminated", "truncated", "discount"):
+            info.pop(k, None)
+        obs_rms = rs.obs_rms.update(next_obs) if self.config.normalize_obs else rs.obs_rms
+        ep_return = rs.ep_return + reward
+        ep_length = rs.ep_length + 1
+        disc, ret_rms, train_reward = self._scaled_reward(rs, reward, done)
+        keep = info if self.info_metrics is not None else {}
+        tr = Transition(obs_n, action, log_prob, value, train_reward, term, done,
+                        self.norm_obs(obs_rms, final_obs), reward, ep_return, ep_length, keep)
+        rs = rs.replace(
+            env_state=env_state, obs=next_obs, rng=rng, obs_rms=obs_rms, ret_rms=ret_rms,
+            disc_return=disc, ep_return=jnp.where(done, 0.0, ep_return),
+            ep_length=jnp.where(done, 0, ep_length))
+        return rs, tr
 
-        return jax.lax.scan(step, rs, None, length=config.num_steps)
+    def rollout(self, rs: RunnerState, env_params: Any) -> tuple[RunnerState, Transition]:
+        """``num_steps`` env steps in one ``lax.scan`` (transitions ``[T, num_envs]``)."""
+        return jax.lax.scan(lambda r, _: self.env_step(r, env_params), rs, None,
+                            length=self.config.num_steps)
 
-    def _loss(params, hp: PPOHParams, mb: dict[str, jax.Array]):
-        dist, value = network.apply(params, mb["obs"])
+    # ------------------------------------------------------------------ learning
+    def loss(self, params: Any, hp: PPOHParams, mb: dict[str, jax.Array]):
+        """Clipped surrogate + value loss - entropy bonus of one minibatch, and diagnostics."""
+        cfg = self.config
+        dist, value = self.network.apply(params, mb["obs"])
         log_prob = dist.log_prob(mb["action"])
         entropy = dist.entropy().mean()
         v_old = mb["value"]
         v_clipped = v_old + jnp.clip(value - v_old, -hp.clip_eps, hp.clip_eps)
         v_l = jnp.square(value - mb["target"])
-        if config.clip_value_loss:
+        if cfg.clip_value_loss:
             v_l = jnp.maximum(v_l, jnp.square(v_clipped - mb["target"]))
         value_loss = 0.5 * v_l.mean()
         adv = mb["adv"]
-        if config.normalize_advantages:
+        if cfg.normalize_advantages:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         log_ratio = log_prob - mb["log_prob"]
         ratio = jnp.exp(log_ratio)
@@ -389,26 +396,25 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any = None, *,
         }
         return total, aux
 
-    def update(rs: RunnerState, env_params: Any) -> tuple[RunnerState, Metrics]:
-        """One PPO update: rollout, GAE, ``update_epochs`` x ``num_minibatches`` steps."""
+    def batch(self, rs: RunnerState, traj: Transition) -> dict[str, jax.Array]:
+        """GAE advantages and value targets, flattened to ``[batch_size, ...]``."""
         hp = rs.hparams
-        tx = make_optimizer(config, hp)
-        if stream is not None:      # new data for this update; running episodes keep theirs
-            k_data = jax.random.fold_in(rs.rng, 0x5EED)
-            data, env_state, env_params = stream.refresh(k_data, rs.data, rs.env_state,
-                                                         env_params)
-            rs = rs.replace(data=data, env_state=env_state)
-        rs, traj = _rollout(rs, env_params)
-        _, next_values = network.apply(rs.params, traj.final_obs)
+        _, next_values = self.network.apply(rs.params, traj.final_obs)
         adv, targets = compute_gae(traj.reward, traj.value, next_values, traj.terminated,
                                    traj.done, hp.gamma, hp.gae_lambda)
         batch = {"obs": traj.obs, "action": traj.action, "log_prob": traj.log_prob,
                  "value": traj.value, "adv": adv, "target": targets}
-        batch = jax.tree.map(lambda x: x.reshape(config.batch_size, *x.shape[2:]), batch)
+        return jax.tree.map(lambda x: x.reshape(self.config.batch_size, *x.shape[2:]), batch)
+
+    def learn(self, rs: RunnerState, batch: dict[str, jax.Array]) -> tuple[Any, Any, Metrics]:
+        """``update_epochs`` passes of ``num_minibatches`` shuffled Adam steps: (params,
+        optimizer state, per-step diagnostics)."""
+        cfg, hp = self.config, rs.hparams
+        tx = make_optimizer(cfg, hp)
 
         def minibatch_step(carry, mb):
             params, opt_state = carry
-            (loss, aux), grads = jax.value_and_grad(_loss, has_aux=True)(params, hp, mb)
+            (loss, aux), grads = jax.value_and_grad(self.loss, has_aux=True)(params, hp, mb)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             return (params, opt_state), {"loss": loss, "grad_norm": optax.global_norm(grads),
@@ -417,21 +423,22 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any = None, *,
         def epoch(carry, _):
             params, opt_state, rng = carry
             rng, k = jax.random.split(rng)
-            perm = jax.random.permutation(k, config.batch_size)
+            perm = jax.random.permutation(k, cfg.batch_size)
             shuffled = jax.tree.map(
-                lambda x: x[perm].reshape(config.num_minibatches, config.minibatch_size,
+                lambda x: x[perm].reshape(cfg.num_minibatches, cfg.minibatch_size,
                                           *x.shape[1:]), batch)
             (params, opt_state), stats = jax.lax.scan(minibatch_step, (params, opt_state),
                                                       shuffled)
             return (params, opt_state, rng), stats
 
-        lr_now = hp.lr * (1.0 - rs.update_step / config.num_updates) if config.anneal_lr else hp.lr
-        rng, k_epochs = jax.random.split(rs.rng)
+        _, k_epochs = jax.random.split(rs.rng)
         (params, opt_state, _), stats = jax.lax.scan(
-            epoch, (rs.params, rs.opt_state, k_epochs), None, length=config.update_epochs)
-        step = rs.update_step + 1
-        rs = rs.replace(params=params, opt_state=opt_state, rng=rng, update_step=step)
+            epoch, (rs.params, rs.opt_state, k_epochs), None, length=cfg.update_epochs)
+        return params, opt_state, stats
 
+    def _metrics(self, rs: RunnerState, traj: Transition, stats: Metrics, params: Any,
+                 lr_now: jax.Array) -> Metrics:
+        """Per-update summary (means; never per step)."""
         done = traj.done.astype(jnp.float32)
         metrics: Metrics = {k: v.mean() for k, v in stats.items()}
         metrics.update({
@@ -440,25 +447,56 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any = None, *,
             "episodes": done.sum(),
             "reward": traj.raw_reward.mean(),
             "lr": lr_now,
-            "env_steps": step.astype(jnp.float32) * config.batch_size,
+            "env_steps": rs.update_step.astype(jnp.float32) * self.config.batch_size,
             "finite": jnp.logical_and(jnp.all(jnp.isfinite(stats["loss"])), _finite(params)),
         })
-        if info_metrics is not None:
-            metrics.update(info_metrics(traj.info))
-        return rs, metrics
+        if self.info_metrics is not None:
+            metrics.update(self.info_metrics(traj.info))
+        return metrics
 
-    def run(rs: RunnerState, env_params: Any, num_updates: int) -> tuple[RunnerState, Metrics]:
+    # ------------------------------------------------------------------ updates
+    def update(self, rs: RunnerState, env_params: Any) -> tuple[RunnerState, Metrics]:
+        """One PPO update: fresh data (with a stream), rollout, GAE, ``update_epochs`` x
+        ``num_minibatches`` steps."""
+        cfg, hp = self.config, rs.hparams
+        if self.stream is not None:  # new data for this update; running episodes keep theirs
+            k_data = jax.random.fold_in(rs.rng, 0x5EED)
+            data, env_state, env_params = self.stream.refresh(k_data, rs.data, rs.env_state,
+                                                              env_params)
+            rs = rs.replace(data=data, env_state=env_state)
+        rs, traj = self.rollout(rs, env_params)
+        params, opt_state, stats = self.learn(rs, self.batch(rs, traj))
+        lr_now = hp.lr * (1.0 - rs.update_step / cfg.num_updates) if cfg.anneal_lr else hp.lr
+        rng, _ = jax.random.split(rs.rng)
+        rs = rs.replace(params=params, opt_state=opt_state, rng=rng,
+                        update_step=rs.update_step + 1)
+        return rs, self._metrics(rs, traj, stats, params, lr_now)
+
+    def run(self, rs: RunnerState, env_params: Any, num_updates: int
+            ) -> tuple[RunnerState, Metrics]:
         """``num_updates`` (static) updates in one ``lax.scan``; metrics ``[num_updates]``."""
-        return jax.lax.scan(lambda s, _: update(s, env_params), rs, None, length=num_updates)
+        return jax.lax.scan(lambda s, _: self.update(s, env_params), rs, None,
+                            length=num_updates)
 
-    def train(rng: jax.Array, env_params: Any, hparams: PPOHParams | None = None,
+    def train(self, rng: jax.Array, env_params: Any, hparams: PPOHParams | None = None,
               source: Any = None) -> TrainResult:
         """Full training run: ``init`` then ``config.num_updates`` updates."""
-        rs = init(rng, env_params, hparams, source)
-        rs, metrics = run(rs, env_params, config.num_updates)
+        rs = self.init(rng, env_params, hparams, source)
+        rs, metrics = self.run(rs, env_params, self.config.num_updates)
         return TrainResult(rs, metrics)
 
-    return PPO(config, network, init, update, run, train)
+
+def make_ppo(config: PPOConfig, env: Any, env_params: Any = None, *,
+             info_metrics: InfoMetrics | None = None, stream: DataStream | None = None) -> PPO:
+    """Build the pure PPO functions for ``env`` (:class:`PPOAlgorithm`).
+
+    ``env_params`` (default ``env.default_params``) is used only to read the static
+    observation/action spaces; the traced env params are passed to the functions.
+    ``info_metrics`` and ``stream``: the optional hooks of the module docstring.
+    """
+    space_params = env.default_params if env_params is None else env_params
+    algo = PPOAlgorithm(config, env, space_params, info_metrics, stream)
+    return PPO(config, algo.network, algo.init, algo.update, algo.run, algo.train)
 
 
 def train_with_evals(ppo: PPO, rng: jax.Array, env_params: Any,

@@ -17,7 +17,7 @@ on the same step, so at most one trade closes per step and ``info["trade"]`` is 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -98,12 +98,73 @@ class EnvParams(environment.EnvParams):
     ruin_floor: Any = 0.5         # terminate when equity < floor * initial equity
     max_holding: Any = 20         # time barrier, bars
     sl_first: Any = True          # TP and SL in one bar: SL first (conservative)
-    max_steps_in_episode: Any = 200
+    max_steps_in_episode: Any = 100
     # reward design (see ``tpfl_jax.reward`` for the calibration); ints index the tuples above
     accuracy: Any = ACCURACY_MODES.index("skill")          # tp_zone_accuracy fed to the bonus
     drawdown_mode: Any = DRAWDOWN_MODES.index("increase")  # what the drawdown penalty charges
     alignment_source: Any = ALIGNMENT_SOURCES.index("causal")  # regime_alignment signal
     reward_vol: Any = REWARD_VOL_MODES.index("episode")  # the volatility PnL is scaled by
+
+
+class Bar(NamedTuple):
+    """Bar t+1, which a step resolves (``nb``), and the decision bar t's close, volatility unit
+    and volatility as a fraction of price."""
+
+    nb: jax.Array
+    open: jax.Array
+    high: jax.Array
+    low: jax.Array
+    close: jax.Array
+    prev_close: jax.Array
+    vol_unit: jax.Array
+    bar_vol: jax.Array
+    volume: jax.Array
+
+
+class Position(NamedTuple):
+    """The trade in the market at bar t+1's open: the decoded action (``want``), whether one
+    was held (``held``) or opens now (``opens``), its levels, size and costs."""
+
+    want: jax.Array
+    held: jax.Array
+    opens: jax.Array
+    old_side: jax.Array
+    side: jax.Array
+    entry: jax.Array
+    tp: jax.Array
+    sl: jax.Array
+    units: jax.Array
+    tp_mult: jax.Array
+    entry_cost: jax.Array
+    risk: jax.Array
+    entry_bar: jax.Array
+    cost_in_new: jax.Array
+
+
+class Outcome(NamedTuple):
+    """What the bar did to the position: a manual close, still live, closed (with reason and
+    exit price), excursions and bars held."""
+
+    manual: jax.Array
+    live: jax.Array
+    closes: jax.Array
+    exit_price: jax.Array
+    reason: jax.Array
+    mfe: jax.Array
+    mae: jax.Array
+    bars_held: jax.Array
+
+
+class Account(NamedTuple):
+    """The step's PnL (costs included), exit cost, equity, peak and drawdowns."""
+
+    step_pnl: jax.Array
+    cost_out: jax.Array
+    equity: jax.Array
+    peak: jax.Array
+    drawdown: jax.Array
+    max_drawdown: jax.Array
+    in_market: jax.Array
 
 
 def _zero_trade() -> dict[str, jax.Array]:
@@ -222,131 +283,168 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
 
     def step_env(self, key: jax.Array, state: EnvState, action: int | jax.Array,
                  params: EnvParams) -> tuple[jax.Array, EnvState, jax.Array, jax.Array, dict]:
+        """One bar: orders fill at bar t+1's open, the bar resolves TP/SL/time exits, the
+        position is marked to its close, and the reward is paid (phases below)."""
+        bar = self._bar(state, params)
+        pos = self._position(state, jnp.asarray(action, jnp.int32), params, bar)
+        out = self._outcome(state, params, bar, pos)
+        acct = self._account(state, params, bar, pos, out)
+        trade, bonus_acc = self._trade_record(state, params, bar, pos, out, acct)
+        reward, terms = self._reward(state, params, bar, pos, out, acct, bonus_acc)
+        new_state = self._next_state(state, bar, pos, out, acct)
+        terminated = self.is_terminated(new_state, params)
+        # bonus_accuracy: the accuracy the TP bonus was paid on (EnvParams.accuracy's mode; 0
+        # when no trade closed); the trade record keeps the tracker's tp_zone_accuracy
+        info = {"trade": trade, "reward_terms": terms, "equity": acct.equity,
+                "bonus_accuracy": bonus_acc}
+        return self.get_obs(new_state, params), new_state, reward, terminated, info
+
+    def _bar(self, state: EnvState, params: EnvParams) -> Bar:
+        """Bar t+1 (the one the step resolves) and the decision bar t's volatility."""
         m = params.market
         p, t = state.path, state.bar
         nb = t + 1
-        o, h, lo, c = m.open[p, nb], m.high[p, nb], m.low[p, nb], m.close[p, nb]
+        vu = m.vol_unit[p, t]
         c_prev = m.close[p, t]
-        vu_t = m.vol_unit[p, t]
-        bar_vol = vu_t / c_prev            # one bar's volatility as a fraction of price
-        volume = m.volume[p, nb]
+        return Bar(nb=nb, open=m.open[p, nb], high=m.high[p, nb], low=m.low[p, nb],
+                   close=m.close[p, nb], prev_close=c_prev, vol_unit=vu,
+                   bar_vol=vu / c_prev,            # one bar's volatility as a fraction of price
+                   volume=m.volume[p, nb])
 
-        action = jnp.asarray(action, jnp.int32)
+    def _position(self, state: EnvState, action: jax.Array, params: EnvParams,
+                  bar: Bar) -> Position:
+        """The trade in the market at bar t+1's open: a new one (only from flat at the decision
+        bar) or the one carried over."""
         want, k = decode_action(action, self.n_tp)
         k = jnp.clip(k, 0, self.n_tp - 1)
-
         held = state.side != 0
-        s_old = state.side.astype(jnp.float32)
-
-        # --- existing trade: resting TP/SL orders (gaps fill at the open), then manual close
-        # --- new trade at the open (only from flat at the decision bar)
+        o, vu = bar.open, bar.vol_unit
         opens = ~held & (want != 0)
         s_new = want.astype(jnp.float32)
         tp_mult = params.tp_mults[k]
         units_new = state.equity * params.position_size / o
-        tp_new = o + s_new * tp_mult * vu_t
-        sl_new = o - s_new * params.sl_mult * vu_t
-        cost_in_new = self._cost(params, units_new * o, units_new, bar_vol, volume)
+        cost_in_new = self._cost(params, units_new * o, units_new, bar.bar_vol, bar.volume)
+        new = lambda x, old: jnp.where(opens, x, old)  # noqa: E731
+        return Position(
+            want=want, held=held, opens=opens, old_side=state.side.astype(jnp.float32),
+            side=new(s_new, state.side.astype(jnp.float32)), entry=new(o, state.entry_price),
+            tp=new(o + s_new * tp_mult * vu, state.tp_price),
+            sl=new(o - s_new * params.sl_mult * vu, state.sl_price),
+            units=new(units_new, state.units), tp_mult=new(tp_mult, state.tp_mult),
+            entry_cost=new(cost_in_new, state.entry_cost),
+            risk=new(units_new * params.sl_mult * vu, state.risk),
+            entry_bar=new(bar.nb, state.entry_bar), cost_in_new=cost_in_new)
 
-        # --- the trade in the market at bar t+1's open (new, or the one carried over)
-        side = jnp.where(opens, s_new, s_old)
-        entry = jnp.where(opens, o, state.entry_price)
-        tp = jnp.where(opens, tp_new, state.tp_price)
-        sl = jnp.where(opens, sl_new, state.sl_price)
-        units = jnp.where(opens, units_new, state.units)
-        tpm = jnp.where(opens, tp_mult, state.tp_mult)
-        entry_cost = jnp.where(opens, cost_in_new, state.entry_cost)
-        risk = jnp.where(opens, units_new * params.sl_mult * vu_t, state.risk)
-        entry_bar = jnp.where(opens, nb, state.entry_bar)
+    def _outcome(self, state: EnvState, params: EnvParams, bar: Bar, pos: Position
+                 ) -> Outcome:
+        """What happens to the position during bar t+1: resting TP/SL orders (gaps fill at the
+        open; the one resolver), a manual close at the open, the time barrier, the episode's
+        end; excursions and holding time."""
+        m = params.market
+        o = bar.open
         # one resolver call for either; a trade entered at this open cannot gap
-        ib, ib_jump = m.bar_path(p, nb)   # known intrabar path (m = 0 for OHLC data)
-        bar = resolve_bar(side, entry, tp, sl, o, h, lo, params.sl_first, check_gap=~opens,
-                          intrabar=ib, intrabar_jump=ib_jump)
+        ib, ib_jump = m.bar_path(state.path, bar.nb)   # intrabar path (m = 0 for OHLC data)
+        res = resolve_bar(pos.side, pos.entry, pos.tp, pos.sl, o, bar.high, bar.low,
+                          params.sl_first, check_gap=~pos.opens, intrabar=ib,
+                          intrabar_jump=ib_jump)
         # resting TP/SL orders fill first on a gap; otherwise flat / opposite side closes
         # the carried trade at the open
-        manual = held & ~bar.gap & (want != state.side)
-        live = (held & ~manual) | opens
-        mfe = jnp.where(opens, 0.0, state.mfe)
-        mae = jnp.where(opens, 0.0, state.mae)
-        mfe = jnp.where(live, jnp.maximum(mfe, bar.fav), mfe)
-        mae = jnp.where(live, jnp.maximum(mae, bar.adv), mae)
+        manual = pos.held & ~res.gap & (pos.want != state.side)
+        live = (pos.held & ~manual) | pos.opens
+        mfe = jnp.where(pos.opens, 0.0, state.mfe)
+        mae = jnp.where(pos.opens, 0.0, state.mae)
+        mfe = jnp.where(live, jnp.maximum(mfe, res.fav), mfe)
+        mae = jnp.where(live, jnp.maximum(mae, res.adv), mae)
         # manual exit at the open: the open is the last price the trade saw
-        mfe = jnp.where(manual, jnp.maximum(mfe, jnp.maximum(s_old * (o - entry), 0.0)), mfe)
-        mae = jnp.where(manual, jnp.maximum(mae, jnp.maximum(s_old * (entry - o), 0.0)), mae)
-        bars_held = jnp.where(opens, 1, jnp.where(live, state.bars_held + 1, 0))
-
-        new_time = state.time + 1
-        truncating = new_time >= params.max_steps_in_episode
-        bar_exit = live & bar.exited
+        s_old = pos.old_side
+        mfe = jnp.where(manual, jnp.maximum(mfe, jnp.maximum(s_old * (o - pos.entry), 0.0)), mfe)
+        mae = jnp.where(manual, jnp.maximum(mae, jnp.maximum(s_old * (pos.entry - o), 0.0)), mae)
+        bars_held = jnp.where(pos.opens, 1, jnp.where(live, state.bars_held + 1, 0))
+        truncating = state.time + 1 >= params.max_steps_in_episode
+        bar_exit = live & res.exited
         time_exit = live & ~bar_exit & (bars_held >= params.max_holding)
         end_exit = live & ~bar_exit & ~time_exit & truncating
-        closes = manual | bar_exit | time_exit | end_exit
-        exit_price = jnp.where(manual, o, jnp.where(bar_exit, bar.price, c))
         reason = jnp.where(manual, EXIT_MANUAL, jnp.where(
-            bar_exit, bar.reason, jnp.where(time_exit, EXIT_TIME,
+            bar_exit, res.reason, jnp.where(time_exit, EXIT_TIME,
                                             jnp.where(end_exit, EXIT_END, EXIT_NONE))))
-        reason = reason.astype(jnp.int32)
+        return Outcome(manual=manual, live=live, closes=manual | bar_exit | time_exit | end_exit,
+                       exit_price=jnp.where(manual, o, jnp.where(bar_exit, res.price,
+                                                                 bar.close)),
+                       reason=reason.astype(jnp.int32), mfe=mfe, mae=mae, bars_held=bars_held)
 
-        # --- mark to market over the bar, costs included
-        p_start = jnp.where(opens, o, c_prev)
-        p_end = jnp.where(closes, exit_price, c)
-        in_market = live | manual
-        price_pnl = jnp.where(in_market, side * units * (p_end - p_start), 0.0)
-        cost_out = jnp.where(closes, self._cost(params, units * exit_price, units, bar_vol,
-                                                volume), 0.0)
-        step_pnl = price_pnl - jnp.where(opens, cost_in_new, 0.0) - cost_out
+    def _account(self, state: EnvState, params: EnvParams, bar: Bar, pos: Position,
+                 out: Outcome) -> Account:
+        """Mark to market over the bar, costs included; equity, peak and drawdown."""
+        p_start = jnp.where(pos.opens, bar.open, bar.prev_close)
+        p_end = jnp.where(out.closes, out.exit_price, bar.close)
+        in_market = out.live | out.manual
+        price_pnl = jnp.where(in_market, pos.side * pos.units * (p_end - p_start), 0.0)
+        cost_out = jnp.where(out.closes, self._cost(params, pos.units * out.exit_price,
+                                                    pos.units, bar.bar_vol, bar.volume), 0.0)
+        step_pnl = price_pnl - jnp.where(pos.opens, pos.cost_in_new, 0.0) - cost_out
         equity = state.equity + step_pnl
         peak = jnp.maximum(state.peak_equity, equity)
         drawdown = 1.0 - equity / peak
-        max_dd = jnp.maximum(state.max_drawdown, drawdown)
+        return Account(step_pnl=step_pnl, cost_out=cost_out, equity=equity, peak=peak,
+                       drawdown=drawdown, max_drawdown=jnp.maximum(state.max_drawdown, drawdown),
+                       in_market=in_market)
 
-        # --- trade record
-        trade_pnl = side * units * (exit_price - entry) - entry_cost - cost_out
-        hit = reason == EXIT_TP
-        tp_dist = jnp.abs(tp - entry)
-        acc = jnp.where(closes, tp_zone_accuracy(hit, mfe, tp_dist), 0.0)
-        bonus_acc = jnp.where(closes, bonus_accuracy(params.accuracy, hit, acc, tpm,
+    def _trade_record(self, state: EnvState, params: EnvParams, bar: Bar, pos: Position,
+                      out: Outcome, acct: Account) -> tuple[dict[str, jax.Array], jax.Array]:
+        """``info["trade"]`` (zeros unless a trade closed) and the accuracy the bonus pays."""
+        m = params.market
+        p, closes = state.path, out.closes
+        trade_pnl = pos.side * pos.units * (out.exit_price - pos.entry) - pos.entry_cost \
+            - acct.cost_out
+        hit = out.reason == EXIT_TP
+        acc = jnp.where(closes, tp_zone_accuracy(hit, out.mfe, jnp.abs(pos.tp - pos.entry)), 0.0)
+        bonus_acc = jnp.where(closes, bonus_accuracy(params.accuracy, hit, acc, pos.tp_mult,
                                                      params.sl_mult), 0.0)
-        h_idx = jnp.arange(self.premature_horizon)
-        first = nb + jnp.where(manual, 0, 1)   # a manual exit leaves the rest of bar t+1
-        idx = first + h_idx
+        first = bar.nb + jnp.where(out.manual, 0, 1)   # a manual exit leaves the rest of t+1
+        idx = first + jnp.arange(self.premature_horizon)
         safe = jnp.minimum(idx, m.n_bars - 1)
-        later = reached_level(side, tp, m.high[p, safe], m.low[p, safe], idx < m.n_bars)
-        premature = closes & ((reason == EXIT_MANUAL) | (reason == EXIT_TIME)) & later
+        later = reached_level(pos.side, pos.tp, m.high[p, safe], m.low[p, safe], idx < m.n_bars)
+        premature = closes & ((out.reason == EXIT_MANUAL) | (out.reason == EXIT_TIME)) & later
         trade = {
-            "closed": closes, "exit_reason": reason, "side": side.astype(jnp.int32),
-            "entry_price": entry, "exit_price": exit_price, "tp_price": tp, "sl_price": sl,
-            "tp_mult": tpm, "r_planned": tpm / params.sl_mult,
-            "r_realised": trade_pnl / jnp.maximum(risk, 1e-12), "pnl": trade_pnl,
-            "mfe": mfe, "mae": mae, "tp_zone_accuracy": acc, "hit": closes & hit,
-            "premature": premature, "entry_bar": entry_bar.astype(jnp.int32),
-            "exit_bar": nb.astype(jnp.int32), "path": p.astype(jnp.int32),
+            "closed": closes, "exit_reason": out.reason, "side": pos.side.astype(jnp.int32),
+            "entry_price": pos.entry, "exit_price": out.exit_price, "tp_price": pos.tp,
+            "sl_price": pos.sl, "tp_mult": pos.tp_mult, "r_planned": pos.tp_mult / params.sl_mult,
+            "r_realised": trade_pnl / jnp.maximum(pos.risk, 1e-12), "pnl": trade_pnl,
+            "mfe": out.mfe, "mae": out.mae, "tp_zone_accuracy": acc, "hit": closes & hit,
+            "premature": premature, "entry_bar": pos.entry_bar.astype(jnp.int32),
+            "exit_bar": bar.nb.astype(jnp.int32), "path": p.astype(jnp.int32),
             "symbol_id": m.symbol_id[p].astype(jnp.int32),
         }
         trade = jax.tree.map(lambda x, z: jnp.where(closes, x, z).astype(z.dtype),
                              trade, _zero_trade())
+        return trade, bonus_acc
 
-        # --- reward: the seed's bonus on ``bonus_acc``; the other terms are this package's
-        # calibrated design (``tpfl_jax.reward``): PnL, drawdown and alignment in units of one
-        # bar's volatility, so their coefficients are comparable across markets.
-        still_open = live & ~closes
+    def _reward(self, state: EnvState, params: EnvParams, bar: Bar, pos: Position,
+                out: Outcome, acct: Account, bonus_acc: jax.Array
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The seed's bonus on ``bonus_acc``; the other terms are this package's calibrated
+        design (``tpfl_jax.reward``): PnL, drawdown and alignment in units of one bar's
+        volatility, so their coefficients are comparable across markets."""
+        m = params.market
+        still_open = out.live & ~out.closes
         # ``episode``: one constant per episode (the bar volatility at its start), so within an
         # episode the PnL term is proportional to currency PnL; ``bar``: the decision bar's
         # volatility (credits PnL made in calm bars more than the same PnL in volatile ones).
-        vol = jnp.maximum(jnp.where(params.reward_vol == REWARD_VOL_MODES.index("bar"), bar_vol,
-                                    state.episode_vol), VOL_FLOOR)
+        vol = jnp.maximum(jnp.where(params.reward_vol == REWARD_VOL_MODES.index("bar"),
+                                    bar.bar_vol, state.episode_vol), VOL_FLOOR)
         # ``increase``: growth of the episode's max drawdown, in bar-vol units (an episode pays
         # ``coef * max drawdown / vol`` in all); ``level``: the drawdown fraction every step (the
         # first main's rule, which charges a profitable trend rule more than staying flat).
         dd_charged = jnp.where(params.drawdown_mode == DRAWDOWN_MODES.index("level"),
-                               drawdown, (max_dd - state.max_drawdown) / vol)
+                               acct.drawdown, (acct.max_drawdown - state.max_drawdown) / vol)
         signal = jnp.where(params.alignment_source == ALIGNMENT_SOURCES.index("hidden_label"),
-                           m.trend[p, nb], causal_trend(m, p, t, self.window))
+                           m.trend[state.path, bar.nb],
+                           causal_trend(m, state.path, state.bar, self.window))
         terms = reward_terms(
-            pnl_delta=step_pnl / state.equity,
+            pnl_delta=acct.step_pnl / state.equity,
             drawdown=dd_charged,
             position_size=jnp.where(still_open, params.position_size, 0.0),
-            regime_alignment=jnp.where(in_market, side * signal, 0.0),
+            regime_alignment=jnp.where(acct.in_market, pos.side * signal, 0.0),
             volatility=vol,
             tp_zone_accuracy=bonus_acc,
             tp_reward_weight=params.tp_reward_weight,
@@ -354,27 +452,26 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
         )
         reward = (terms["pnl"] + terms["drawdown_penalty"] + terms["size_penalty"]
                   + terms["alignment"] + terms["tp_bonus"])
+        return reward.astype(jnp.float32), terms
 
+    def _next_state(self, state: EnvState, bar: Bar, pos: Position, out: Outcome,
+                    acct: Account) -> EnvState:
+        """The state after bar t+1 (position fields zeroed when no trade is open)."""
         f0 = jnp.float32(0.0)
+        still_open = out.live & ~out.closes
         keep = lambda x, zero: jnp.where(still_open, x, zero)  # noqa: E731
-        new_state = EnvState(
-            time=new_time, bar=nb, path=p, equity=equity, peak_equity=peak,
-            side=keep(side, f0).astype(jnp.int32), units=keep(units, f0),
-            entry_price=keep(entry, f0), tp_price=keep(tp, f0), sl_price=keep(sl, f0),
-            tp_mult=keep(tpm, f0), risk=keep(risk, f0), entry_cost=keep(entry_cost, f0),
-            mfe=keep(mfe, f0), mae=keep(mae, f0),
-            bars_held=keep(bars_held, 0).astype(jnp.int32),
-            entry_bar=keep(entry_bar, 0).astype(jnp.int32), max_drawdown=max_dd,
-            episode_vol=state.episode_vol, lane_next=state.lane_next,
-            lane_stride=state.lane_stride,
+        return EnvState(
+            time=state.time + 1, bar=bar.nb, path=state.path, equity=acct.equity,
+            peak_equity=acct.peak, side=keep(pos.side, f0).astype(jnp.int32),
+            units=keep(pos.units, f0), entry_price=keep(pos.entry, f0),
+            tp_price=keep(pos.tp, f0), sl_price=keep(pos.sl, f0),
+            tp_mult=keep(pos.tp_mult, f0), risk=keep(pos.risk, f0),
+            entry_cost=keep(pos.entry_cost, f0), mfe=keep(out.mfe, f0), mae=keep(out.mae, f0),
+            bars_held=keep(out.bars_held, 0).astype(jnp.int32),
+            entry_bar=keep(pos.entry_bar, 0).astype(jnp.int32),
+            max_drawdown=acct.max_drawdown, episode_vol=state.episode_vol,
+            lane_next=state.lane_next, lane_stride=state.lane_stride,
         )
-        terminated = self.is_terminated(new_state, params)
-        # bonus_accuracy: the accuracy the TP bonus was paid on (EnvParams.accuracy's mode; 0
-        # when no trade closed); the trade record keeps the tracker's tp_zone_accuracy
-        info = {"trade": trade, "reward_terms": terms, "equity": equity,
-                "bonus_accuracy": bonus_acc}
-        return self.get_obs(new_state, params), new_state, reward.astype(jnp.float32), \
-            terminated, info
 
     def step(self, key: jax.Array, state: EnvState, action: int | jax.Array,
              params: EnvParams | None = None):

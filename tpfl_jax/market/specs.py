@@ -30,10 +30,10 @@ class SyntheticMarkets:
     ``deploy_paths``: independent held-out paths per cycle."""
 
     kind: str = "regime"
-    train_paths: int = 16
-    deploy_paths: int = 16
-    n_bars: int = 400
-    substeps: int = 16
+    train_paths: int = 64
+    deploy_paths: int = 64
+    n_bars: int = 300
+    substeps: int = 8
     fresh: bool = True
 
     def source(self, **params: Any) -> Any:
