@@ -14,9 +14,15 @@ class UserError(ValueError):
 
 
 def one_line(message: object) -> str:
-    """A multi-line message as one line (lines joined with ``; ``)."""
+    """A multi-line message as one line (lines joined with ``; ``, or a space after a line
+    that ends with a colon)."""
     parts = [p.strip() for p in str(message).splitlines() if p.strip()]
-    return "; ".join(parts) if parts else type(message).__name__
+    if not parts:
+        return type(message).__name__
+    out = parts[0]
+    for p in parts[1:]:
+        out += (" " if out.endswith(":") else "; ") + p
+    return out
 
 
 __all__ = ["UserError", "one_line"]

@@ -167,10 +167,11 @@ class _Checker:
         return True
 
     def raise_if_any(self) -> None:
+        if len(self.problems) == 1:
+            raise ConfigError(self.problems[0])
         if self.problems:
-            head = ("config: 1 bad value" if len(self.problems) == 1
-                    else f"config: {len(self.problems)} bad values")
-            raise ConfigError(head + ":\n  " + "\n  ".join(self.problems))
+            raise ConfigError(f"config: {len(self.problems)} bad values:\n  "
+                              + "\n  ".join(self.problems))
 
 
 def check_config(c: Any) -> None:
