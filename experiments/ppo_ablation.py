@@ -20,9 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-BASE = ["train.weights=[0.0]", "train.num_seeds=4", "ppo=agent", "market.deploy_paths=256",
-        "market.train_paths=64", "train.eval_episodes=256", "train.curve_episodes=64",
-        "audit.enabled=false", "progress=false"]
+BASE = ["experiment=agent", "audit.enabled=false", "progress=false"]
 RUNS = {
     "A0": ("baseline: fresh paths, 64 envs x 128 steps, 64x64, lr 1e-3, reward norm., 1M", []),
     "A1": ("16 fixed training paths (the old study's data)",

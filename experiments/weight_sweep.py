@@ -3,12 +3,13 @@
 Trains K weights x S seeds in ONE compiled program (``vmap(vmap(train))``) on a synthetic market
 (``--market``), then evaluates every agent greedily (argmax) and as trained (sampled) on
 held-out paths (a different key), beside reference rules on the same held-out market: flat,
-buy-and-hold, the trend rule with its best TP in hindsight. Every weight trains from the same
-seed keys on the same market (common random numbers), so the effect of the weight is read from
-*paired* per-seed differences against weight 0 (mean and 95% t-interval over seeds) for the
-chosen TP distance, the hit rate, trades and PnL. Training is reported with its final entropy
-against the maximum ``log(n_actions)`` and its training return, so an untrained (uniform) agent
-is visible. Writes ``results/weight_sweep/<market>/`` (per-seed CSV, tables, markdown).
+buy-and-hold, the trend rule with its TP chosen on the training market. Every weight trains
+from the same seed keys on the same market (common random numbers), so the effect of the
+weight is read from *paired* per-seed differences against weight 0 (mean and 95% t-interval
+over seeds) for the chosen TP distance, the hit rate, trades and PnL. Training is reported
+with its final entropy against the maximum ``log(n_actions)`` and its training return, so an
+untrained (uniform) agent is visible. Writes ``results/weight_sweep/<market>/`` (per-seed CSV,
+tables, markdown).
 
     python experiments/weight_sweep.py [--market regime] [--weights 0 0.5 1 2] [--seeds 4]
                                        [--steps 524288]
@@ -26,26 +27,23 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from tpfl_jax.accounting import train_info_metrics
+from tpfl_jax.accounting import episode_keys, train_info_metrics
 from tpfl_jax.agents.evaluate import evaluate
 from tpfl_jax.agents.ppo import PPOConfig, make_train
 from tpfl_jax.audit import ci95
-from tpfl_jax.baselines import make_runner, reference_set, stack
+from tpfl_jax.baselines import reference_set, run_strategies, stack
 from tpfl_jax.env.trading import TradingEnv
 from tpfl_jax.market import synthetic
 
 METRICS = ("pnl_per_episode", "mean_tp_mult", "tp_hit_rate", "trades_per_episode", "mean_r")
 
 
-def _trade_row(ev, episodes: int) -> dict[str, float]:
-    t = ev.trades
-    n = max(len(t), 1)
-    return dict(pnl_per_episode=float(t["pnl"].sum() / episodes),
-                mean_tp_mult=float(t["tp_mult"].mean()) if len(t) else float("nan"),
-                tp_hit_rate=float((t["exit_reason"] == "tp").sum() / n),
-                trades_per_episode=len(t) / episodes,
-                mean_r=float(t["r_realised"].mean()) if len(t) else float("nan"),
-                episode_return=float(ev.returns.mean()))
+def _trade_row(ev) -> dict[str, float]:
+    """The row's metrics, by ``tpfl_jax.accounting``'s definitions (``ev.metrics``)."""
+    m = ev.metrics
+    return dict(pnl_per_episode=m["pnl"], mean_tp_mult=m["mean_tp_mult"],
+                tp_hit_rate=m["hit_rate"], trades_per_episode=m["trades"], mean_r=m["mean_r"],
+                episode_return=m["reward"])
 
 
 def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
@@ -96,26 +94,34 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
             for mode, det in (("greedy", True), ("sampled", False)):
                 ev = evaluate(net, env, test, jax.random.key(100 + s), args.episodes,
                               deterministic=det, config=cfg)
-                row |= {f"{mode}/{k}": v for k, v in _trade_row(ev, args.episodes).items()}
+                row |= {f"{mode}/{k}": v for k, v in _trade_row(ev).items()}
             rows.append(row)
     per_seed = pd.DataFrame(rows)
 
-    # references on the held-out market (the rules ignore the weight; PnL is weight-free)
+    # references on the held-out market (the rules ignore the weight; PnL is weight-free); the
+    # trend rule's TP is chosen on the training market, never on the held-out episodes
+    from tpfl_jax.accounting import finalize
+
     refs = reference_set(env)
     names = ["flat", "buy_and_hold", *[f"trend_tp{k}" for k in range(env.n_tp)]]
+    strat = stack([refs[n] for n in names])
+    zero = jnp.zeros((1,), jnp.float32)
+    sel = run_strategies(env, strat, zero, params, episode_keys(jax.random.key(78),
+                                                                args.episodes), ep_len)
+    trend = max((n for n in names if n.startswith("trend")),
+                key=lambda n: float(sel.pnl[names.index(n), 0].mean()))
     test0 = env.make_params(test_mkt, max_steps_in_episode=ep_len)
-    out = jax.device_get(make_runner(env, ep_len)(
-        jax.random.split(jax.random.key(77), args.episodes), stack([refs[n] for n in names]),
-        jnp.zeros((1,), jnp.float32), test0))
+    out = jax.device_get(run_strategies(env, strat, zero, test0,
+                                        episode_keys(jax.random.key(77), args.episodes), ep_len))
+    fin = finalize(out)
     ref = pd.DataFrame({
         "rule": names,
-        "pnl_per_episode": out["pnl"][:, 0].mean(-1),
-        "pnl_ci95": [ci95(out["pnl"][j, 0]) for j in range(len(names))],
-        "trades_per_episode": out["trades"][:, 0].mean(-1),
-        "tp_hit_rate": out["hits"][:, 0].sum(-1) / np.maximum(out["trades"][:, 0].sum(-1), 1),
+        "pnl_per_episode": fin["pnl"][:, 0],
+        "pnl_ci95": [ci95(out.pnl[j, 0]) for j in range(len(names))],
+        "trades_per_episode": fin["trades"][:, 0],
+        "tp_hit_rate": fin["hit_rate"][:, 0],
     })
-    trend = ref[ref.rule.str.startswith("trend")].sort_values("pnl_per_episode").iloc[-1]
-    ref = ref[~ref.rule.str.startswith("trend") | (ref.rule == trend.rule)]
+    ref = ref[~ref.rule.str.startswith("trend") | (ref.rule == trend)]
 
     # per weight: mean and CI over seeds; paired differences against weight 0
     summ, paired = [], []

@@ -1,0 +1,147 @@
+"""The closed loop against its parts, at the same sizes, in one process (same-run ratios).
+
+Compiles and times, for one config (default: the default ``tpfl-loop``):
+
+* ``loop``: the whole loop program (every arm x seed x cycle: PPO training, learning-curve
+  evaluations, both deployments, stats and the policy step);
+* ``loop_no_curves``: the same with ``loop.curve_envs=0``;
+* ``ppo``: PPO alone on the same data stream, the same agents and updates
+  (``arms x seeds`` runs of ``cycles x updates``, vmapped);
+* ``deploy``: both deploy modes alone (``arms x seeds x cycles`` rollouts of ``deploy_envs``
+  episodes);
+
+and prints env-steps/s of training, the loop / PPO-alone ratio and the profile table (share of
+the loop's time per part). Usage:
+
+    python benchmarks/loop_vs_ppo.py [overrides ...] [--repeats 2] [--csv F]
+
+Overrides are Hydra overrides of ``tpfl-loop`` (e.g. ``experiment=study loop.num_cycles=1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from _bench import machine, write_csv
+
+
+def build(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from tpfl_jax.app import CONFIG_DIR, build_market
+    from tpfl_jax.config import to_container, to_objects
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        c = to_container(compose(config_name="config", overrides=overrides))
+    obj = to_objects(c)
+    spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
+    return c, obj, spec, source, env_params
+
+
+def timed(fn, args, repeats: int) -> tuple[float, float]:
+    """(compile s, best run s) of ``jax.jit(fn)(*args)``."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    comp = time.perf_counter() - t0
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        best = min(best, time.perf_counter() - t0)
+    return comp, best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--csv", default=None)
+    a = ap.parse_args()
+
+    from tpfl_jax import accounting as A
+    from tpfl_jax.loop import (
+        DEPLOY_MODES,
+        cycle_keys,
+        make_loop,
+        make_loop_policy,
+        seed_keys,
+        stack_policies,
+    )
+
+    c, obj, spec, source, ep = build(a.overrides)
+    n_p, n_s, n_c = len(obj.policy_names), obj.num_seeds, obj.loop.num_cycles
+    ppo_cfg = obj.ppo
+    n_u = ppo_cfg.num_updates
+    steps = n_p * n_s * n_c * n_u * ppo_cfg.batch_size
+    policies = stack_policies([make_loop_policy(k, w, h, **p) for k, w, p, h in zip(
+        obj.policy_kinds, obj.initial_weights, obj.policy_params, obj.policy_histories,
+        strict=True)])
+    keys = seed_keys(obj.seed, n_s)
+    hp = ppo_cfg.hparams()
+    rows = {}
+
+    loop = make_loop(obj.loop, ppo_cfg, obj.env, spec, ep)
+    rows["loop"] = timed(loop.batched, (keys, policies, source, ep, hp), a.repeats)
+    import dataclasses
+
+    no_curves = dataclasses.replace(obj.loop, curve_envs=0)
+    loop0 = make_loop(no_curves, ppo_cfg, obj.env, spec, ep)
+    rows["loop_no_curves"] = timed(loop0.batched, (keys, policies, source, ep, hp), a.repeats)
+
+    prog = loop.run_one.__self__          # the LoopProgram: its PPO with the data stream
+    ppo = prog.ppo
+
+    def ppo_alone(keys, source, ep, hp):
+        def one(key):
+            k = cycle_keys(key, 0)
+            train_m, _ = spec.cycle_markets(source, k.market, 0)
+            p = ep.replace(market=train_m)
+            rs = ppo.init(k.init, p, hp, source)
+            return ppo.run(rs, p, n_c * n_u)[1]["loss"].mean()
+        return jax.vmap(jax.vmap(one), in_axes=0)(jnp.stack([keys] * n_p))
+
+    rows["ppo"] = timed(ppo_alone, (keys, source, ep, hp), a.repeats)
+
+    def deploy_alone(keys, source, ep):
+        def one(key, c_):
+            k = cycle_keys(key, c_)
+            _, dep = spec.cycle_markets(source, k.market, c_)
+            rs = ppo.init(k.init, ep.replace(market=dep), hp, source)
+            out = prog.both_modes(rs, ep.replace(market=dep),
+                                  A.episode_keys(k.deploy, obj.loop.deploy_envs))
+            return out.sums.pnl.mean()
+        cyc = jnp.arange(n_c, dtype=jnp.int32)
+        return jax.vmap(jax.vmap(jax.vmap(one, (None, 0)), (0, None)), (None, None))(
+            jnp.stack([keys] * n_p), cyc)
+
+    rows["deploy"] = timed(deploy_alone, (keys, source, ep), a.repeats)
+
+    print(f"machine: {machine()}")
+    print(f"config: {' '.join(a.overrides) or 'default'}: {n_p} arms x {n_s} seeds x {n_c} "
+          f"cycles x {n_u} updates x {ppo_cfg.batch_size} steps = {steps / 1e6:.1f}M training "
+          f"env steps; {len(DEPLOY_MODES)} x {obj.loop.deploy_envs} deploy episodes")
+    print(f"{'part':>16} {'compile s':>10} {'run s':>8} {'train env-steps/s':>18}")
+    out = []
+    for name, (comp, run) in rows.items():
+        sps = steps / run if name != "deploy" else float("nan")
+        print(f"{name:>16} {comp:>10.1f} {run:>8.2f} {sps:>18,.0f}")
+        out.append({"part": name, "compile_s": comp, "run_s": run, "train_sps": sps})
+    ratio = rows["ppo"][1] / rows["loop"][1]
+    print(f"loop / PPO alone (training env-steps/s): {ratio:.2f}")
+    loop_s = rows["loop"][1]
+    share = {"PPO training": rows["ppo"][1], "learning curves": loop_s - rows["loop_no_curves"][1],
+             "deployment": rows["deploy"][1]}
+    share["rest (stats, policy, carries)"] = loop_s - sum(share.values())
+    print("profile of the loop's run time: " + ", ".join(f"{k} {v / loop_s:.0%}"
+                                                           for k, v in share.items()))
+    out.append({"part": "ratio_loop_over_ppo", "compile_s": float("nan"), "run_s": ratio,
+                "train_sps": float("nan")})
+    write_csv(out, "loop_vs_ppo.csv", a.csv)
+
+
+if __name__ == "__main__":
+    main()
