@@ -218,7 +218,8 @@ def test_synthetic_bars_keep_their_intrabar_path():
     assert ib.shape == (3, 50, 8) and mk.intrabar_jump.shape == (3, 50, 8)
     assert mk.intrabar_jump.dtype == jnp.bool_ and bool(jnp.any(mk.intrabar_jump))
     g = synthetic.generate("gbm", jax.random.key(1), n_paths=3, n_bars=50, substeps=8)
-    assert not bool(jnp.any(g.intrabar_jump))    # no jumps in GBM: every move is continuous
+    assert g.n_intrabar == 0           # no jumps in GBM: every move is continuous, so a stop
+    assert bool(jnp.all(g.high > g.low))  # fills at its level; the bars still have their range
     np.testing.assert_array_equal(ib[..., -1], np.asarray(mk.close))
     o = np.asarray(mk.open)[..., None]
     np.testing.assert_array_equal(np.concatenate([o, ib], -1).max(-1), np.asarray(mk.high))

@@ -228,8 +228,10 @@ def simulate(key: jax.Array, params: Any, n_paths: int, n_bars: int,
     """Simulate ``[n_paths, n_bars]`` OHLCV bars from any params struct (``.to_mixed()``).
 
     The kind's structure is static: a params struct without ``jump_intensity`` (GBM, regime,
-    GARCH) draws no jump variates, and one with a single regime and no GARCH coefficients
-    (GBM, Merton) runs no regime/variance recursion over the bars."""
+    GARCH) draws no jump variates and keeps no intrabar path (``MarketData.n_intrabar`` 0: a
+    stop crossed by a continuous move fills at its level, the path changes nothing), and one
+    with a single regime and no GARCH coefficients (GBM, Merton) runs no regime/variance
+    recursion over the bars."""
     _check_key(key)
     p = jax.tree.map(lambda x: jnp.asarray(x, _F32), params.to_mixed())  # no weak-type retraces
     jumps = hasattr(params, "jump_intensity")
@@ -307,7 +309,11 @@ def _simulate(key, p: MixedParams, symbol_id, *, n_paths: int, n_bars: int, subs
     inner = jnp.exp(log_open[..., None] + path[..., :-1])  # intrabar points before the last
     high = jnp.maximum(jnp.maximum(open_, close), jnp.max(inner, axis=-1, initial=-jnp.inf))
     low = jnp.minimum(jnp.minimum(open_, close), jnp.min(inner, axis=-1, initial=jnp.inf))
-    intrabar = jnp.concatenate([inner, close[..., None]], axis=-1)  # last point = close exactly
+    if jumps:
+        intrabar = jnp.concatenate([inner, close[..., None]], axis=-1)  # last point = close
+        intrabar_jump = n_jumps > 0
+    else:   # every move is continuous: a stop fills at its level, so no path need be kept
+        intrabar, intrabar_jump = jnp.zeros((n_paths, n_bars, 0), _F32), None
 
     vv = jnp.asarray(p.volume_vol, _F32)
     noise = jnp.exp(vv * vol_z - 0.5 * vv * vv)
@@ -317,7 +323,7 @@ def _simulate(key, p: MixedParams, symbol_id, *, n_paths: int, n_bars: int, subs
     sym = jnp.broadcast_to(jnp.asarray(symbol_id, jnp.int32), (n_paths,))
     return make_market_data(open_, high, low, close, volume=volume, regime=regime, trend=trend,
                             symbol_id=sym, vol_span=vol_span, intrabar=intrabar,
-                            intrabar_jump=n_jumps > 0)
+                            intrabar_jump=intrabar_jump)
 
 
 def gbm(key: jax.Array, n_paths: int, n_bars: int, params: GBMParams | None = None, *,

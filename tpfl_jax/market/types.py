@@ -21,7 +21,8 @@ class MarketData:
     trend:    direction of the regime in force at bar t in [-1, 1], 0 where unknown.
     symbol_id: integer symbol of each path (for per-symbol statistics).
     intrabar: the bar's known price path after its open, in time order, last point = close
-              (``low <= point <= high``). Synthetic bars store their ``substeps`` points; bars
+              (``low <= point <= high``). Synthetic bars with jumps store their ``substeps`` points
+              (jump-free kinds keep none: their stops fill at the level); bars
               whose path is unknown (CSV data) have ``m = 0`` (a zero-size axis, so every
               market has the same pytree structure).
     intrabar_jump_bits: the property ``intrabar_jump`` (bool ``[n_paths, n_bars, m]``) packed
