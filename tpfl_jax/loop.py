@@ -8,11 +8,11 @@ cycles in a ``lax.scan`` (:meth:`LoopProgram.cycle`):
    paths before every update (``markets.fresh``; no bar is seen twice) and deploys on held-out
    paths; on a data set it trains on the cycle's walk-forward window and deploys on the next;
 2. PPO trains with the weight in force, warm-started from the previous cycle's network and
-   normalisation statistics, **to a stated criterion** (:meth:`LoopProgram.train`): chunks of
-   ``config.chunk_updates`` updates in a ``lax.while_loop`` until the policy entropy is at most
-   ``entropy_frac * log(n_actions)`` AND the training return has plateaued (:func:`plateaued`),
-   or until the cap ``ppo_config.num_updates`` (``ppo.total_timesteps`` is the per-cycle cap).
-   ``converge=False`` trains exactly the cap. After every chunk the policy is scored on
+   normalisation statistics (:meth:`LoopProgram.train`), in chunks of ``config.chunk_updates``
+   updates: ``ppo_config.num_updates`` of them (``converge=False``, the default: a fixed
+   budget, ``ppo.total_timesteps`` per cycle), or, with ``converge``, in a ``lax.while_loop``
+   until the policy entropy is at most ``entropy_frac * log(n_actions)`` AND the training return
+   has plateaued (:func:`plateaued`), capped there. After every chunk the policy is scored on
    ``curve_envs`` held-out episodes (greedy and sampled): the learning curve. With
    ``carry_optimizer`` the Adam moments carry across cycles; the learning-rate schedule restarts;
 3. the trained policy deploys, sampled (as trained) and greedy (argmax), for one episode in each
@@ -333,8 +333,8 @@ class LoopProgram:
 
     @property
     def chunk(self) -> int:
-        n_cap = self.ppo_config.num_updates
-        return self.config.chunk_updates if self.config.converge else n_cap
+        """Updates per chunk: a learning-curve point (and a criterion check) after each."""
+        return self.config.chunk_updates
 
     @property
     def n_chunks(self) -> int:
@@ -391,8 +391,8 @@ class LoopProgram:
         step = lambda c: self._chunk(ep_train, ep_dep, curve_keys, c)  # noqa: E731
         if cfg.converge:
             c = jax.lax.while_loop(lambda c: (~c.done) & (c.k < self.n_chunks), step, c0)
-        else:                       # a fixed budget: one chunk of every update, no while_loop
-            c = step(c0)
+        else:                       # a fixed budget: every chunk (the same updates, in chunks)
+            c = jax.lax.fori_loop(0, self.n_chunks, lambda _, c: step(c), c0)
         idx = jnp.arange(self.n_chunks)
         ret_last, _ = _masked_nanmean(c.rets, (idx >= c.k - cfg.return_window) & (idx < c.k))
         summary = {"updates": c.k * self.chunk, "converged": c.done, "entropy": c.entropy,
@@ -460,7 +460,7 @@ def make_loop(config: LoopConfig, ppo_config: PPOConfig, env: Any, markets: Mark
     """Build the closed loop. ``env_params`` (a ``TradingEnv`` params template; its market is
     replaced every cycle) fixes the deploy episode length."""
     n_cap = ppo_config.num_updates
-    chunk = config.chunk_updates if config.converge else n_cap
+    chunk = config.chunk_updates
     if n_cap < 1 or n_cap % chunk:
         raise ValueError(f"make_loop: the update cap ppo.num_updates = {n_cap} (total_timesteps "
                          f"// (num_envs * num_steps)) must be a positive multiple of "
