@@ -214,6 +214,21 @@ def network_actor(network: Any, params: Any, obs_rms: Any = None, obs_clip: floa
     return actor
 
 
+DEPLOY_MODES = ("sampled", "greedy")
+
+
+def deploy_both_modes(env: Any, network: Any, params: Any, env_params: Any, keys: jax.Array,
+                      n_steps: int, obs_rms: Any = None, obs_clip: float = 10.0,
+                      keep_trades: bool = False) -> Rollout:
+    """A trained network played on the episodes of ``keys`` in both ``DEPLOY_MODES`` (sampled:
+    as trained; greedy: argmax), as one vmapped rollout (leading axis ``[2]``)."""
+    def one(greedy):
+        actor = network_actor(network, params, obs_rms, obs_clip, greedy)
+        return rollout(env, actor, env_params, keys, n_steps, keep_trades)
+
+    return jax.vmap(one)(jnp.array([m == "greedy" for m in DEPLOY_MODES]))
+
+
 # --------------------------------------------------------------------------- finalize
 METRICS: dict[str, str] = {
     "pnl": "mean PnL per episode (currency, after costs)",
@@ -347,6 +362,6 @@ def trade_sums_from_frame(trades: pd.DataFrame, sl_mult: float = 1.0) -> Episode
     return sums if "pnl" in trades.columns else sums.replace(trade_pnl=np.float64(0.0))
 
 
-__all__ = ["BONUS_MODES", "METRICS", "Actor", "EpisodeSums", "Rollout", "add", "episode_keys",
-           "finalize", "network_actor", "rollout", "total", "tp_stats", "trade_sums",
-           "trade_sums_from_frame", "train_info_metrics", "zero_sums"]
+__all__ = ["BONUS_MODES", "DEPLOY_MODES", "METRICS", "Actor", "EpisodeSums", "Rollout", "add",
+           "deploy_both_modes", "episode_keys", "finalize", "network_actor", "rollout", "total",
+           "tp_stats", "trade_sums", "trade_sums_from_frame", "train_info_metrics", "zero_sums"]

@@ -612,10 +612,7 @@ def _train_job(c: Config, obj: Any, spec: Any, source: Any, env_params: Any) -> 
 
 def _curve_eval(obj: Any, job: dict[str, Any]):
     """``evaluate(runner_state, (test_params, keys)) -> {curve/greedy_pnl, curve/sampled_pnl}``:
-    held-out PnL per episode of one agent in both deploy modes."""
-    import jax
-    import jax.numpy as jnp
-
+    held-out PnL per episode of one agent in both deploy modes (``accounting``)."""
     from tpfl_jax import accounting as A
     from tpfl_jax.agents.networks import make_network
 
@@ -623,16 +620,12 @@ def _curve_eval(obj: Any, job: dict[str, Any]):
     network = make_network(obj.env, job["test_params"], ppo.widths, ppo.activation,
                            ppo.shared_torso, ppo.init_log_std)
 
-    def evaluate(rs: Any, args: Any) -> dict[str, jax.Array]:
+    def evaluate(rs: Any, args: Any) -> dict[str, Any]:
         params, keys = args
         rms = rs.obs_rms if ppo.normalize_obs else None
-
-        def mode(greedy):
-            actor = A.network_actor(network, rs.params, rms, ppo.obs_clip, greedy)
-            return A.rollout(obj.env, actor, params, keys, job["steps"]).sums.pnl.mean()
-
-        pnl = jax.vmap(mode)(jnp.array([False, True]))
-        return {"curve/sampled_pnl": pnl[0], "curve/greedy_pnl": pnl[1]}
+        pnl = A.finalize(A.deploy_both_modes(obj.env, network, rs.params, params, keys,
+                                             job["steps"], rms, ppo.obs_clip).sums)["pnl"]
+        return {f"curve/{m}_pnl": pnl[i] for i, m in enumerate(A.DEPLOY_MODES)}
 
     return evaluate
 

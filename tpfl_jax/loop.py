@@ -59,7 +59,7 @@ TRAIN_CURVE_KEYS = ("finite", "episode_return", "loss", "entropy", "approx_kl", 
                     "trade/hit_rate", "trade/mean_r", "trade/mean_tp_mult", "trade/pnl",
                     "reused_paths")
 DEPLOY_KEYS = tuple(A.METRICS)
-DEPLOY_MODES = ("sampled", "greedy")
+DEPLOY_MODES = A.DEPLOY_MODES
 HISTORY_MODES = ("cycle", "cumulative", "window")
 TRAIN_SUMMARY_KEYS = ("updates", "converged", "entropy", "entropy_max", "return")
 CURVE_KEYS = ("sampled_pnl", "greedy_pnl")
@@ -340,18 +340,11 @@ class LoopProgram:
     def n_chunks(self) -> int:
         return self.ppo_config.num_updates // self.chunk
 
-    def deploy(self, rs: RunnerState, ep: Any, keys: jax.Array, greedy: jax.Array
-               ) -> A.Rollout:
-        """One deploy episode per key with the trained policy (``greedy`` may be traced)."""
-        obs_rms = rs.obs_rms if self.ppo_config.normalize_obs else None
-        actor = A.network_actor(self.ppo.network, rs.params, obs_rms,
-                                self.ppo_config.obs_clip, greedy)
-        return A.rollout(self.env, actor, ep, keys, self.t_dep, self.config.keep_trades)
-
     def both_modes(self, rs: RunnerState, ep: Any, keys: jax.Array) -> A.Rollout:
         """Sampled and greedy deployments on the same episodes (leading axis [2])."""
-        greedy = jnp.array([m == "greedy" for m in DEPLOY_MODES])
-        return jax.vmap(self.deploy, in_axes=(None, None, None, 0))(rs, ep, keys, greedy)
+        obs_rms = rs.obs_rms if self.ppo_config.normalize_obs else None
+        return A.deploy_both_modes(self.env, self.ppo.network, rs.params, ep, keys, self.t_dep,
+                                   obs_rms, self.ppo_config.obs_clip, self.config.keep_trades)
 
     def _chunk(self, ep_train: Any, ep_dep: Any, curve_keys: jax.Array, c: ChunkCarry
                ) -> ChunkCarry:
