@@ -88,8 +88,6 @@ def ci95(x: np.ndarray) -> float:
 def run_audit(env: Any, env_params: Any, config: AuditConfig = AuditConfig(),
               label: str = "") -> AuditResult:
     """Audit the reward of ``env_params`` (its market, costs, coefficients and accuracy mode)."""
-    from scipy import stats
-
     refs = reference_set(env, config.lookback)
     names = list(refs)
     weights = sorted({0.0, *map(float, config.weights)})
@@ -98,6 +96,38 @@ def run_audit(env: Any, env_params: Any, config: AuditConfig = AuditConfig(),
     sums = jax.device_get(run_strategies(env, stack([refs[n] for n in names]),
                                          jnp.asarray(weights, jnp.float32), env_params, keys,
                                          n_steps))
+    ep = _episode_frame(sums, names, weights)
+    table = _strategy_table(ep, sums, names, weights)
+    has_labels = bool(np.any(np.asarray(env_params.market.trend) != 0))
+    ranking = _ranking(table, names, has_labels)
+    farming = _break_even(table, names, weights, has_labels)
+    noskill = _noskill_table(ep, sums, names, weights, env_params)
+    mode_idx = int(np.asarray(env_params.accuracy))
+    tps = np.asarray(env_params.tp_mults, float)
+    summary = {
+        "label": label,
+        "accuracy": ACCURACY_MODES[mode_idx],
+        "episodes": config.episodes,
+        "episode_steps": n_steps,
+        "weights": weights,
+        "coefs": {k: float(np.asarray(getattr(env_params.coefs, k)))
+                  for k in ("pnl", "drawdown", "size", "alignment", "tp_bonus")},
+        "has_regime_labels": has_labels,
+        **ranking, **farming,
+        "break_even_ok": bool(farming["break_even_weight"] > SEED_TABLE_MAX_WEIGHT),
+        "farm_ok": bool(farming["farm_break_even"] > SEED_TABLE_MAX_WEIGHT),
+        "tau_ok": bool(ranking["tau"] > 1 - 1e-9),
+        "noskill_bonus_per_trade": dict(zip(
+            [f"tp{t:g}" for t in tps],
+            noskill[f"bonus_per_trade/{ACCURACY_MODES[mode_idx]}"].round(4).tolist(),
+            strict=True)),
+    }
+    return AuditResult(table=table, episodes=ep, noskill=noskill, summary=summary)
+
+
+def _episode_frame(sums: Any, names: list[str], weights: list[float]) -> pd.DataFrame:
+    """One row per strategy x weight x episode (PnL, return, reward, each reward term, the
+    bonus each accuracy definition would pay); non-finite outputs are an error."""
     out = {"pnl": sums.pnl, "return": sums.ret, "reward": sums.reward, "trades": sums.trades,
            "hits": sums.hits, "sum_r": sums.r, "sum_tp_mult": sums.tp_mult,
            "max_drawdown": sums.max_drawdown, "steps": sums.steps}
@@ -106,7 +136,6 @@ def run_audit(env: Any, env_params: Any, config: AuditConfig = AuditConfig(),
     if not all(np.all(np.isfinite(v)) for v in out.values()):
         bad = [k for k, v in out.items() if not np.all(np.isfinite(v))]
         raise FloatingPointError(f"run_audit: non-finite episode outputs in {bad}")
-
     rows = []
     for i, n in enumerate(names):
         for j, w in enumerate(weights):
@@ -117,7 +146,13 @@ def run_audit(env: Any, env_params: Any, config: AuditConfig = AuditConfig(),
             rows.append(d)
     ep = pd.concat(rows, ignore_index=True)
     ep["abs_terms"] = sum(ep[f"term/{t}"].abs() for t in TERM_NAMES)
+    return ep
 
+
+def _strategy_table(ep: pd.DataFrame, sums: Any, names: list[str],
+                    weights: list[float]) -> pd.DataFrame:
+    """Per strategy x weight: means and 95% half-widths per episode, the trade metrics
+    (``accounting.finalize``) and the bonus share of the reward mass."""
     per = finalize(sums)                                    # [S, W] (accounting's definitions)
     recs = []
     for (n, w), g in ep.groupby(["strategy", "weight"], sort=False):
@@ -132,29 +167,40 @@ def run_audit(env: Any, env_params: Any, config: AuditConfig = AuditConfig(),
         tot = g["abs_terms"].sum()
         rec["bonus_share"] = g["term/tp_bonus"].abs().sum() / tot if tot > 0 else 0.0
         recs.append(rec)
-    table = pd.DataFrame(recs)
+    return pd.DataFrame(recs)
+
+
+def _ranking(table: pd.DataFrame, names: list[str], has_labels: bool) -> dict[str, Any]:
+    """Kendall's tau between reward at weight 0 and PnL over the ranking set (trend and oracle
+    at their best TP in hindsight; the oracle only with regime labels)."""
+    from scipy import stats
 
     at0 = table[table.weight == 0.0].set_index("strategy")
-    pnl = at0["pnl"]
-    has_labels = bool(np.any(np.asarray(env_params.market.trend) != 0))
+    pnl, r0 = at0["pnl"], at0["reward"]
     best = {fam: pnl[[n for n in names if n.startswith(f"{fam}_tp")]].idxmax()
             for fam in ("trend", "oracle")}
     rank_set = {"flat": "flat", "buy_and_hold": "buy_and_hold", "trend": best["trend"],
                 "churn": "churn"}
     if has_labels:
         rank_set["oracle"] = best["oracle"]
-    r0 = at0["reward"]
     members = list(rank_set.values())
     tau = float(stats.kendalltau(r0[members].to_numpy(), pnl[members].to_numpy()).statistic)
+    return {"rank_set": rank_set, "rank_pnl": {k: float(pnl[v]) for k, v in rank_set.items()},
+            "rank_reward_w0": {k: float(r0[v]) for k, v in rank_set.items()}, "tau": tau}
 
-    # rewards are linear in w for a fixed rule: R(w) = R0 + w * B (B = bonus at unit weight)
+
+def _break_even(table: pd.DataFrame, names: list[str], weights: list[float],
+                has_labels: bool) -> dict[str, Any]:
+    """The smallest weights at which churn (and any no-skill rule) reaches the best profitable
+    reference's reward; rewards are linear in the weight for a fixed rule."""
+    at0 = table[table.weight == 0.0].set_index("strategy")
+    pnl, r0, ci = at0["pnl"], at0["reward"], at0["pnl_ci95"]
+    # R(w) = R0 + w * B (B = bonus at unit weight)
     w_top = max(weights)
     if w_top > 0:
-        at_top = table[table.weight == w_top].set_index("strategy")
-        per_w = at_top["term/tp_bonus"] / w_top
+        per_w = table[table.weight == w_top].set_index("strategy")["term/tp_bonus"] / w_top
     else:
         per_w = at0["term/tp_bonus"] * 0.0
-    ci = at0["pnl_ci95"]
     # "profitable": PnL's 95% interval above 0 (a rule whose mean PnL is noise is no reference)
     profitable = [n for n in names if n not in NON_REFERENCES and not n.startswith("noskill")
                   and pnl[n] - ci[n] > 0 and (has_labels or not n.startswith("oracle"))]
@@ -177,13 +223,23 @@ def run_audit(env: Any, env_params: Any, config: AuditConfig = AuditConfig(),
     farmers = ["random", *[n for n in names if n.startswith("noskill")]]
     farm = {f: reach(f, causal) for f in farmers}
     farm_worst = min(farm, key=lambda f: farm[f][0]) if causal else None
-    farm_break_even = farm[farm_worst][0] if causal else float("nan")
+    return {"profitable_references": profitable,
+            "break_even_weight": break_even, "break_even_binding": binding,
+            "break_even_causal": break_even_causal,
+            "break_even_causal_binding": binding_causal,
+            "farm_break_even": farm[farm_worst][0] if causal else float("nan"),
+            "farm_break_even_rule": farm_worst}
 
-    ns = []
+
+def _noskill_table(ep: pd.DataFrame, sums: Any, names: list[str], weights: list[float],
+                   env_params: Any) -> pd.DataFrame:
+    """Per TP distance: the bonus a coin-flip trader collects per trade and per episode at
+    weight 1 under each accuracy definition, beside the gambler's-ruin values."""
+    per = finalize(sums)
     sl = float(np.asarray(env_params.sl_mult))
-    tps = np.asarray(env_params.tp_mults, float)
     coef = float(np.asarray(env_params.coefs.tp_bonus))
-    for k, tp in enumerate(tps):
+    ns = []
+    for k, tp in enumerate(np.asarray(env_params.tp_mults, float)):
         g = ep[(ep.strategy == f"noskill_tp{k}") & (ep.weight == 0.0)]
         trades = g["trades"].sum()
         p0 = float(no_edge_hit_probability(tp, sl))
@@ -198,38 +254,7 @@ def run_audit(env: Any, env_params: Any, config: AuditConfig = AuditConfig(),
         rec["theory_per_trade/hit"] = coef * p0
         rec["theory_per_trade/skill"] = coef * p0 * (1 - p0)
         ns.append(rec)
-    noskill = pd.DataFrame(ns)
-
-    mode_idx = int(np.asarray(env_params.accuracy))
-    summary = {
-        "label": label,
-        "accuracy": ACCURACY_MODES[mode_idx],
-        "episodes": config.episodes,
-        "episode_steps": n_steps,
-        "weights": weights,
-        "coefs": {k: float(np.asarray(getattr(env_params.coefs, k)))
-                  for k in ("pnl", "drawdown", "size", "alignment", "tp_bonus")},
-        "has_regime_labels": has_labels,
-        "rank_set": rank_set,
-        "rank_pnl": {k: float(pnl[v]) for k, v in rank_set.items()},
-        "rank_reward_w0": {k: float(r0[v]) for k, v in rank_set.items()},
-        "tau": tau,
-        "profitable_references": profitable,
-        "break_even_weight": break_even,
-        "break_even_binding": binding,
-        "break_even_causal": break_even_causal,
-        "break_even_causal_binding": binding_causal,
-        "farm_break_even": farm_break_even,
-        "farm_break_even_rule": farm_worst,
-        "break_even_ok": bool(break_even > SEED_TABLE_MAX_WEIGHT),
-        "farm_ok": bool(farm_break_even > SEED_TABLE_MAX_WEIGHT),
-        "tau_ok": bool(tau > 1 - 1e-9),
-        "noskill_bonus_per_trade": dict(zip(
-            [f"tp{t:g}" for t in tps],
-            noskill[f"bonus_per_trade/{ACCURACY_MODES[mode_idx]}"].round(4).tolist(),
-            strict=True)),
-    }
-    return AuditResult(table=table, episodes=ep, noskill=noskill, summary=summary)
+    return pd.DataFrame(ns)
 
 
 def summary_text(s: dict[str, Any]) -> str:
