@@ -813,9 +813,9 @@ def _hydra_job(fn, command: str, distributed: bool = True):
         quiet_jax_logs()
         run = None
         try:
-            to_objects(cfg)                              # every key checked before anything
-            if distributed:
+            if distributed:       # first: nothing may start the XLA backend before it
                 init_distributed(to_mesh_config(cfg))    # no-op unless several processes
+            to_objects(cfg)                              # every key checked before anything
             out, cache = _out_dir(cfg)
             if jax.process_index() == 0:
                 overrides = list(HydraConfig.get().overrides.task)

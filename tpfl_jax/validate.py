@@ -175,9 +175,16 @@ class _Checker:
 
 
 def check_config(c: Any) -> None:
-    """Ranges and finiteness of ``env``, ``market``, ``ppo``, ``loop`` and ``guard`` of a
-    ``config.Config``; raises one ``ConfigError`` naming every bad key."""
+    """Ranges and finiteness of every section of a ``config.Config``; raises one
+    ``ConfigError`` naming every bad key."""
     ck = _Checker()
+    for check in (_check_env, _check_audit, _check_market, _check_ppo, _check_loop_guard,
+                  _check_stats_and_logger):
+        check(ck, c)
+    ck.raise_if_any()
+
+
+def _check_env(ck: _Checker, c: Any) -> None:
     e = c.env
     ck.num("env.window", e.window, lo=2, integer=True)
     ck.num("env.premature_horizon", e.premature_horizon, lo=1, integer=True)
@@ -213,6 +220,10 @@ def check_config(c: Any) -> None:
 
     for k, names in _MODE_FIELDS.items():
         ck.choice(f"env.{k}", getattr(e, k), names)
+
+
+def _check_audit(ck: _Checker, c: Any) -> None:
+    e = c.env
     a = c.audit
     ck.num("audit.episodes", a.episodes, lo=2, integer=True)
     ck.num("audit.paths", a.paths, lo=1, integer=True)
@@ -220,10 +231,12 @@ def check_config(c: Any) -> None:
         ck.bad("audit.weights", list(a.weights), "a non-empty list of weights >= 0")
     for i, w_ in enumerate(a.weights):
         ck.num(f"audit.weights[{i}]", w_, lo=0)
-    _check_stats_and_logger(ck, c)
     if a.lookback is not None:
         ck.num("audit.lookback", a.lookback, lo=1, hi=e.window, integer=True)
 
+
+
+def _check_market(ck: _Checker, c: Any) -> None:
     m = c.market
     if ck.choice("market.source", m.source, ("synthetic", "csv")) and m.source == "synthetic":
         from tpfl_jax.market.synthetic import PARAMS_BY_KIND
@@ -249,6 +262,9 @@ def check_config(c: Any) -> None:
             if v is not None and (not isinstance(v, str) or not v.strip()):
                 ck.bad(f"market.{k}", v, "null or a column name")
 
+
+
+def _check_ppo(ck: _Checker, c: Any) -> None:
     p = c.ppo
     ints_ok = True
     for k, lo in (("num_envs", 1), ("num_steps", 1), ("update_epochs", 1),
@@ -286,6 +302,9 @@ def check_config(c: Any) -> None:
     ck.num("ppo.obs_clip", p.obs_clip, lo=0, lo_open=True)
     ck.num("ppo.init_log_std", p.init_log_std)
 
+
+
+def _check_loop_guard(ck: _Checker, c: Any) -> None:
     lp = c.loop
     for k in ("num_cycles", "deploy_envs", "min_attempts", "num_seeds"):
         if hasattr(lp, k):
@@ -298,7 +317,6 @@ def check_config(c: Any) -> None:
     ck.num("guard.min_entropy", g.min_entropy, optional=True)
     ck.num("guard.max_abs_loss", g.max_abs_loss, lo=0, lo_open=True, optional=True)
     ck.num("guard.max_memory_gb", g.max_memory_gb, lo=0, lo_open=True, optional=True)
-    ck.raise_if_any()
 
 
 def _check_stats_and_logger(ck: _Checker, c: Any) -> None:
