@@ -362,8 +362,9 @@ def test_memory_estimate_grows_with_the_batch_and_agents():
     wide = V.estimate_footprint(PPOConfig(num_envs=4, num_steps=16, widths=(1000, 1000)), 26, 1)
     assert big["rollout_and_batch"] > 900 * small["rollout_and_batch"]
     assert many["total"] == 10 * small["total"]
-    # parameters, gradients and Adam moments: 1000x1000 layers are ~2M params per network
-    assert wide["network_and_optimizer"] > 2e6 * 2 * 4 * 4 > 100 * small["network_and_optimizer"]
+    # parameters, gradients and Adam moments (4 bytes each): two 1000x1000-layer networks
+    # hold ~2M parameters
+    assert wide["network_and_optimizer"] > 2e6 * 4 * 4 > 100 * small["network_and_optimizer"]
 
 
 def test_market_train_paths_zero_names_the_key():
