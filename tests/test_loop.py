@@ -285,3 +285,29 @@ def test_one_definition_per_number_loop_evaluate_and_clm_adapter(small):
         if a != "max_drawdown":                       # a trades table has no equity curve
             assert table[a] == pytest.approx(ev.metrics[b], rel=1e-4, abs=1e-5), a
     assert adapter["n_trades"] == table["n_trades"] == len(ev.trades)
+
+
+def test_arms_keep_common_random_numbers(small):
+    """Every arm of a seed trains on the same data stream from the same initial network and
+    deploys on the same episodes: the feedback arms all train at weight 1.0 in cycle 0, so
+    their cycle-0 training curves and deployments are identical, bit for bit."""
+    res = small["res"]
+    fb = np.flatnonzero(np.asarray(INIT_W) == 1.0)
+    assert len(fb) >= 10
+    for k in ("pnl", "hit_rate", "greedy/pnl", "sampled/trades"):
+        v = res.deploy[k][fb, :, 0]
+        np.testing.assert_array_equal(v, np.broadcast_to(v[:1], v.shape), err_msg=k)
+    loss = res.train["loss"][fb, :, 0]
+    np.testing.assert_array_equal(loss, np.broadcast_to(loss[:1], loss.shape))
+    # and a different weight changes the training but not the deploy episodes' market
+    assert not np.array_equal(res.train["loss"][0, :, 0], res.train["loss"][fb[0], :, 0])
+
+
+def test_identical_arms_are_reported():
+    import pandas as pd
+
+    from tpfl_jax.results import identical_arms
+
+    summary = pd.DataFrame({"policy": ["a", "b", "c", "a", "b", "c"], "seed": [0, 0, 0, 1, 1, 1],
+                            "oos_pnl": [1.0, 1.0, 2.0, 3.0, 3.0, 3.0]})
+    assert identical_arms(summary) == [("a", "b")]          # c differs on seed 0

@@ -263,3 +263,41 @@ def test_expectancy_host_decision_reads_tracker_edge_keys():
     assert d.weight == 0.75 and "Negative expectancy" in d.reason
     s = P.stats_from_feedback(fb)
     assert float(s.tp_skill) == pytest.approx(0.2)
+
+
+def test_bandit_tries_every_weight_then_samples_the_best():
+    """The bandit credits each period's deployed PnL to the weight in force, tries the untried
+    grid weights first (in grid order), then follows its Thompson draws toward the weight that
+    paid most; its memory is PolicyState.arm_*; decisions replay from the same inputs."""
+    params = P.make_policy_params("bandit")
+    grid = [0.0, 0.5, 1.0, 2.0]
+    pay = {0.0: 50.0, 0.5: 10.0, 1.0: -20.0, 2.0: -60.0}     # PnL per trade x 100 trades
+    st = P.init_policy_state(1.0)
+    seen = []
+    for _ in range(12):
+        w = float(st.weight)
+        w_next, st, code = _APPLY(stats(0.3, 2.0, attempts=100.0, pnl=pay[w] / 100.0), st,
+                                  params)
+        seen.append((w, float(w_next), int(code)))
+    assert [n for _, n, _ in seen[:3]] == [0.0, 0.5, 2.0]       # untried weights, in order
+    assert all(c == P.REASON_BANDIT_EXPLORE for *_, c in seen[:3])
+    assert seen[3][2] == P.REASON_BANDIT_SAMPLE
+    np.testing.assert_allclose(np.asarray(st.arm_n).sum(), 12)
+    assert sum(n == 0.0 for _, n, _ in seen[4:]) >= 6             # it settles on the best weight
+    with pytest.raises(ValueError, match="bandit_grid"):
+        P.make_policy_params("bandit", bandit_grid=(0.0, 2.0, 1.0, 3.0))
+    assert grid == [float(x) for x in params.bandit_grid]
+
+
+def test_gated_holds_when_the_hit_rate_is_what_the_tp_distance_explains():
+    """gated moves only when the hit rate's Wilson interval excludes the no-edge hit rate of
+    the chosen TPs; the seed table moves on the same stats (so the two arms can differ)."""
+    # hit 0.30 over 200 trades with wide TPs (no-edge 0.30): no skill evidence -> hold
+    s = stats(0.30, 3.33, attempts=200.0, no_edge=0.30)
+    assert run("seed_table", s)[0] == pytest.approx(2.0)
+    w, _, code = run("gated", s, P.init_policy_state(1.0))
+    assert w == pytest.approx(1.0) and code == P.REASON_INCONCLUSIVE
+    # the same hit rate against a no-edge rate of 0.5: skill is evident -> the table's 2.0
+    w, _, _ = run("gated", stats(0.30, 3.33, attempts=200.0, no_edge=0.5),
+                  P.init_policy_state(1.0))
+    assert w == pytest.approx(2.0)
