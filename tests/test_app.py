@@ -147,17 +147,11 @@ def test_structured_schema_is_the_dataclass():
 
 
 @pytest.mark.slow
-def test_tiny_loop_end_to_end_produces_every_artefact(tmp_path):
+def test_tiny_loop_end_to_end_produces_every_artefact(tmp_path, tiny_loop):
     import hashlib
     import os
 
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tpfl_jax.app", "loop", "experiment=tiny",
-         f"hydra.run.dir={out}", "progress=false"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, proc = tiny_loop
     for name in ("config_resolved.yaml", "metrics.jsonl", "summary.csv", "cycles.csv",
                  "curves.csv", "references.csv", "levels.csv", "trades.parquet", "report.md",
                  "weight_trajectory.png", "levels.png", "learning_curves.png", "timing.json",
@@ -239,7 +233,8 @@ def test_tiny_loop_end_to_end_produces_every_artefact(tmp_path):
     spec.loader.exec_module(page)
     md = tmp_path / "doc" / "RESULTS.md"
     md.parent.mkdir()
-    text = page.main([str(tmp_path), "--out", str(md), "--figures", str(tmp_path / "doc" / "fig")])
+    text = page.main([str(out.parent), "--out", str(md), "--figures",
+                      str(tmp_path / "doc" / "fig")])
     figs = list((tmp_path / "doc" / "fig").glob("*.png"))
     assert len(figs) == 3 and all(f"](fig/{f.name})" in text for f in figs)
     r = prim.set_index(["control", "arm"]).loc[("fixed_0.0", "ema")]

@@ -22,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 APP = [sys.executable, "-m", "tpfl_jax.app"]
 TRAIN = [*APP, "train", "experiment=tiny", "train.num_seeds=2", "progress=false"]
-LOOP = [*APP, "loop", "experiment=tiny", "progress=false", "audit.enabled=false"]
+LOOP = [*APP, "loop", "experiment=tiny", "progress=false"]
 ARTEFACTS = ("config_resolved.yaml", "metrics.jsonl", "summary.csv", "trades.parquet",
              "report.md", "learning_curves.png")
 
@@ -163,9 +163,8 @@ def test_two_processes_match_one_process(single, two_process):
     np.testing.assert_allclose(sa["oos_pnl"], sb["oos_pnl"], rtol=1e-4, atol=1e-3)
 
 
-def test_two_process_loop_matches_one_process(tmp_path):
-    one = tmp_path / "one"
-    _run_single(LOOP, one)
+def test_two_process_loop_matches_one_process(tmp_path, tiny_loop):
+    one = tiny_loop[0]                       # the session's one-process tiny loop
     (p0, _), (p1, _) = _run_two(LOOP, tmp_path / "two")
     for name in ("summary.csv", "cycles.csv", "levels.csv", "report.md"):
         assert (p0 / name).stat().st_size > 0, name
