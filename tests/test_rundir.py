@@ -164,3 +164,19 @@ def test_logger_experiment_names_cannot_leave_the_run_dir(tmp_path):
         assert Path(lg.location).resolve().is_relative_to((tmp_path / "run").resolve())
     finally:
         lg.close()
+
+
+def test_a_corrected_config_takes_over_a_failed_run_without_losing_it(tmp_path):
+    out = tmp_path / "run"
+    run = RunDir(out, "loop", ID).acquire()
+    write_text(out / "summary.csv", "partial\n")
+    run.failed("UserError: config.stats.n_boot = 0")
+    run.release()
+    with RunDir(out, "loop", {**ID, "seed": 3}):          # the corrected rerun is accepted
+        assert read_record(out)["identity"]["seed"] == 3
+        moved = list(out.glob(".replaced-*"))
+        assert len(moved) == 1 and (moved[0] / "summary.csv").read_text() == "partial\n"
+        assert json.loads((moved[0] / RECORD).read_text())["status"] == "failed"
+        assert not (out / "summary.csv").exists()
+    with pytest.raises(UserError, match="another config"):  # a running or complete one is not
+        RunDir(out, "loop", ID).acquire()

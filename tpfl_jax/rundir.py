@@ -5,10 +5,12 @@
   holder. The lock dies with its process, so a killed run never leaves the directory locked.
 * ``run.json`` records the command, the config identity (``validate.config_identity``), the
   overrides and the status (``running`` / ``failed`` / ``complete``). A directory written by
-  another command or another config is refused naming what differs; a complete run of the same
-  command and config is not recomputed (:class:`AlreadyComplete`); a killed or failed one is
-  resumed (``tpfl-train`` from its checkpoints) or recomputed from the start (``tpfl-loop``),
-  its stale outputs replaced.
+  another command or another config is refused naming what differs (except a *failed* run of
+  the same command: a corrected config takes the directory over and the failed run's files move
+  to ``.replaced-<time>/``, so nothing is lost or mixed); a complete run of the same command
+  and config is not recomputed (:class:`AlreadyComplete`); a killed or failed one is resumed
+  (``tpfl-train`` from its checkpoints) or recomputed from the start (``tpfl-loop``), its stale
+  outputs replaced.
 * :func:`atomic` writes a file under a temporary name and renames it into place, so no reader
   ever sees half a file; an OS error (a full disk, no permission) names the file.
 """
@@ -121,7 +123,9 @@ class RunDir:
                 raise UserError(f"{self.path} holds a {old.get('command')} run; a "
                                 f"{self.command} run into it would replace its files; use "
                                 "another output directory (hydra.run.dir=...)")
-            if old.get("identity_sha256") != self.hash:
+            if old.get("identity_sha256") != self.hash and old.get("status") == "failed":
+                self._set_aside(old)
+            elif old.get("identity_sha256") != self.hash:
                 raise UserError(f"{self.path} holds a run of another config "
                                 f"({identity_diff(old.get('identity', {}), self.identity)}); "
                                 "resuming it would mix two runs; use another output directory "
@@ -131,6 +135,22 @@ class RunDir:
                                       f"({old.get('finished', '')}); nothing to do (use another "
                                       "hydra.run.dir to run it again)")
         self._write("running")
+
+    def _set_aside(self, old: dict[str, Any]) -> None:
+        """A failed run of another config gives way to this one: its files move to
+        ``.replaced-<time>/`` in the directory (nothing recorded is lost or mixed)."""
+        import shutil
+
+        from tpfl_jax.validate import identity_diff
+
+        dest = self.path / f".replaced-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        dest.mkdir()
+        for p in list(self.path.iterdir()):
+            if p.name != LOCK and not p.name.startswith(".replaced-") and p.suffix != ".log":
+                shutil.move(str(p), str(dest / p.name))
+        diff = identity_diff(old.get("identity", {}), self.identity)
+        print(f"{self.path}: the failed run of another config ({diff}; "
+              f"{old.get('error', 'no error recorded')}) was moved to {dest.name}/", flush=True)
 
     def _write(self, status: str, **extra: Any) -> None:
         rec = {"command": self.command, "status": status, "identity_sha256": self.hash,
