@@ -4,11 +4,11 @@ Compiles and times, for one config (default: the default ``tpfl-loop``):
 
 * ``loop``: the whole loop program (every arm x seed x cycle: PPO training, learning-curve
   evaluations, both deployments, stats and the policy step);
-* ``loop_no_curves``: the same with ``loop.curve_envs=0``;
 * ``ppo``: PPO alone on the same data stream, the same agents and updates
   (``arms x seeds`` runs of ``cycles x updates``, vmapped);
 * ``deploy``: both deploy modes alone (``arms x seeds x cycles`` rollouts of ``deploy_envs``
-  episodes);
+  episodes): one held-out evaluation; the loop runs one after every training chunk (the
+  learning curve; the last is the deployment);
 
 and prints env-steps/s of training, the loop / PPO-alone ratio and the profile table (share of
 the loop's time per part). Usage:
@@ -86,12 +86,6 @@ def main() -> None:
 
     loop = make_loop(obj.loop, ppo_cfg, obj.env, spec, ep)
     rows["loop"] = timed(loop.batched, (keys, policies, source, ep, hp), a.repeats)
-    import dataclasses
-
-    no_curves = dataclasses.replace(obj.loop, curve_envs=0)
-    loop0 = make_loop(no_curves, ppo_cfg, obj.env, spec, ep)
-    rows["loop_no_curves"] = timed(loop0.batched, (keys, policies, source, ep, hp), a.repeats)
-
     prog = loop.run_one.__self__          # the LoopProgram: its PPO with the data stream
     ppo = prog.ppo
 
@@ -133,8 +127,10 @@ def main() -> None:
     ratio = rows["ppo"][1] / rows["loop"][1]
     print(f"loop / PPO alone (training env-steps/s): {ratio:.2f}")
     loop_s = rows["loop"][1]
-    share = {"PPO training": rows["ppo"][1], "learning curves": loop_s - rows["loop_no_curves"][1],
-             "deployment": rows["deploy"][1]}
+    n_chunks = n_u // obj.loop.chunk_updates   # a held-out evaluation after every chunk
+    share = {"PPO training": rows["ppo"][1],
+             "held-out evaluations (learning curves, the last = deployment)":
+                 rows["deploy"][1] * n_chunks}
     share["rest (stats, policy, carries)"] = loop_s - sum(share.values())
     print("profile of the loop's run time: " + ", ".join(f"{k} {v / loop_s:.0%}"
                                                            for k, v in share.items()))

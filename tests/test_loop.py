@@ -60,8 +60,7 @@ def small():
     markets = WalkForwardMarkets(train_bars=240, deploy_bars=100, window=env.window)
     cfg = LoopConfig(num_cycles=N_CYCLES, deploy_envs=12, keep_trades=True,
                      min_attempts=MIN_ATTEMPTS, feedback_mode="sampled", chunk_updates=1,
-                     return_window=1, entropy_frac=1.0, history_window=HIST_WINDOW,
-                     curve_envs=4)
+                     return_window=1, entropy_frac=1.0, history_window=HIST_WINDOW)
     pc = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 4, widths=(16,),
                    update_epochs=1, num_minibatches=2)
     loop = make_loop(cfg, pc, env, markets, ep)
@@ -183,7 +182,7 @@ def test_fixed_policy_and_validation():
     with pytest.raises(ValueError, match="num_cycles"):
         LoopConfig(num_cycles=0)
     for bad in ({"feedback_mode": "mode"}, {"entropy_frac": 1.5}, {"chunk_updates": 0},
-                {"converge": 1}, {"history_window": 0}, {"curve_envs": 64}):
+                {"converge": 1}, {"history_window": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             LoopConfig(**bad)
     with pytest.raises(ValueError, match="history"):

@@ -347,7 +347,7 @@ def loop_references(obj: Any, spec: Any, source: Any, env_params: Any,
     run = make_references(obj.env, spec, lc.num_cycles, lc.deploy_envs, t_dep,
                           select_episodes=max(64, lc.deploy_envs), has_labels=has_labels)
     out = jax.device_get(run(seed_keys(obj.seed, obj.num_seeds), source, env_params))
-    return R.reference_frame(out, reference_candidates(obj.env, has_labels), lc.curve_envs)
+    return R.reference_frame(out, reference_candidates(obj.env, has_labels), lc.deploy_envs)
 
 
 def _write_loop_files(out: Path, res: Any, obj: Any, f: dict[str, Any]) -> None:

@@ -13,11 +13,12 @@ cycles in a ``lax.scan`` (:meth:`LoopProgram.cycle`):
    budget, ``ppo.total_timesteps`` per cycle), or, with ``converge``, in a ``lax.while_loop``
    until the policy entropy is at most ``entropy_frac * log(n_actions)`` AND the training return
    has plateaued (:func:`plateaued`), capped there. After every chunk the policy is scored on
-   ``curve_envs`` held-out episodes (greedy and sampled): the learning curve. With
+   the cycle's deploy episodes (greedy and sampled): the learning curve. With
    ``carry_optimizer`` the Adam moments carry across cycles; the learning-rate schedule restarts;
 3. the trained policy deploys, sampled (as trained) and greedy (argmax), for one episode in each
    of ``deploy_envs`` envs on the deploy market (``accounting.rollout``: the same episodes for
-   both modes, for every arm and for the reference rules of ``baselines``);
+   both modes, for every arm and for the reference rules of ``baselines``): the evaluation
+   after the last chunk is the deployment;
 4. the feedback stats are the ``feedback_mode`` deployment's trade sums aggregated over the
    policy's ``history`` (``'cycle'``, ``'cumulative'`` or the last ``history_window`` cycles; a
    traced per-policy code), and the weight policy (``clm.policies``, ``fixed`` included) maps
@@ -80,8 +81,8 @@ class LoopConfig:
     deploy step's trade record (``[P, S, C, deploy_envs, T]``; small runs). history_window: the
     cycles a ``'window'``-history policy aggregates. converge, chunk_updates, entropy_frac,
     return_window, return_tol: the training criterion (module docstring). carry_optimizer:
-    carry the Adam moments across cycles. curve_envs: held-out episodes (the first of the
-    cycle's deploy episodes) scored after every training chunk in both modes (0: no curves).
+    carry the Adam moments across cycles (after every chunk the policy is scored on the
+    cycle's deploy episodes in both modes: the learning curve; after the last, the deployment).
     """
 
     num_cycles: int = 4
@@ -97,7 +98,6 @@ class LoopConfig:
     return_window: int = 2
     return_tol: float = 0.5
     carry_optimizer: bool = True
-    curve_envs: int = 16
 
     def __post_init__(self) -> None:
         for name in ("num_cycles", "deploy_envs", "min_attempts", "history_window",
@@ -105,10 +105,6 @@ class LoopConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"LoopConfig.{name} = {v!r}; expected an int >= 1")
-        v = self.curve_envs
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= self.deploy_envs:
-            raise ValueError(f"LoopConfig.curve_envs = {v!r}; expected an int in [0, "
-                             f"deploy_envs = {self.deploy_envs}]")
         choices = {"r_source": ("estimated", "actual"), "feedback_mode": DEPLOY_MODES}
         for name, ok in choices.items():
             if getattr(self, name) not in ok:
@@ -307,8 +303,10 @@ class CycleCarry:
 
 @struct.dataclass
 class ChunkCarry:
-    """The training while-loop's state: runner, chunks done, criterion met, per-update curve
-    buffers ``[U]``, per-chunk training returns and learning curves ``[K]``, last entropy."""
+    """The training loop's state: runner, chunks done, criterion met, per-update curve buffers
+    ``[U]``, per-chunk training returns and learning curves ``[K]``, last entropy, and the
+    latest held-out evaluation (both modes on every deploy episode: after the last chunk, the
+    cycle's deployment)."""
 
     rs: RunnerState
     k: jax.Array
@@ -317,6 +315,7 @@ class ChunkCarry:
     rets: jax.Array
     curves: dict[str, jax.Array]
     entropy: jax.Array
+    last: A.Rollout
 
 
 # --------------------------------------------------------------------------- the program
@@ -346,7 +345,7 @@ class LoopProgram:
         return A.deploy_both_modes(self.env, self.ppo.network, rs.params, ep, keys, self.t_dep,
                                    obs_rms, self.ppo_config.obs_clip, self.config.keep_trades)
 
-    def _chunk(self, ep_train: Any, ep_dep: Any, curve_keys: jax.Array, c: ChunkCarry
+    def _chunk(self, ep_train: Any, ep_dep: Any, dep_keys: jax.Array, c: ChunkCarry
                ) -> ChunkCarry:
         cfg = self.config
         ent_max = max_entropy(self.ppo.network.spec)
@@ -362,26 +361,28 @@ class LoopProgram:
         ent = m["entropy"].mean()
         done = (ent <= ent_target) & plateaued(rets, c.k + 1, cfg.return_window,
                                                cfg.return_tol) & cfg.converge
-        curves = c.curves
-        if cfg.curve_envs:
-            pnl = A.finalize(self.both_modes(rs, ep_dep, curve_keys).sums)["pnl"]
-            curves = {key: curves[key].at[c.k].set(pnl[i])
-                      for i, key in enumerate(f"{mode}_pnl" for mode in DEPLOY_MODES)}
-        return ChunkCarry(rs, c.k + 1, done, bufs, rets, curves, ent)
+        last = self.both_modes(rs, ep_dep, dep_keys)      # the held-out episodes, both modes
+        pnl = A.finalize(last.sums)["pnl"]
+        curves = {key: c.curves[key].at[c.k].set(pnl[i])
+                  for i, key in enumerate(f"{mode}_pnl" for mode in DEPLOY_MODES)}
+        return ChunkCarry(rs, c.k + 1, done, bufs, rets, curves, ent, last)
 
-    def train(self, rs: RunnerState, ep_train: Any, ep_dep: Any, curve_keys: jax.Array
+    def train(self, rs: RunnerState, ep_train: Any, ep_dep: Any, dep_keys: jax.Array
               ) -> tuple[RunnerState, dict[str, jax.Array], dict[str, jax.Array],
-                         dict[str, jax.Array]]:
-        """Chunks of PPO updates until the criterion holds or the cap: (runner, per-update
-        curves ``[U]``, summary, learning curves ``[K]``)."""
+                         dict[str, jax.Array], A.Rollout]:
+        """Chunks of PPO updates until the criterion holds or the cap, each followed by the
+        held-out evaluation on the deploy episodes: (runner, per-update curves ``[U]``,
+        summary, learning curves ``[K]``, the last evaluation = the cycle's deployment)."""
         cfg, n_cap = self.config, self.ppo_config.num_updates
         m_shape = jax.eval_shape(lambda r: self.ppo.run(r, ep_train, self.chunk)[1], rs)
         bufs = {k: jnp.full((n_cap,), True if k == "finite" else jnp.nan, m_shape[k].dtype)
                 for k in TRAIN_CURVE_KEYS if k in m_shape}
         nan_k = jnp.full((self.n_chunks,), jnp.nan, jnp.float32)
+        last0 = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(
+            self.both_modes, rs, ep_dep, dep_keys))
         c0 = ChunkCarry(rs, jnp.int32(0), jnp.bool_(False), bufs, nan_k,
-                        {k: nan_k for k in CURVE_KEYS}, jnp.float32(jnp.nan))
-        step = lambda c: self._chunk(ep_train, ep_dep, curve_keys, c)  # noqa: E731
+                        {k: nan_k for k in CURVE_KEYS}, jnp.float32(jnp.nan), last0)
+        step = lambda c: self._chunk(ep_train, ep_dep, dep_keys, c)  # noqa: E731
         if cfg.converge:
             c = jax.lax.while_loop(lambda c: (~c.done) & (c.k < self.n_chunks), step, c0)
         else:                       # a fixed budget: every chunk (the same updates, in chunks)
@@ -391,7 +392,7 @@ class LoopProgram:
         summary = {"updates": c.k * self.chunk, "converged": c.done, "entropy": c.entropy,
                    "entropy_max": jnp.float32(max_entropy(self.ppo.network.spec)),
                    "return": ret_last}
-        return c.rs, c.bufs, summary, c.curves
+        return c.rs, c.bufs, summary, c.curves, c.last
 
     def cycle(self, key: jax.Array, policy: LoopPolicy, source: Any, env_params: Any,
               hparams: PPOHParams, carry: CycleCarry, c: jax.Array):
@@ -408,9 +409,7 @@ class LoopProgram:
         rs = rs.replace(params=carry.params, obs_rms=carry.obs_rms, ret_rms=carry.ret_rms,
                         opt_state=opt)
         dep_keys = A.episode_keys(keys.deploy, cfg.deploy_envs)
-        rs, curves, summary, learning = self.train(rs, ep_train, ep_dep,
-                                                   dep_keys[:cfg.curve_envs])
-        out = self.both_modes(rs, ep_dep, dep_keys)
+        rs, curves, summary, learning, out = self.train(rs, ep_train, ep_dep, dep_keys)
         metrics = A.finalize(out.sums)                        # [2] per mode
         fb = DEPLOY_MODES.index(cfg.feedback_mode)
         deploy = {f"{mode}/{k}": v[i] for i, mode in enumerate(DEPLOY_MODES)
