@@ -44,6 +44,11 @@ PY
       --num-steps 32 --updates 20 --csv "$OUT/sweep_throughput.csv"
   "$PY" benchmarks/sweep_throughput.py --envs 16384 --seeds 4 --weights 0 0.5 1 2 \
       --num-steps 32 --updates 10 --csv "$OUT/sweep_throughput_large.csv"
+  echo "== the closed loop vs its parts (study_gpu and paper sizes) =="
+  "$PY" benchmarks/loop_vs_ppo.py experiment=study_gpu loop.num_cycles=1 --repeats 1 \
+      --csv "$OUT/loop_vs_ppo_study_gpu.csv"
+  "$PY" benchmarks/loop_vs_ppo.py experiment=paper loop.num_cycles=1 --repeats 1 \
+      --csv "$OUT/loop_vs_ppo_paper.csv"
   echo "== memory (4096 envs x 64 seeds) =="
   "$PY" benchmarks/memory.py --envs 4096 --seeds 64 --updates 2 8 --csv "$OUT/memory.csv"
   if [ "$SB3" = 1 ]; then
