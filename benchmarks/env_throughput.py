@@ -1,9 +1,13 @@
-"""Raw env throughput: random actions, ``jit(vmap(step))`` inside ``lax.scan``.
+"""Raw env throughput: random actions, a batch step inside ``lax.scan``.
 
-Runs ``TradingEnv`` and gymnax ``CartPole-v1`` under the identical harness in the same
-process and prints env-steps/s, their ratio and compile times. Usage:
+Runs ``TradingEnv`` on ``--markets`` (default gbm, regime, merton) and gymnax ``CartPole-v1``
+under the identical harness in the same process and prints env-steps/s, their ratio and compile
+times. The batch step is the one PPO uses: ``env.step_batch`` where the env has one
+(``TradingEnv``: auto-resets computed only on steps where some env is done), else
+``vmap(env.step)``; ``--vmap-step`` forces ``vmap(env.step)`` for every env. Usage:
 
-    python benchmarks/env_throughput.py [--envs 256 4096] [--steps 500] [--repeats 3] [--csv F]
+    python benchmarks/env_throughput.py [--envs 256 4096] [--markets gbm regime merton]
+        [--steps 500] [--repeats 3] [--vmap-step] [--csv F]
 """
 
 from __future__ import annotations
@@ -20,8 +24,15 @@ from tpfl_jax.env.trading import TradingEnv
 from tpfl_jax.market import synthetic
 
 
-def make_rollout(env, params, n_envs: int, n_steps: int):
+def batch_step(env, vmap_step: bool = False):
+    """The batch step PPO uses for ``env`` (``step_batch`` when it has one)."""
+    own = None if vmap_step else getattr(env, "step_batch", None)
+    return own or jax.vmap(env.step, (0, 0, 0, None))
+
+
+def make_rollout(env, params, n_envs: int, n_steps: int, vmap_step: bool = False):
     n_actions = env.action_space(params).n
+    step = batch_step(env, vmap_step)
 
     def rollout(key):
         k_reset, k_run = jax.random.split(key)
@@ -31,8 +42,7 @@ def make_rollout(env, params, n_envs: int, n_steps: int):
             state, acc = carry
             k_act, k_step = jax.random.split(k)
             actions = jax.random.randint(k_act, (n_envs,), 0, n_actions)
-            _, state, reward, *_ = jax.vmap(env.step, (0, 0, 0, None))(
-                jax.random.split(k_step, n_envs), state, actions, params)
+            _, state, reward, *_ = step(jax.random.split(k_step, n_envs), state, actions, params)
             return (state, acc + reward.sum()), None
 
         (_, total), _ = jax.lax.scan(body, (state, jnp.float32(0.0)),
@@ -42,9 +52,9 @@ def make_rollout(env, params, n_envs: int, n_steps: int):
     return jax.jit(rollout)
 
 
-def compile_rollout(env, params, n_envs: int, n_steps: int):
+def compile_rollout(env, params, n_envs: int, n_steps: int, vmap_step: bool = False):
     """(compiled rollout, compile seconds)."""
-    fn = make_rollout(env, params, n_envs, n_steps)
+    fn = make_rollout(env, params, n_envs, n_steps, vmap_step)
     t0 = time.perf_counter()
     compiled = fn.lower(jax.random.key(0)).compile()
     compile_s = time.perf_counter() - t0
@@ -64,36 +74,46 @@ def best_rates(compiled: list, n_envs: int, n_steps: int, repeats: int) -> list[
     return best
 
 
-def measure(env, params, n_envs: int, n_steps: int, repeats: int) -> tuple[float, float]:
+def measure(env, params, n_envs: int, n_steps: int, repeats: int,
+            vmap_step: bool = False) -> tuple[float, float]:
     """(compile seconds, best env-steps/s over ``repeats`` runs) of one env."""
-    compiled, compile_s = compile_rollout(env, params, n_envs, n_steps)
+    compiled, compile_s = compile_rollout(env, params, n_envs, n_steps, vmap_step)
     return compile_s, best_rates([compiled], n_envs, n_steps, repeats)[0]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--envs", type=int, nargs="+", default=[256, 4096])
+    ap.add_argument("--markets", nargs="+", default=["gbm", "regime", "merton"])
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--vmap-step", action="store_true",
+                    help="vmap(env.step) for every env instead of its own batch step")
     ap.add_argument("--csv", default=None, help="write the table to this CSV file")
     args = ap.parse_args()
 
     trading = TradingEnv()
-    market = synthetic.generate("regime", jax.random.key(0), n_paths=64, n_bars=1024)
-    t_params = trading.make_params(market)
+    params = {k: trading.make_params(synthetic.generate(k, jax.random.key(0), n_paths=64,
+                                                        n_bars=1024, substeps=8))
+              for k in args.markets}
     cart, c_params = gymnax.make("CartPole-v1")
     rows = []
-    print(f"device: {jax.devices()[0].device_kind}  steps/run: {args.steps}")
-    print(f"{'envs':>7} {'trading steps/s':>16} {'cartpole steps/s':>17} {'ratio':>6} "
-          f"{'compile trading s':>18} {'compile cartpole s':>19}")
+    step = "vmap(step)" if args.vmap_step else "step_batch"
+    print(f"device: {jax.devices()[0].device_kind}  steps/run: {args.steps}  TradingEnv: {step}")
+    print(f"{'envs':>7} {'market':>7} {'trading steps/s':>16} {'cartpole steps/s':>17} "
+          f"{'ratio':>6} {'compile trading s':>18} {'compile cartpole s':>19}")
     for n in args.envs:
-        t_fn, tc = compile_rollout(trading, t_params, n, args.steps)
-        c_fn, cc = compile_rollout(cart, c_params, n, args.steps)
-        ts, cs = best_rates([t_fn, c_fn], n, args.steps, args.repeats)
-        rows.append(dict(envs=n, trading_sps=ts, cartpole_sps=cs, ratio=ts / cs,
-                         trading_compile_s=tc, cartpole_compile_s=cc,
-                         device=jax.devices()[0].device_kind))
-        print(f"{n:>7} {ts:>16,.0f} {cs:>17,.0f} {ts / cs:>6.2f} {tc:>18.2f} {cc:>19.2f}")
+        fns = [compile_rollout(trading, params[k], n, args.steps, args.vmap_step)
+               for k in args.markets]
+        c_fn, cc = compile_rollout(cart, c_params, n, args.steps, args.vmap_step)
+        rates = best_rates([f for f, _ in fns] + [c_fn], n, args.steps, args.repeats)
+        cs = rates[-1]
+        for k, (_, tc), ts in zip(args.markets, fns, rates, strict=False):
+            rows.append(dict(envs=n, market=k, step=step, trading_sps=ts, cartpole_sps=cs,
+                             ratio=ts / cs, trading_compile_s=tc, cartpole_compile_s=cc,
+                             device=jax.devices()[0].device_kind))
+            print(f"{n:>7} {k:>7} {ts:>16,.0f} {cs:>17,.0f} {ts / cs:>6.2f} {tc:>18.2f} "
+                  f"{cc:>19.2f}")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -504,13 +504,14 @@ def test_existing_database_in_a_read_only_directory_opens_for_reading(tmp_path):
 
 # =========================================================================== report
 def test_report_on_a_malformed_summary_names_file_and_columns(tmp_path):
+    from tpfl_jax.errors import UserError
     from tpfl_jax.report import report_dir
 
     (tmp_path / "summary.csv").write_text("name,pnl\nx,1\n")
     with pytest.raises(ValueError, match=rf"{tmp_path / 'summary.csv'}: missing column\(s\) "
                                          r"\['policy', 'final_pnl', 'oos_pnl'\]"):
         report_dir(tmp_path)
-    with pytest.raises(FileNotFoundError, match="not a directory"):
+    with pytest.raises(UserError, match="nope is not a directory; expected a run or multirun"):
         report_dir(tmp_path / "nope")
 
 

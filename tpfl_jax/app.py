@@ -248,13 +248,14 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
     bar.set_postfix_str("markets")
     with user_inputs():
         spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
-        loop = make_loop(obj.loop, obj.ppo, obj.env, spec, env_params)
+        loop = make_loop(obj.loop, obj.ppo, obj.env, spec, env_params, obj.policy_kinds)
         check_inputs(loop, source, obj.env, env_params)
     policies = stack_policies([make_loop_policy(k, w, h, **p) for k, w, p, h in zip(
         obj.policy_kinds, obj.initial_weights, obj.policy_params, obj.policy_histories,
         strict=True)])
     keys = seed_keys(obj.seed, obj.num_seeds)
     args = (keys, policies, source, env_params, obj.ppo.hparams())
+    side = _side_work(c, obj, spec, source, env_params, out)     # references + audit
     bar.update(1)
     bar.set_postfix_str("compile")
     t0 = time.perf_counter()
@@ -273,14 +274,14 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
     bar.set_postfix_str("references and artefacts")
     res = jax.device_get(res)
     _check_loop_training(res, obj, c)
-    frames = _loop_frames(res, obj, spec, source, env_params, c)
+    ref_cycles, audit = side()
+    frames = _loop_frames(res, obj, spec, source, c, ref_cycles)
     _write_loop_files(out, res, obj, frames)
     primary = c.stats.primary_metric
     paired = _paired_stats(c, obj, frames["summary"], out)
     frames["answer"] = R.answer(frames["summary"], paired[primary], frames["ref_summary"],
                                 obj.control_names, primary)
     plots = _loop_plots(out, obj, c, frames, paired)
-    audit = reward_audit(c, obj.env, env_params, spec, source, out, quiet=True)
     report.write_loop_report(
         out, f"tpfl-loop: {c.experiment} ({n_p} arms x {n_s} seeds x {n_c} cycles)",
         answer=frames["answer"], levels=frames["levels"], paired=paired,
@@ -292,6 +293,28 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
     bar.close()
     _print_loop(c, obj, frames, paired, t_compile, t_run, out)
     return frames["levels"]
+
+
+def _side_work(c: Config, obj: Any, spec: Any, source: Any, env_params: Any, out: Path):
+    """The reference rules and the reward audit (independent of the arms' training). On one
+    process they run in a background thread, compiling while the loop compiles (XLA compiles
+    one program per core); the returned ``wait()`` gives ``(references, audit)``. Several
+    processes: process 0 computes them when asked (no program beside the collective one)."""
+    import jax
+
+    def work() -> tuple[pd.DataFrame, Any]:
+        refs = loop_references(obj, spec, source, env_params,
+                               has_labels=c.market.source == "synthetic")
+        return refs, reward_audit(c, obj.env, env_params, spec, source, out, quiet=True)
+
+    if jax.process_count() > 1:
+        return work
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="tpfl-side")
+    future = pool.submit(work)
+    pool.shutdown(wait=False)
+    return future.result
 
 
 def _check_loop_training(res: Any, obj: Any, c: Config) -> None:
@@ -307,19 +330,16 @@ def _check_loop_training(res: Any, obj: Any, c: Config) -> None:
         f"tpfl-loop policy {obj.policy_names[i[0]]}, seed {i[1]}, cycle {i[2]}"), ran=ran)
 
 
-def _loop_frames(res: Any, obj: Any, spec: Any, source: Any, env_params: Any,
-                 c: Config) -> dict[str, Any]:
+def _loop_frames(res: Any, obj: Any, spec: Any, source: Any, c: Config,
+                 ref_cycles: pd.DataFrame) -> dict[str, Any]:
     """Every table of a loop run (``tpfl_jax.results``), the reference rules included."""
     names, ppo, lc = obj.policy_names, obj.ppo, obj.loop
     cycles = R.cycle_frame(res, names, batch_size=ppo.batch_size,
                            episode_steps=int(c.env.max_steps_in_episode),
                            distinct_bars=spec.distinct_train_bars(source, obj.env.window))
     summary = R.summary_frame(cycles)
-    curves = R.curve_frame(res, names, chunk_updates=lc.chunk_updates if lc.converge
-                           else ppo.num_updates, cap_updates=ppo.num_updates,
-                           batch_size=ppo.batch_size)
-    ref_cycles = loop_references(obj, spec, source, env_params,
-                                 has_labels=c.market.source == "synthetic")
+    curves = R.curve_frame(res, names, chunk_updates=lc.chunk_updates,
+                           cap_updates=ppo.num_updates, batch_size=ppo.batch_size)
     ref_summary = R.reference_summary(ref_cycles)
     primary = c.stats.primary_metric
     return {"cycles": cycles, "summary": summary, "curves": curves,
@@ -637,11 +657,12 @@ def _train_runner(c: Config, obj: Any, job: dict[str, Any], weight: float,
     import jax.numpy as jnp
 
     from tpfl_jax import accounting as A
+    from tpfl_jax import distributed as D
     from tpfl_jax.agents.runner import Runner
 
     evaluate = _curve_eval(obj, job)
     args = (job["test_params"], job["curve_keys"])
-    scored = jax.jit(jax.vmap(lambda rs: evaluate(rs, args)))
+    scored = D.jit(jax.vmap(lambda rs: evaluate(rs, args)))
     runner = Runner(obj.ppo, obj.env, job["train_params"].replace(
         tp_reward_weight=jnp.float32(weight)), out, seed=c.seed, num_seeds=c.train.num_seeds,
         chunk_updates=c.train.chunk_updates, checkpoint_every=c.train.chunk_updates,

@@ -36,6 +36,7 @@ import numpy as np
 from flax import struct
 
 from tpfl_jax import accounting as A
+from tpfl_jax import distributed as D
 from tpfl_jax.env.trading import TradingEnv
 
 KINDS = ("flat", "random", "buy_and_hold", "short_and_hold", "trend", "noskill", "oracle")
@@ -182,7 +183,7 @@ def make_references(env: TradingEnv, markets: Any, num_cycles: int, deploy_envs:
         return jax.vmap(lambda c: one_cycle(seed_key, source, env_params, c))(
             jnp.arange(num_cycles, dtype=jnp.int32))
 
-    return jax.jit(jax.vmap(one_seed, (0, None, None)))
+    return D.jit(jax.vmap(one_seed, (0, None, None)))
 
 
 __all__ = ["KINDS", "REFERENCE_FAMILIES", "TREND_LOOKBACKS", "Strategy", "act",

@@ -43,6 +43,7 @@ import numpy as np
 from flax import struct
 
 from tpfl_jax import accounting as A
+from tpfl_jax import distributed as D
 from tpfl_jax.agents.ppo import PPOConfig, PPOHParams, RunnerState, continue_opt_state, make_ppo
 from tpfl_jax.clm.policies import (
     POLICY_NAMES,
@@ -264,10 +265,12 @@ def plateaued(returns: jax.Array, n_done: jax.Array, window: int, tol: float) ->
     return ok & (m_last - m_prev <= tol * jnp.sqrt(var))
 
 
-def loop_policy_step(stats: TPStats, state: PolicyState, policy: LoopPolicy
+def loop_policy_step(stats: TPStats, state: PolicyState, policy: LoopPolicy,
+                     kinds: tuple[str, ...] | None = None
                      ) -> tuple[jax.Array, PolicyState, jax.Array]:
-    """Next weight of ``policy`` (``clm.policies.apply_policy`` with its kind)."""
-    return apply_policy(stats, state, policy.params.replace(policy_id=policy.kind))
+    """Next weight of ``policy`` (``clm.policies.apply_policy`` with its kind; ``kinds``: the
+    kinds the loop's policies can take, static)."""
+    return apply_policy(stats, state, policy.params.replace(policy_id=policy.kind), kinds)
 
 
 @struct.dataclass
@@ -329,6 +332,8 @@ class LoopProgram:
     env: Any
     t_dep: int                # deploy episode length (steps)
     ppo: Any                  # agents.ppo.PPO with the markets' data stream
+    kinds: tuple[str, ...] | None = None   # the policy kinds the program can run (None: all)
+    has_stream: bool = False  # the PPO draws its own training data (fresh paths)
 
     @property
     def chunk(self) -> int:
@@ -338,6 +343,13 @@ class LoopProgram:
     @property
     def n_chunks(self) -> int:
         return self.ppo_config.num_updates // self.chunk
+
+    def _markets(self, source: Any, key: jax.Array, c: jax.Array) -> tuple[Any, Any]:
+        """The cycle's training market (a template only when the PPO has a data stream:
+        ``env_params.market``, nothing generated) and its deploy market."""
+        if self.has_stream:
+            return None, self.markets.deploy_market(source, key, c)
+        return self.markets.cycle_markets(source, key, c)
 
     def both_modes(self, rs: RunnerState, ep: Any, keys: jax.Array) -> A.Rollout:
         """Sampled and greedy deployments on the same episodes (leading axis [2])."""
@@ -400,7 +412,7 @@ class LoopProgram:
         cfg = self.config
         keys = cycle_keys(key, c)
         w = carry.policy.weight
-        train_m, deploy_m = self.markets.cycle_markets(source, keys.market, c)
+        train_m, deploy_m = self._markets(source, keys.market, c)
         ep_train = env_params.replace(market=train_m, tp_reward_weight=w)
         ep_dep = env_params.replace(market=deploy_m, tp_reward_weight=w)
         rs = self.ppo.init(keys.train, ep_train, hparams, source)
@@ -418,7 +430,7 @@ class LoopProgram:
         history = carry.history.push(cur)
         stats = A.tp_stats(history.aggregate(cur, policy.history), cfg.min_attempts,
                            cfg.r_source)
-        w_next, pstate, code = loop_policy_step(stats, carry.policy, policy)
+        w_next, pstate, code = loop_policy_step(stats, carry.policy, policy, self.kinds)
         trades = (jax.tree.map(lambda x: x[fb], out.trades), out.active[fb]) \
             if cfg.keep_trades else (None, None)
         new = CycleCarry(rs.params, rs.obs_rms, rs.ret_rms, rs.opt_state, pstate, history)
@@ -428,7 +440,7 @@ class LoopProgram:
                 hparams: PPOHParams) -> LoopResult:
         """Every cycle of one policy and seed."""
         keys = cycle_keys(key, 0)
-        train0, _ = self.markets.cycle_markets(source, keys.market, jnp.int32(0))
+        train0, _ = self._markets(source, keys.market, jnp.int32(0))
         rs0 = self.ppo.init(keys.init, env_params.replace(market=train0), hparams, source)
         zero = A.zero_sums()
         ring = jax.tree.map(lambda x: jnp.zeros((self.config.history_window, *x.shape),
@@ -448,9 +460,10 @@ class LoopProgram:
 
 
 def make_loop(config: LoopConfig, ppo_config: PPOConfig, env: Any, markets: Markets,
-              env_params: Any) -> Loop:
+              env_params: Any, kinds: tuple[str, ...] | None = None) -> Loop:
     """Build the closed loop. ``env_params`` (a ``TradingEnv`` params template; its market is
-    replaced every cycle) fixes the deploy episode length."""
+    replaced every cycle) fixes the deploy episode length; ``kinds``: the policy kinds the
+    program must run (default every ``LOOP_POLICY_KINDS``; fewer compile faster)."""
     n_cap = ppo_config.num_updates
     chunk = config.chunk_updates
     if n_cap < 1 or n_cap % chunk:
@@ -461,15 +474,20 @@ def make_loop(config: LoopConfig, ppo_config: PPOConfig, env: Any, markets: Mark
     stream = markets.stream(env, ppo_config.num_envs, ppo_config.num_steps, t_dep)
     ppo = make_ppo(ppo_config, env, env_params, info_metrics=A.train_info_metrics,
                    stream=stream)
-    prog = LoopProgram(config, ppo_config, markets, env, t_dep, ppo)
+    if kinds is not None:
+        bad = sorted(set(kinds) - set(LOOP_POLICY_KINDS))
+        if bad:
+            raise ValueError(f"make_loop: kinds {bad}; expected kinds of {LOOP_POLICY_KINDS}")
+        kinds = tuple(k for k in LOOP_POLICY_KINDS if k in set(kinds))
+    prog = LoopProgram(config, ppo_config, markets, env, t_dep, ppo, kinds, stream is not None)
 
     def batched(keys, policies, source, env_params, hparams):
         over_seeds = jax.vmap(prog.run_one, in_axes=(0, None, None, None, None))
         return jax.vmap(over_seeds, in_axes=(None, 0, None, None, None))(
             keys, policies, source, env_params, hparams)
 
-    run_markets = jax.jit(jax.vmap(batched, in_axes=(None, None, 0, None, None)))
-    return Loop(config, ppo_config, markets, prog.run_one, batched, jax.jit(batched),
+    run_markets = D.jit(jax.vmap(batched, in_axes=(None, None, 0, None, None)))
+    return Loop(config, ppo_config, markets, prog.run_one, batched, D.jit(batched),
                 run_markets)
 
 

@@ -290,7 +290,10 @@ class PPOAlgorithm:
                                     config.shared_torso, config.init_log_std)
         self.obs_shape = tuple(env.observation_space(space_params).shape)
         self.v_reset = jax.vmap(env.reset, in_axes=(0, None))
-        self.v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+        # an env may step a whole batch itself (``TradingEnv.step_batch``: the same outputs as
+        # ``vmap(step)``, auto-resets computed only on steps where some env is done)
+        self.v_step = getattr(env, "step_batch", None) or jax.vmap(env.step,
+                                                                   in_axes=(0, 0, 0, None))
 
     # ------------------------------------------------------------------ init
     def init(self, rng: jax.Array, env_params: Any, hparams: PPOHParams | None = None,

@@ -32,6 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
+from tpfl_jax import distributed as D
 from tpfl_jax.agents.ppo import PPOConfig, PPOHParams, RunnerState, make_ppo
 from tpfl_jax.validate import (
     DivergenceError,
@@ -97,7 +98,7 @@ class _Fns:
         init = ppo.init
         if num_seeds is not None:
             init = jax.vmap(init, in_axes=(0, None, None, None))
-        self.init = jax.jit(init)
+        self.init = D.jit(init)
         self._runs: dict[int, Any] = {}
 
     def run(self, n: int):
@@ -111,9 +112,9 @@ class _Fns:
                 def run_seeds(rs, env_params):
                     rs, m = jax.vmap(run, in_axes=(0, None))(rs, env_params)
                     return rs, jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), m)  # [n, seeds]
-                self._runs[n] = jax.jit(run_seeds)
+                self._runs[n] = D.jit(run_seeds)
             else:
-                self._runs[n] = jax.jit(run)
+                self._runs[n] = D.jit(run)
         return self._runs[n]
 
 

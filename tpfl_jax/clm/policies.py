@@ -325,10 +325,17 @@ POLICIES: dict[str, PolicyFn] = {
 assert tuple(POLICIES) == POLICY_NAMES
 
 
-def apply_policy(stats: TPStats, state: PolicyState, params: PolicyParams):
-    """Run the policy selected by ``params.policy_id`` (``lax.switch``; vmap over any leaf)."""
-    branches = [POLICIES[name] for name in POLICY_NAMES]
-    idx = jnp.clip(jnp.asarray(params.policy_id, jnp.int32), 0, len(branches) - 1)
+def apply_policy(stats: TPStats, state: PolicyState, params: PolicyParams,
+                 kinds: tuple[str, ...] | None = None):
+    """Run the policy selected by ``params.policy_id`` (``lax.switch``; vmap over any leaf).
+
+    ``kinds`` (static): the policies that can be selected (default every one of
+    ``POLICY_NAMES``); only their branches are built, which matters under ``vmap``, where a
+    batched switch runs every branch."""
+    kinds = POLICY_NAMES if kinds is None else tuple(dict.fromkeys(kinds))
+    branches = [POLICIES[name] for name in kinds]
+    ids = jnp.asarray([POLICY_NAMES.index(k) for k in kinds], jnp.int32)
+    idx = jnp.argmax(ids == jnp.asarray(params.policy_id, jnp.int32)).astype(jnp.int32)
     return jax.lax.switch(idx, branches, stats, state, params)
 
 

@@ -473,6 +473,13 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
             lane_next=state.lane_next, lane_stride=state.lane_stride,
         )
 
+    def step_batch(self, keys: jax.Array, states: EnvState, actions: jax.Array,
+                   params: EnvParams | None = None):
+        """``step`` of a batch of envs (leading axis), resets computed only when needed
+        (:func:`step_batch`)."""
+        return step_batch(self, keys, states, actions,
+                          self.default_params if params is None else params)
+
     def step(self, key: jax.Array, state: EnvState, action: int | jax.Array,
              params: EnvParams | None = None):
         """gymnax ``Environment.step`` (auto-reset, ``final_observation``, both flags).
@@ -664,19 +671,45 @@ def encode_action(side: int, tp_index: int, n_tp: int) -> int:
     return 1 + tp_index if side > 0 else 1 + n_tp + tp_index
 
 
+def _auto_reset(env: TradingEnv, key, state_st, obs_st, done, params):
+    """The state and observation after a step: a new episode where ``done`` (gymnax's
+    auto-reset), the stepped one elsewhere."""
+    obs_re, state_re = env.reset_env(key, params, state_st.lane_next, state_st.lane_stride)
+    state = jax.tree.map(lambda x, y: jax.lax.select(done, x, y), state_re, state_st)
+    return jax.lax.select(done, obs_re, obs_st), state
+
+
+def _info(info, state_st, obs_st, terminated, truncated, done):
+    # a lane with no fresh path left: this reset went to a random (possibly used) path
+    reused = done & (state_st.lane_stride > 0) & (state_st.lane_next < 0)
+    return {**info, "terminated": terminated, "truncated": truncated,
+            "final_observation": obs_st, "reused_path": reused}
+
+
 @partial(jax.jit, static_argnums=0)
 def _step(env: TradingEnv, key, state, action, params):
     obs_st, state_st, reward, terminated, info = env.step_env(key, state, action, params)
     truncated = env.is_truncated(state_st, params)
     done = jnp.logical_or(terminated, truncated)
-    obs_re, state_re = env.reset_env(key, params, state_st.lane_next, state_st.lane_stride)
-    state = jax.tree.map(lambda x, y: jax.lax.select(done, x, y), state_re, state_st)
-    obs = jax.lax.select(done, obs_re, obs_st)
-    # a lane with no fresh path left: this reset went to a random (possibly used) path
-    reused = done & (state_st.lane_stride > 0) & (state_st.lane_next < 0)
-    info = {**info, "terminated": terminated, "truncated": truncated,
-            "final_observation": obs_st, "reused_path": reused}
-    return obs, state, reward, terminated, truncated, info
+    obs, state = _auto_reset(env, key, state_st, obs_st, done, params)
+    return obs, state, reward, terminated, truncated, _info(info, state_st, obs_st, terminated,
+                                                              truncated, done)
+
+
+def step_batch(env: TradingEnv, keys, states, actions, params):
+    """``vmap(env.step)`` over a batch of envs (same outputs, bit for bit), with the auto-reset
+    computed only on steps where some env of the batch is done (``lax.cond``): episodes end on
+    a few steps of a rollout, so the batch skips the reset work on the others. Under a further
+    ``vmap`` (e.g. over agents) the condition is batched and both branches run, as before."""
+    obs_st, state_st, reward, terminated, info = jax.vmap(env.step_env, (0, 0, 0, None))(
+        keys, states, actions, params)
+    truncated = jax.vmap(env.is_truncated, (0, None))(state_st, params)
+    done = jnp.logical_or(terminated, truncated)
+    reset = jax.vmap(lambda k, s, o, d: _auto_reset(env, k, s, o, d, params))
+    obs, state = jax.lax.cond(jnp.any(done), lambda: reset(keys, state_st, obs_st, done),
+                              lambda: (obs_st, state_st))
+    return obs, state, reward, terminated, truncated, _info(info, state_st, obs_st, terminated,
+                                                              truncated, done)
 
 
 def default_market(n_paths: int = 8, n_bars: int = 512, seed: int = 0) -> MarketData:
@@ -690,4 +723,4 @@ __all__ = ["ACCURACY_MODES", "ALIGNMENT_SOURCES", "DRAWDOWN_MODES", "REWARD_VOL_
            "EnvParams", "EnvState",
            "TradingEnv", "bonus_accuracy", "canonicalize", "causal_trend", "decode_action",
            "default_market", "encode_action", "make_market_data", "mode_index",
-           "no_edge_hit_probability"]
+           "no_edge_hit_probability", "step_batch"]

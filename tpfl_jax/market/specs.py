@@ -48,8 +48,14 @@ class SyntheticMarkets:
 
         k_tr, k_dep = jax.random.split(jax.random.fold_in(key, cycle))
         train = synthetic.simulate(k_tr, arg, self.train_paths, self.n_bars, self.substeps)
-        deploy = synthetic.simulate(k_dep, arg, self.deploy_paths, self.n_bars, self.substeps)
-        return train, deploy
+        return train, self.deploy_market(arg, key, cycle)
+
+    def deploy_market(self, arg: Any, key: jax.Array, cycle: jax.Array) -> MarketData:
+        """Cycle ``cycle``'s held-out market alone (``cycle_markets``' second)."""
+        from tpfl_jax.market import synthetic
+
+        _, k_dep = jax.random.split(jax.random.fold_in(key, cycle))
+        return synthetic.simulate(k_dep, arg, self.deploy_paths, self.n_bars, self.substeps)
 
     def stream(self, env: Any, num_envs: int, num_steps: int, episode_steps: int) -> Any:
         """The PPO data stream of fresh paths (None when ``fresh`` is off)."""
@@ -92,7 +98,6 @@ class WalkForwardMarkets:
 
     def cycle_markets(self, arg: MarketData, key: jax.Array, cycle: jax.Array
                       ) -> tuple[MarketData, MarketData]:
-        del key
         start = cycle * self.stride
 
         def cut(x, s, n):
@@ -101,9 +106,19 @@ class WalkForwardMarkets:
             return jax.lax.dynamic_slice_in_dim(x, s, n, axis=1)
 
         train = jax.tree.map(lambda x: cut(x, start, self.train_bars), arg)
-        d0 = start + self.train_bars - self.window
-        deploy = jax.tree.map(lambda x: cut(x, d0, self.deploy_bars + self.window), arg)
-        return train, deploy
+        return train, self.deploy_market(arg, key, cycle)
+
+    def deploy_market(self, arg: MarketData, key: jax.Array, cycle: jax.Array) -> MarketData:
+        """Cycle ``cycle``'s held-out window alone (``cycle_markets``' second)."""
+        del key
+        d0 = cycle * self.stride + self.train_bars - self.window
+
+        def cut(x):
+            if x.ndim == 1:          # symbol_id
+                return x
+            return jax.lax.dynamic_slice_in_dim(x, d0, self.deploy_bars + self.window, axis=1)
+
+        return jax.tree.map(cut, arg)
 
     def stream(self, env: Any, num_envs: int, num_steps: int, episode_steps: int) -> None:
         """No stream: a data set is what it is."""
