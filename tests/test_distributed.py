@@ -171,3 +171,15 @@ def test_importing_the_apps_leaves_the_backend_uninitialised():
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "False"
+
+
+def test_programs_compile_with_cpu_options_and_the_defaults_switch(monkeypatch):
+    """On CPU tpfl_jax's programs compile at LLVM level 2; ``TPFL_XLA_DEFAULTS=1`` restores
+    XLA's defaults; either way a program computes the same."""
+    monkeypatch.delenv("TPFL_XLA_DEFAULTS", raising=False)
+    assert D.compiler_options() == D.CPU_COMPILER_OPTIONS == {"xla_backend_optimization_level": 2}
+    x = jnp.arange(10.0)
+    fast = D.jit(lambda v: jnp.sin(v).sum())(x)
+    monkeypatch.setenv("TPFL_XLA_DEFAULTS", "1")
+    assert D.compiler_options() is None
+    np.testing.assert_allclose(D.jit(lambda v: jnp.sin(v).sum())(x), fast, rtol=1e-6)

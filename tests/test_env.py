@@ -245,6 +245,35 @@ def random_actions(seed, t=120, n=16):
     return jax.random.randint(jax.random.key(seed), (t, n), 0, RENV.num_actions)
 
 
+def test_step_batch_equals_vmapped_step_bit_for_bit():
+    """``step_batch`` (auto-reset computed only on steps where some env is done) gives the
+    outputs of ``vmap(step)`` exactly, on steps with and without finished episodes."""
+    from tpfl_jax.env.trading import step_batch
+
+    params = RENV.make_params(gbm_market(), tp_mults=(0.5, 1.0, 2.0), max_steps_in_episode=7)
+    n = 16
+    _, st0 = jax.vmap(RENV.reset, (0, None))(jax.random.split(jax.random.key(3), n), params)
+    st0 = st0.replace(time=st0.time + jnp.arange(n) % 5)    # episodes end on different steps
+
+    def run(batched):
+        def f(st, xs):
+            k, a = xs
+            ks = jax.random.split(k, n)
+            out = (step_batch(RENV, ks, st, a, params) if batched
+                   else jax.vmap(RENV.step, (0, 0, 0, None))(ks, st, a, params))
+            return out[1], out
+        keys = jax.random.split(jax.random.key(4), 30)
+        return jax.jit(lambda: jax.lax.scan(f, st0, (keys, random_actions(5, 30, n)))[1])()
+
+    a, b = run(True), run(False)
+    done = np.asarray(a[3] | a[4])
+    some = done.any(axis=1)
+    assert some.any() and (~some).any() and (some & ~done.all(axis=1)).any()
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert RENV.step_batch is not None        # the method PPO picks up
+
+
 def test_weight_change_never_retraces():
     params = RENV.make_params(gbm_market(), tp_mults=(0.5, 1.0, 2.0),
                               max_steps_in_episode=100)

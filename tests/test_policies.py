@@ -183,6 +183,19 @@ def test_all_policies_in_one_vmap_match_each_policy():
     assert np.all(np.asarray(st.weight) == np.asarray(w))
 
 
+def test_apply_policy_with_a_subset_of_kinds_matches_every_kind():
+    """Building only some policies' branches (``kinds``) selects the same policy."""
+    kinds = ("ema", "fixed", "seed_table")
+    params = jax.tree.map(lambda *x: jnp.stack(x), *[P.make_policy_params(n) for n in kinds])
+    s = stats(jnp.float32(0.3), jnp.float32(2.0), attempts=300.0, vol=0.02)
+    state = P.init_policy_state(1.1)
+    full = jax.jit(jax.vmap(P.apply_policy, in_axes=(None, None, 0)))(s, state, params)
+    sub = jax.jit(jax.vmap(lambda p: P.apply_policy(s, state, p, kinds)))(params)
+    for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(sub), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert len(set(np.asarray(full[0]).tolist())) > 1      # the three policies differ here
+
+
 def test_params_and_feedback_validation():
     with pytest.raises(ValueError, match="policy"):
         P.make_policy_params("magic")
