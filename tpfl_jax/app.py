@@ -287,7 +287,9 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
         answer=frames["answer"], levels=frames["levels"], paired=paired,
         primary=primary, training=frames["training"], plots=plots,
         notes=_loop_notes(obj, c, frames), audit=audit.text() if audit else None)
-    write_text(out / "timing.json", json.dumps({"compile_s": t_compile, "run_s": t_run}))
+    write_text(out / "timing.json", json.dumps({
+        "compile_s": t_compile, "run_s": t_run, "devices": jax.device_count(),
+        "processes": jax.process_count()}))
     _log_experiment(cfg, c, out, frames["cycles"], paired)
     bar.update(1)
     bar.close()
