@@ -5,7 +5,8 @@ Compiles and times, for one config (default: the default ``tpfl-loop``):
 * ``loop``: the whole loop program (every arm x seed x cycle: PPO training, learning-curve
   evaluations, both deployments, stats and the policy step);
 * ``ppo``: PPO alone on the same data stream, the same agents and updates
-  (``arms x seeds`` runs of ``cycles x updates``, vmapped);
+  (``arms x seeds`` runs of ``cycles x updates``, vmapped as the loop vmaps them: the arms of a
+  seed share its keys, so they train on the same fresh paths and generate them once);
 * ``deploy``: both deploy modes alone (``arms x seeds x cycles`` rollouts of ``deploy_envs``
   episodes): one held-out evaluation; the loop runs one after every training chunk (the
   learning curve; the last is the deployment);
@@ -43,9 +44,11 @@ def build(overrides: list[str]):
 
 
 def timed(fn, args, repeats: int) -> tuple[float, float]:
-    """(compile s, best run s) of ``jax.jit(fn)(*args)``."""
+    """(compile s, best run s) of ``fn`` jitted as tpfl-loop jits (``distributed.jit``)."""
+    from tpfl_jax import distributed as D
+
     t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
+    compiled = D.jit(fn).lower(*args).compile()
     comp = time.perf_counter() - t0
     best = np.inf
     for _ in range(repeats):
@@ -89,28 +92,35 @@ def main() -> None:
     prog = loop.run_one.__self__          # the LoopProgram: its PPO with the data stream
     ppo = prog.ppo
 
-    def ppo_alone(keys, source, ep, hp):
-        def one(key):
+    # the loop's layout: arms x seeds with common random numbers (every arm of a seed trains
+    # on the same fresh paths, so the stream's market generation is shared across arms, as
+    # vmap leaves values that do not depend on the arm unbatched), arms differ by their weight
+    weights = policies.initial_weight
+
+    def ppo_alone(keys, weights, source, ep, hp):
+        def one(key, w):
             k = cycle_keys(key, 0)
             train_m, _ = spec.cycle_markets(source, k.market, 0)
-            p = ep.replace(market=train_m)
+            p = ep.replace(market=train_m, tp_reward_weight=w)
             rs = ppo.init(k.init, p, hp, source)
             return ppo.run(rs, p, n_c * n_u)[1]["loss"].mean()
-        return jax.vmap(jax.vmap(one), in_axes=0)(jnp.stack([keys] * n_p))
+        return jax.vmap(jax.vmap(one, (0, None)), (None, 0))(keys, weights)
 
-    rows["ppo"] = timed(ppo_alone, (keys, source, ep, hp), a.repeats)
+    rows["ppo"] = timed(ppo_alone, (keys, weights, source, ep, hp), a.repeats)
 
     def deploy_alone(keys, source, ep):
-        def one(key, c_):
+        def one(key, arm, c_):
             k = cycle_keys(key, c_)
             _, dep = spec.cycle_markets(source, k.market, c_)
-            rs = ppo.init(k.init, ep.replace(market=dep), hp, source)
-            out = prog.both_modes(rs, ep.replace(market=dep),
-                                  A.episode_keys(k.deploy, obj.loop.deploy_envs))
+            p = ep.replace(market=dep)
+            # each arm its own network (as after training), the seed's common deploy episodes
+            rs = ppo.init(jax.random.fold_in(k.init, arm), p, hp, source)
+            out = prog.both_modes(rs, p, A.episode_keys(k.deploy, obj.loop.deploy_envs))
             return out.sums.pnl.mean()
-        cyc = jnp.arange(n_c, dtype=jnp.int32)
-        return jax.vmap(jax.vmap(jax.vmap(one, (None, 0)), (0, None)), (None, None))(
-            jnp.stack([keys] * n_p), cyc)
+        arms, cyc = jnp.arange(n_p), jnp.arange(n_c, dtype=jnp.int32)
+        # arms x seeds x cycles: keys [S], arms [P], cycles [C]
+        return jax.vmap(jax.vmap(jax.vmap(one, (None, None, 0)), (0, None, None)),
+                        (None, 0, None))(keys, arms, cyc)
 
     rows["deploy"] = timed(deploy_alone, (keys, source, ep), a.repeats)
 
