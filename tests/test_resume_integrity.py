@@ -137,14 +137,3 @@ def test_digest_detects_a_changed_value():
     b["w"][3] = np.nextafter(np.float32(3), np.float32(4))
     assert tree_digest(a) != tree_digest(b)
 
-
-def test_runners_of_one_run_shape_share_compiled_programs(tmp_path):
-    """A resumed or restarted runner reuses the programs of an earlier one of the same PPO
-    config, env, env params (by content), seeds and hooks; any difference gets its own."""
-    a, b = _runner(tmp_path / "a"), _runner(tmp_path / "b", seed=3)
-    assert a._fns is b._fns
-    assert _runner(tmp_path / "c", num_seeds=2)._fns is not a._fns
-    other = Runner(CFG, ENV, EP.replace(max_steps_in_episode=100), tmp_path / "d", **KW)
-    assert other._fns is not a._fns
-    for r in (a, b):
-        r.close()

@@ -22,7 +22,6 @@ import os
 import shutil
 import time
 import warnings
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -119,28 +118,6 @@ class _Fns:
         return self._runs[n]
 
 
-# Compiled programs of recent runners: a runner of the same PPO config, env, env params (by
-# content), seeds and hooks reuses them instead of tracing and compiling again (a resume, a
-# restarted job, the CLM retraining a model). Hooks and env are held so their ids stay unique.
-_FNS_CACHE: OrderedDict[tuple[Any, ...], tuple[Any, Any, Any, _Fns]] = OrderedDict()
-_FNS_CACHE_SIZE = 4
-
-
-def _cached_fns(config: PPOConfig, env: Any, env_params: Any, num_seeds: int | None,
-                info_metrics: Any, stream: Any, params_digest: str) -> _Fns:
-    key = (config, id(env), num_seeds, id(info_metrics), id(stream), params_digest)
-    hit = _FNS_CACHE.get(key)
-    if hit is not None and hit[0] is env and hit[1] is info_metrics and hit[2] is stream:
-        _FNS_CACHE.move_to_end(key)
-        return hit[3]
-    fns = _Fns(make_ppo(config, env, env_params, info_metrics=info_metrics, stream=stream),
-               num_seeds)
-    _FNS_CACHE[key] = (env, info_metrics, stream, fns)
-    while len(_FNS_CACHE) > _FNS_CACHE_SIZE:
-        _FNS_CACHE.popitem(last=False)
-    return fns
-
-
 class Runner:
     """Train PPO with progress, metrics log, checkpoints and bit-exact resume.
 
@@ -183,9 +160,9 @@ class Runner:
         self.source, self.on_chunk = source, on_chunk
         self.log_fields = dict(log_fields or {})
         self.manager = self._new_manager()
-        digest = self._check_identity()["env_params_sha256"]
-        self._fns = _cached_fns(config, env, env_params, num_seeds, info_metrics, stream, digest)
-        self.ppo = self._fns.ppo
+        self._check_identity()
+        self.ppo = make_ppo(config, env, env_params, info_metrics=info_metrics, stream=stream)
+        self._fns = _Fns(self.ppo, num_seeds)
 
     def _new_manager(self) -> ocp.CheckpointManager:
         return ocp.CheckpointManager(
@@ -209,7 +186,7 @@ class Runner:
             "source_sha256": None if self.source is None else tree_digest(self.source),
         }
 
-    def _check_identity(self) -> dict[str, Any]:
+    def _check_identity(self) -> None:
         path = self.out_dir / IDENTITY_FILE
         new = self.identity()
         if self.manager.all_steps() and path.exists():
@@ -228,7 +205,6 @@ class Runner:
             warnings.warn(f"{self.ckpt_dir}: checkpoints without {IDENTITY_FILE} (written by an "
                           "older version); resuming without an identity check", stacklevel=3)
         _write_json(path, {"identity": new, "sha256": identity_hash(new)})
-        return new
 
     def _digests(self) -> dict[int, str]:
         path = self.out_dir / DIGEST_FILE
