@@ -88,3 +88,29 @@ def test_a_used_up_lane_falls_back_and_is_flagged():
     st = st.replace(time=jnp.int32(19))                     # the next step truncates
     _, st2, _, _, trunc, info = ENV.step(jax.random.key(1), st, 0, p)
     assert bool(trunc) and bool(info["reused_path"])
+
+
+def test_runner_checkpoints_and_resumes_a_fresh_path_run_bit_exact(tmp_path):
+    """The runner state of a fresh-path run holds the stream's paths, whose jump-free market
+    has a zero-size intrabar array (orbax refuses those): it checkpoints, and a resumed run
+    ends where an uninterrupted one does (``tpfl-train`` with one weight runs this way)."""
+    from tpfl_jax.agents.runner import Runner
+
+    src = SPEC.source()
+    m, _ = SPEC.cycle_markets(src, jax.random.key(0), 0)
+    ep = ENV.make_params(m, max_steps_in_episode=20)
+    stream = SPEC.stream(ENV, CFG.num_envs, CFG.num_steps, 20)
+    assert any(np.size(x) == 0 for x in jax.tree.leaves(m))      # the case orbax refuses
+
+    def runner(path):
+        return Runner(CFG, ENV, ep, path, chunk_updates=1, checkpoint_every=1, progress=False,
+                      info_metrics=train_info_metrics, stream=stream, source=src)
+
+    full = runner(tmp_path / "full").run()
+    r = runner(tmp_path / "killed")
+    r.run(until=2)
+    r.close()
+    resumed = runner(tmp_path / "killed").run()
+    assert resumed.start_update == 2
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params), strict=True):
+        assert jnp.array_equal(a, b)

@@ -104,6 +104,9 @@ def test_single_process_train_writes_every_artefact(single):
     summary = pd.read_csv(out / "summary.csv")
     assert sorted(summary["final_weight"].unique()) == [0.5, 2.0]
     assert len(summary) == 2 * 2 and summary["oos_pnl"].notna().all()
+    # oos_pnl means what it means in tpfl-loop: loop.feedback_mode's deployment (greedy)
+    assert (summary["oos_pnl"] == summary["oos_pnl_greedy"]).all()
+    assert (summary["oos_pnl"] != summary["oos_pnl_sampled"]).any()
     assert (out / "curves.csv").stat().st_size > 0 and (out / "vs_references.csv").exists()
     m = _metrics(out)
     assert len(m) == 2 * 2                                  # weights x updates, seeds per row

@@ -729,7 +729,8 @@ def _train_sweep(c: Config, obj: Any, job: dict[str, Any], weights: list[float],
 def _train_final_eval(c: Config, obj: Any, job: dict[str, Any], weights: list[float],
                       params: Any, obs_rms: Any) -> dict[str, Any]:
     """Both deploy modes of every weight x seed on the held-out episodes: one-cycle rows for
-    ``results.summary_frame``, the greedy per-episode PnL ``[K, S, E]`` and the trades."""
+    ``results.summary_frame`` (plain ``deploy_*`` columns: ``loop.feedback_mode``'s mode, as in
+    ``tpfl-loop``), the greedy per-episode PnL ``[K, S, E]`` and the trades."""
     import jax
 
     from tpfl_jax.agents.evaluate import evaluate
@@ -748,7 +749,10 @@ def _train_final_eval(c: Config, obj: Any, job: dict[str, Any], weights: list[fl
                 trades.append(ev.trades.assign(weight=wt, seed=s, mode=mode))
                 if det:
                     g_row.append(np.asarray(ev.sums.pnl))
-            row |= {f"deploy_{k}": row[f"deploy_sampled_{k}"] for k in ev.metrics}
+            # plain columns: loop.feedback_mode's deployment, as in tpfl-loop (one meaning
+            # of oos_pnl in every summary.csv)
+            fb = c.loop.feedback_mode
+            row |= {f"deploy_{k}": row[f"deploy_{fb}_{k}"] for k in ev.metrics}
             rows.append(row)
         greedy.append(g_row)
     return {"cycles": pd.DataFrame(rows), "trades": pd.concat(trades, ignore_index=True),

@@ -71,10 +71,18 @@ class RunResult:
 
 
 def _to_saveable(rs: RunnerState) -> RunnerState:
-    return rs.replace(rng=jax.random.key_data(rs.rng))
+    """The state as orbax saves it: key data for the typed key, and a one-element stand-in for
+    every zero-size array (orbax refuses them; e.g. a jump-free market's empty intrabar path in
+    the env state): a zero-size array holds no values, and its shape comes back from the fresh
+    state of the same run on restore (:func:`_from_saveable`)."""
+    rs = rs.replace(rng=jax.random.key_data(rs.rng))
+    return jax.tree.map(lambda x: np.zeros((1,), x.dtype) if np.size(x) == 0 else x, rs)
 
 
-def _from_saveable(rs: RunnerState) -> RunnerState:
+def _from_saveable(rs: RunnerState, fresh: RunnerState) -> RunnerState:
+    """Inverse of :func:`_to_saveable` given ``fresh`` (the run's initial state)."""
+    rs = jax.tree.map(lambda r, f: f if np.size(f) == 0 else r, rs,
+                      fresh.replace(rng=jax.random.key_data(fresh.rng)))
     return rs.replace(rng=jax.random.wrap_key_data(jnp.asarray(rs.rng)))
 
 
@@ -283,7 +291,7 @@ class Runner:
             if problems:
                 self.manager.close()
                 self.manager = self._new_manager()
-            return _from_saveable(restored), int(step)
+            return _from_saveable(restored, fresh), int(step)
         listing = "; ".join(f"checkpoint {s} at {self.ckpt_dir / str(s)} {p}"
                             for s, p in problems)
         raise ValueError(f"every checkpoint of {self.out_dir} is damaged ({listing}); move "
