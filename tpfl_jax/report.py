@@ -112,7 +112,8 @@ def plot_learning_curves(path: Path, curves: pd.DataFrame, ref_cycles: pd.DataFr
     n = max(len(names), 1)
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False,
+    w, h = (3.6, 2.9) if cols > 1 else (6.0, 3.6)       # one panel: wide enough to read
+    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows + 0.4), squeeze=False,
                              sharey=True)
     styles = {"flat": ("k", ":"), "buy_and_hold": ("tab:orange", "--"),
               "trend": ("tab:green", "-"), "oracle": ("tab:purple", "-.")}
@@ -139,13 +140,17 @@ def plot_learning_curves(path: Path, curves: pd.DataFrame, ref_cycles: pd.DataFr
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
     axes[0, 0].legend(fontsize=6, loc="lower right")
+    cycles = curves["cycle"].nunique() if "cycle" in curves else 1
+    xlabel = ("training env steps (M; cycles placed at the update cap)" if cycles > 1
+              else "training env steps (M)")
     for ax in axes[-1]:
-        ax.set_xlabel("env steps (M; cycles at the update cap)", fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel("held-out PnL / episode", fontsize=8)
-    fig.suptitle("Learning curves: greedy (band: 95% CI over seeds) and sampled, with the "
-                 "reference rules", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle("Learning curves on the held-out curve episodes: greedy (band: 95% CI over "
+                 "seeds), sampled (dashed),\nreference rules on the same episodes (parameters "
+                 "chosen on training data)", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))   # room for the title
     save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
