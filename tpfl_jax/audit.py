@@ -97,11 +97,12 @@ def run_audit(env: Any, env_params: Any, config: AuditConfig = AuditConfig(),
                                          jnp.asarray(weights, jnp.float32), env_params, keys,
                                          n_steps))
     ep = _episode_frame(sums, names, weights)
-    table = _strategy_table(ep, sums, names, weights)
+    per = finalize(sums)                                    # [S, W] (accounting's definitions)
+    table = _strategy_table(ep, per, names, weights)
     has_labels = bool(np.any(np.asarray(env_params.market.trend) != 0))
     ranking = _ranking(table, names, has_labels)
     farming = _break_even(table, names, weights, has_labels)
-    noskill = _noskill_table(ep, sums, names, weights, env_params)
+    noskill = _noskill_table(ep, per, names, weights, env_params)
     mode_idx = int(np.asarray(env_params.accuracy))
     tps = np.asarray(env_params.tp_mults, float)
     summary = {
@@ -149,11 +150,11 @@ def _episode_frame(sums: Any, names: list[str], weights: list[float]) -> pd.Data
     return ep
 
 
-def _strategy_table(ep: pd.DataFrame, sums: Any, names: list[str],
+def _strategy_table(ep: pd.DataFrame, per: dict[str, Any], names: list[str],
                     weights: list[float]) -> pd.DataFrame:
     """Per strategy x weight: means and 95% half-widths per episode, the trade metrics
-    (``accounting.finalize``) and the bonus share of the reward mass."""
-    per = finalize(sums)                                    # [S, W] (accounting's definitions)
+    (``per``: ``accounting.finalize`` of the sums, ``[S, W]``) and the bonus share of the
+    reward mass."""
     recs = []
     for (n, w), g in ep.groupby(["strategy", "weight"], sort=False):
         i, j = names.index(n), weights.index(w)
@@ -231,11 +232,10 @@ def _break_even(table: pd.DataFrame, names: list[str], weights: list[float],
             "farm_break_even_rule": farm_worst}
 
 
-def _noskill_table(ep: pd.DataFrame, sums: Any, names: list[str], weights: list[float],
-                   env_params: Any) -> pd.DataFrame:
+def _noskill_table(ep: pd.DataFrame, per: dict[str, Any], names: list[str],
+                   weights: list[float], env_params: Any) -> pd.DataFrame:
     """Per TP distance: the bonus a coin-flip trader collects per trade and per episode at
     weight 1 under each accuracy definition, beside the gambler's-ruin values."""
-    per = finalize(sums)
     sl = float(np.asarray(env_params.sl_mult))
     coef = float(np.asarray(env_params.coefs.tp_bonus))
     ns = []
