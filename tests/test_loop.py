@@ -310,3 +310,17 @@ def test_identical_arms_are_reported():
     summary = pd.DataFrame({"policy": ["a", "b", "c", "a", "b", "c"], "seed": [0, 0, 0, 1, 1, 1],
                             "oos_pnl": [1.0, 1.0, 2.0, 3.0, 3.0, 3.0]})
     assert identical_arms(summary) == [("a", "b")]          # c differs on seed 0
+
+
+def test_policies_of_a_kind_the_program_lacks_are_refused(small):
+    # a program built for some kinds runs another kind's branch for the rest: refused on the host
+    loop = make_loop(small["loop"].config, small["pc"], small["env"], small["loop"].markets,
+                     small["ep"], kinds=("fixed", "seed_table"))
+    assert set(loop.kinds) == {"fixed", "seed_table"}
+    ok = stack_policies([make_loop_policy("fixed", 0.5), make_loop_policy("seed_table")])
+    check_inputs(loop, small["data"], small["env"], small["ep"], ok)
+    msg = (r"policy kinds \['continuous', 'ema', 'expectancy', 'gated', 'vol_scaled'\] are not "
+           r"among .*make_loop\(kinds")
+    with pytest.raises(ValueError, match=msg):
+        check_inputs(loop, small["data"], small["env"], small["ep"], policies())
+    check_inputs(small["loop"], small["data"], small["env"], small["ep"], policies())  # all kinds

@@ -249,10 +249,10 @@ def run_loop(cfg: DictConfig, out: Path, cache_dir: Path | None = None) -> pd.Da
     with user_inputs():
         spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
         loop = make_loop(obj.loop, obj.ppo, obj.env, spec, env_params, obj.policy_kinds)
-        check_inputs(loop, source, obj.env, env_params)
-    policies = stack_policies([make_loop_policy(k, w, h, **p) for k, w, p, h in zip(
-        obj.policy_kinds, obj.initial_weights, obj.policy_params, obj.policy_histories,
-        strict=True)])
+        policies = stack_policies([make_loop_policy(k, w, h, **p) for k, w, p, h in zip(
+            obj.policy_kinds, obj.initial_weights, obj.policy_params, obj.policy_histories,
+            strict=True)])
+        check_inputs(loop, source, obj.env, env_params, policies)
     keys = seed_keys(obj.seed, obj.num_seeds)
     args = (keys, policies, source, env_params, obj.ppo.hparams())
     side = _side_work(c, obj, spec, source, env_params, out)     # references + audit

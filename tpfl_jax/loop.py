@@ -223,7 +223,8 @@ class Loop(NamedTuple):
 
     run_one(key, policy, source, env_params, hparams) -> LoopResult ``[C]`` (one policy/seed);
     batched(keys[S], policies[P], ...) -> ``[P, S, C]``; run = ``jax.jit(batched)``;
-    run_markets: ``run`` vmapped over a leading market axis of ``source`` -> ``[M, P, S, C]``.
+    run_markets: ``run`` vmapped over a leading market axis of ``source`` -> ``[M, P, S, C]``;
+    kinds: the policy kinds the program runs (:func:`check_inputs` refuses others).
     """
 
     config: LoopConfig
@@ -233,6 +234,7 @@ class Loop(NamedTuple):
     batched: Any
     run: Any
     run_markets: Any
+    kinds: tuple[str, ...] = LOOP_POLICY_KINDS
 
 
 # --------------------------------------------------------------------------- pieces
@@ -488,13 +490,22 @@ def make_loop(config: LoopConfig, ppo_config: PPOConfig, env: Any, markets: Mark
 
     run_markets = D.jit(jax.vmap(batched, in_axes=(None, None, 0, None, None)))
     return Loop(config, ppo_config, markets, prog.run_one, batched, D.jit(batched),
-                run_markets)
+                run_markets, LOOP_POLICY_KINDS if kinds is None else kinds)
 
 
-def check_inputs(loop: Loop, source: Any, env: Any, env_params: Any) -> None:
-    """Host-side validation of the market source against the env (errors name the field)."""
+def check_inputs(loop: Loop, source: Any, env: Any, env_params: Any,
+                 policies: LoopPolicy | None = None) -> None:
+    """Host-side validation of the market source against the env (errors name the field),
+    and of ``policies`` against the kinds the program was built for (a kind it lacks would run
+    another kind's branch)."""
     need = env.window + int(np.max(np.asarray(env_params.max_steps_in_episode))) + 2
     loop.markets.check(source, loop.config.num_cycles, need)
+    if policies is not None:
+        used = [LOOP_POLICY_KINDS[int(i)] for i in np.asarray(policies.kind).ravel()]
+        bad = sorted(set(used) - set(loop.kinds))
+        if bad:
+            raise ValueError(f"check_inputs: policy kinds {bad} are not among the kinds the loop "
+                             f"was built for {list(loop.kinds)}; pass them to make_loop(kinds=...)")
 
 
 __all__ = ["CURVE_KEYS", "DEPLOY_KEYS", "DEPLOY_MODES", "HISTORY_MODES", "LOOP_POLICY_KINDS",

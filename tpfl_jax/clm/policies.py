@@ -331,7 +331,8 @@ def apply_policy(stats: TPStats, state: PolicyState, params: PolicyParams,
 
     ``kinds`` (static): the policies that can be selected (default every one of
     ``POLICY_NAMES``); only their branches are built, which matters under ``vmap``, where a
-    batched switch runs every branch."""
+    batched switch runs every branch. A ``policy_id`` outside ``kinds`` runs the first branch:
+    callers check it on the host (``loop.check_inputs``)."""
     kinds = POLICY_NAMES if kinds is None else tuple(dict.fromkeys(kinds))
     branches = [POLICIES[name] for name in kinds]
     ids = jnp.asarray([POLICY_NAMES.index(k) for k in kinds], jnp.int32)
