@@ -347,8 +347,8 @@ class LoopProgram:
         return self.ppo_config.num_updates // self.chunk
 
     def _markets(self, source: Any, key: jax.Array, c: jax.Array) -> tuple[Any, Any]:
-        """The cycle's training market (a template only when the PPO has a data stream:
-        ``env_params.market``, nothing generated) and its deploy market."""
+        """The cycle's training market and its deploy market; the training market is None
+        when the PPO has a data stream (it draws fresh paths itself: none is generated)."""
         if self.has_stream:
             return None, self.markets.deploy_market(source, key, c)
         return self.markets.cycle_markets(source, key, c)
