@@ -76,6 +76,16 @@ class SyntheticMarkets:
                              "(env window + max_steps_in_episode + 2)")
 
 
+def _bars(market: MarketData, start: jax.Array, n: int) -> MarketData:
+    """Bars ``[start, start + n)`` of every path of ``market`` (per-path fields kept whole)."""
+    def cut(x):
+        if x.ndim == 1:          # symbol_id
+            return x
+        return jax.lax.dynamic_slice_in_dim(x, start, n, axis=1)
+
+    return jax.tree.map(cut, market)
+
+
 @dataclass(frozen=True)
 class WalkForwardMarkets:
     """Walk-forward windows of one data set (the traced source argument is its ``MarketData``).
@@ -98,27 +108,14 @@ class WalkForwardMarkets:
 
     def cycle_markets(self, arg: MarketData, key: jax.Array, cycle: jax.Array
                       ) -> tuple[MarketData, MarketData]:
-        start = cycle * self.stride
-
-        def cut(x, s, n):
-            if x.ndim == 1:          # symbol_id
-                return x
-            return jax.lax.dynamic_slice_in_dim(x, s, n, axis=1)
-
-        train = jax.tree.map(lambda x: cut(x, start, self.train_bars), arg)
+        train = _bars(arg, cycle * self.stride, self.train_bars)
         return train, self.deploy_market(arg, key, cycle)
 
     def deploy_market(self, arg: MarketData, key: jax.Array, cycle: jax.Array) -> MarketData:
         """Cycle ``cycle``'s held-out window alone (``cycle_markets``' second)."""
         del key
-        d0 = cycle * self.stride + self.train_bars - self.window
-
-        def cut(x):
-            if x.ndim == 1:          # symbol_id
-                return x
-            return jax.lax.dynamic_slice_in_dim(x, d0, self.deploy_bars + self.window, axis=1)
-
-        return jax.tree.map(cut, arg)
+        return _bars(arg, cycle * self.stride + self.train_bars - self.window,
+                     self.deploy_bars + self.window)
 
     def stream(self, env: Any, num_envs: int, num_steps: int, episode_steps: int) -> None:
         """No stream: a data set is what it is."""
