@@ -33,13 +33,14 @@ from _bench import machine, write_csv
 def build(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    from tpfl_jax.app import CONFIG_DIR, build_market
+    from tpfl_jax.app import CONFIG_DIR
     from tpfl_jax.config import to_container, to_objects
+    from tpfl_jax.pipelines.markets import build_market
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         c = to_container(compose(config_name="config", overrides=overrides))
     obj = to_objects(c)
-    spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
+    spec, source, env_params = build_market(c, obj.env, obj.env_kwargs)
     return c, obj, spec, source, env_params
 
 
@@ -74,6 +75,7 @@ def main() -> None:
         seed_keys,
         stack_policies,
     )
+    from tpfl_jax.sweeps import make_loop_sweep
 
     c, obj, spec, source, ep = build(a.overrides)
     n_p, n_s, n_c = len(obj.policy_names), obj.num_seeds, obj.loop.num_cycles
@@ -88,7 +90,8 @@ def main() -> None:
     rows = {}
 
     loop = make_loop(obj.loop, ppo_cfg, obj.env, spec, ep)
-    rows["loop"] = timed(loop.batched, (keys, policies, source, ep, hp), a.repeats)
+    rows["loop"] = timed(make_loop_sweep(loop, mesh_cfg=obj.mesh), (keys, policies, source, ep, hp),
+                         a.repeats)
     prog = loop.run_one.__self__          # the LoopProgram: its PPO with the data stream
     ppo = prog.ppo
 

@@ -1,6 +1,6 @@
 """PPO training throughput of a seeds x weights sweep on TradingEnv, sharded over all devices.
 
-Uses ``tpfl_jax.distributed.make_ppo_sweep`` (one program, the S*K configurations split over the
+Uses ``tpfl_jax.sweeps.make_ppo_sweep`` (one program, the S*K configurations split over the
 mesh; one device on CPU, every GPU/TPU core on an accelerator host). Prints env-steps/s
 (training, env steps of all configurations / wall time after compile) and compile time.
 
@@ -25,6 +25,7 @@ from tpfl_jax import distributed as D  # noqa: E402
 from tpfl_jax.agents.ppo import PPOConfig  # noqa: E402
 from tpfl_jax.env.trading import TradingEnv  # noqa: E402
 from tpfl_jax.market import synthetic  # noqa: E402
+from tpfl_jax.sweeps import make_ppo_sweep  # noqa: E402
 
 
 def main() -> None:
@@ -48,7 +49,7 @@ def main() -> None:
                     total_timesteps=args.envs * args.num_steps * args.updates,
                     update_epochs=args.epochs, num_minibatches=args.minibatches)
     mesh_cfg = D.MeshConfig(on_indivisible="pad")
-    sweep = D.make_ppo_sweep(cfg, env, mesh_cfg=mesh_cfg, env_params=params)
+    sweep = make_ppo_sweep(cfg, env, mesh_cfg=mesh_cfg, env_params=params)
     s, k = args.seeds, len(args.weights)
     n_steps = s * k * cfg.num_updates * cfg.batch_size
     print(f"machine: {machine()}")

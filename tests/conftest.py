@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from tpfl_jax.validate import COMPILE_CACHE_ENV
+from tpfl_jax.rundir import COMPILE_CACHE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_LOOP = [sys.executable, "-m", "tpfl_jax.app", "loop", "experiment=tiny", "progress=false"]

@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from tpfl_jax import distributed as D
+from tpfl_jax.accounting import seed_keys
 from tpfl_jax.agents.ppo import PPOConfig, make_train
 from tpfl_jax.env.trading import TradingEnv
-from tpfl_jax.loop import seed_keys
 from tpfl_jax.market.types import make_market_data
+from tpfl_jax.sweeps import make_ppo_sweep
 
 TINY = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 2, update_epochs=1,
                  num_minibatches=2, widths=(16,))
@@ -54,7 +55,7 @@ def main() -> None:
     # sharded PPO sweep (2 seeds x 4 weights = 8 configurations over 8 devices); the same
     # compiled program serves the padded call below (3 configurations padded to 8)
     t0 = time.perf_counter()
-    sweep = D.make_ppo_sweep(TINY, env, mesh, D.MeshConfig(on_indivisible="pad"), params)
+    sweep = make_ppo_sweep(TINY, env, mesh, D.MeshConfig(on_indivisible="pad"), params)
     keys = seed_keys(0, seeds)
     flat_out = sweep.run(jnp.repeat(keys, 4, axis=0), jnp.tile(jnp.asarray(weights), seeds),
                          params, None, None)
@@ -100,7 +101,7 @@ def main() -> None:
 
     # not divisible with on_indivisible='error': 3 seeds x 1 weight over 8 devices
     try:
-        D.make_ppo_sweep(TINY, env, mesh, D.MeshConfig(on_indivisible="error"),
+        make_ppo_sweep(TINY, env, mesh, D.MeshConfig(on_indivisible="error"),
                          env_params=params)(3, [1.0], params)
         res["indivisible_error"] = None
     except ValueError as e:

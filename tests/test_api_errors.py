@@ -496,8 +496,9 @@ def test_a_flat_start_csv_passes_the_env_check_through_the_cli(tmp_path):
     refused it ("vol_unit: expected > 0 on every bar") without naming file or row."""
     from hydra import compose, initialize_config_dir
 
-    from tpfl_jax.app import CONFIG_DIR, build_market
+    from tpfl_jax.app import CONFIG_DIR
     from tpfl_jax.config import to_container, to_objects
+    from tpfl_jax.pipelines.markets import build_market
 
     path = tmp_path / "bars.csv"
     _bars(700, flat=60).to_csv(path, index=False)
@@ -507,7 +508,7 @@ def test_a_flat_start_csv_passes_the_env_check_through_the_cli(tmp_path):
     c = to_container(cfg)
     obj = to_objects(c)
     with pytest.warns(UserWarning, match="dropped the 60 leading row"):
-        _, source, _ = build_market(c, obj.env, obj.env_kwargs, obj.loop)
+        _, source, _ = build_market(c, obj.env, obj.env_kwargs)
     assert source.n_bars == 640
 
 

@@ -160,14 +160,14 @@ def test_tiny_loop_end_to_end_produces_every_artefact(tmp_path, tiny_loop):
         assert (out / name).stat().st_size > 0, name
     assert (out / "checkpoints" / "final").is_dir()
     # the compilation cache is user-level (here the session's tmp dir), not in the run dir
-    from tpfl_jax.validate import COMPILE_CACHE_ENV
+    from tpfl_jax.rundir import COMPILE_CACHE_ENV
 
     assert any(Path(os.environ[COMPILE_CACHE_ENV]).iterdir())
     assert not (out / ".jax_cache").exists()
     # reference rules: chosen on training data, on the arms' deploy episodes, every cycle
     refs = pd.read_csv(out / "references.csv")
-    assert set(refs["rule"]) == {"flat", "buy_and_hold", "trend", "oracle"}
-    assert len(refs) == 4 * 2 * 2 and (refs[refs.rule == "flat"].deploy_pnl == 0).all()
+    assert set(refs["rule"]) == {"flat", "buy_and_hold", "trend", "oracle", "bayes"}
+    assert len(refs) == 5 * 2 * 2 and (refs[refs.rule == "flat"].deploy_pnl == 0).all()
     assert refs[refs.rule == "trend"]["chosen"].str.startswith("trend_lb").all()
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 4 * 2 * 2   # policies x seeds x cycles

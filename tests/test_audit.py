@@ -86,7 +86,7 @@ def test_rules_take_the_actions_their_names_say():
     assert acts <= set(range(ENV.num_actions)) and len(acts) > 5
     with pytest.raises(ValueError, match="kind"):
         strategy("hodl")
-    assert len(KINDS) == 7
+    assert len(KINDS) == 8
 
 
 def test_audit_on_loaded_data_without_labels_and_its_files(tmp_path):
@@ -137,7 +137,7 @@ def test_references_choose_on_training_data_and_play_the_loops_deploy_episodes()
     keys = seed_keys(0, 2)
     out = jax.device_get(run(keys, source, params))
     cands = reference_candidates(ENV)
-    assert set(out) == {"flat", "buy_and_hold", "trend", "oracle"}
+    assert set(out) == {"flat", "buy_and_hold", "trend", "oracle", "bayes"}
     sums, choice = out["trend"]
     assert sums.pnl.shape == (2, 2, 5) and choice.shape == (2, 2)    # seeds x cycles (x envs)
     assert np.all(out["flat"][0].pnl == 0) and np.any(out["buy_and_hold"][0].pnl != 0)

@@ -7,9 +7,12 @@ errors, the data path), plus more. Kill-and-resume cases: ``test_resume_integrit
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import math
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -22,10 +25,13 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from tpfl_jax import validate as V
-from tpfl_jax.app import CONFIG_DIR, build_market, run_clm, run_loop, run_train
+from tpfl_jax import guard, resources, rundir
+from tpfl_jax.app import CONFIG_DIR, run_clm, run_loop, run_train
 from tpfl_jax.config import to_container, to_objects
-from tpfl_jax.validate import ConfigError, DivergenceError
+from tpfl_jax.config_checks import ConfigError, check_config
+from tpfl_jax.errors import UserError
+from tpfl_jax.guard import DivergenceError
+from tpfl_jax.pipelines.markets import build_market
 
 ROOT = Path(CONFIG_DIR).parent
 
@@ -103,37 +109,38 @@ def test_divergence_guard_ignores_updates_a_converged_cycle_did_not_run():
     for k in ("loss", "approx_kl", "entropy"):
         m[k][0, 4:] = np.nan
     with pytest.raises(DivergenceError, match=r"seed 0, update 5: loss = nan"):
-        V.check_divergence(m, V.GuardSection(), lambda i: f"seed {i[0]}")   # without the mask
-    V.check_divergence(m, V.GuardSection(), lambda i: f"seed {i[0]}", ran=ran)
+        # without the mask
+        guard.check_divergence(m, guard.GuardSection(), lambda i: f"seed {i[0]}")
+    guard.check_divergence(m, guard.GuardSection(), lambda i: f"seed {i[0]}", ran=ran)
     m["loss"][0, 3] = np.nan                            # a real NaN inside the run updates
     with pytest.raises(DivergenceError, match=r"seed 0, update 4: loss = nan"):
-        V.check_divergence(m, V.GuardSection(), lambda i: f"seed {i[0]}", ran=ran)
+        guard.check_divergence(m, guard.GuardSection(), lambda i: f"seed {i[0]}", ran=ran)
     m["loss"][0, 3] = 0.5
     m["entropy"][0, 3] = 0.0                            # collapse on row 0's last run update
     with pytest.raises(DivergenceError, match=r"seed 0, update 4: entropy = 0 < guard"):
-        V.check_divergence(m, V.GuardSection(), lambda i: f"seed {i[0]}", ran=ran)
+        guard.check_divergence(m, guard.GuardSection(), lambda i: f"seed {i[0]}", ran=ran)
 
 
 def test_divergence_is_detected_naming_update_and_metric():
     u = 5
     ok = {"finite": np.ones((2, u)), "loss": np.full((2, u), 0.5),
           "approx_kl": np.full((2, u), 0.01), "entropy": np.full((2, u), 2.0)}
-    V.check_divergence(ok, V.GuardSection(), lambda i: f"seed {i[0]}")     # healthy: passes
+    guard.check_divergence(ok, guard.GuardSection(), lambda i: f"seed {i[0]}")     # healthy: passes
     bad = {k: v.copy() for k, v in ok.items()}
     bad["loss"][1, 3] = 3e12
     with pytest.raises(DivergenceError, match=r"seed 1, update 4: loss = 3e\+12 \(\|loss\| > "
                                               r"guard\.max_abs_loss"):
-        V.check_divergence(bad, V.GuardSection(), lambda i: f"seed {i[0]}")
+        guard.check_divergence(bad, guard.GuardSection(), lambda i: f"seed {i[0]}")
     bad = {k: v.copy() for k, v in ok.items()}
     bad["approx_kl"][0, 2] = 4e4
     with pytest.raises(DivergenceError, match=r"seed 0, update 3: approx_kl = 4e\+04"):
-        V.check_divergence(bad, V.GuardSection(), lambda i: f"seed {i[0]}")
+        guard.check_divergence(bad, guard.GuardSection(), lambda i: f"seed {i[0]}")
     bad = {k: v.copy() for k, v in ok.items()}
     bad["entropy"][1, -1] = 0.0
     with pytest.raises(DivergenceError, match=r"entropy = 0 < guard\.min_entropy"):
-        V.check_divergence(bad, V.GuardSection(), lambda i: f"seed {i[0]}")
+        guard.check_divergence(bad, guard.GuardSection(), lambda i: f"seed {i[0]}")
     # a limit set to null is not checked
-    V.check_divergence(bad, V.GuardSection(min_entropy=None), lambda i: "x")
+    guard.check_divergence(bad, guard.GuardSection(min_entropy=None), lambda i: "x")
 
 
 def test_huge_lr_diverges_and_nothing_is_checkpointed(tmp_path):
@@ -151,7 +158,7 @@ def test_huge_lr_diverges_and_nothing_is_checkpointed(tmp_path):
     cfg = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 3, update_epochs=2,
                     num_minibatches=2, widths=(16,), lr=1e6)
     r = Runner(cfg, env, ep.replace(tp_reward_weight=jnp.float32(1.0)), tmp_path,
-               chunk_updates=3, checkpoint_every=3, progress=False, guard=V.GuardSection())
+               chunk_updates=3, checkpoint_every=3, progress=False, guard=guard.GuardSection())
     with pytest.raises((DivergenceError, NonFiniteError)) as e:
         r.run()
     assert "update" in str(e.value)
@@ -203,7 +210,7 @@ def test_symbol_cannot_place_a_checkpoint_outside_the_registry(tmp_path):
         assert path.parent == (tmp_path / "run" / "checkpoints" / "tpfl.db").resolve(), path
         assert reg.load_checkpoint(v.version_id, {"w": np.zeros(2)})["w"].tolist() == [1, 1]
     # distinct symbols never share a directory after sanitising
-    names = {V.safe_name(s) for s in ("a/b", "a_b", "a\\b", "a:b")}
+    names = {rundir.safe_name(s) for s in ("a/b", "a_b", "a\\b", "a:b")}
     assert len(names) == 4
     assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "escaped").exists()
     reg.close()
@@ -278,7 +285,7 @@ def test_header_only_file_through_the_cli_names_the_file(tmp_path):
     c = to_container(_compose(["experiment=tiny", "market=csv", f"market.path={path}"]))
     obj = to_objects(c)
     with pytest.raises(ValueError, match=rf"{path}: no data rows"):
-        build_market(c, obj.env, obj.env_kwargs, obj.loop)
+        build_market(c, obj.env, obj.env_kwargs)
 
 
 def test_mixed_utc_offsets_become_utc_and_naive_with_aware_names_both_rows(tmp_path):
@@ -356,10 +363,11 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_number(tmp_path):
 def test_memory_estimate_grows_with_the_batch_and_agents():
     from tpfl_jax.agents.ppo import PPOConfig
 
-    small = V.estimate_footprint(PPOConfig(num_envs=4, num_steps=16), 26, 1)
-    big = V.estimate_footprint(PPOConfig(num_envs=4000, num_steps=16), 26, 1)
-    many = V.estimate_footprint(PPOConfig(num_envs=4, num_steps=16), 26, 10)
-    wide = V.estimate_footprint(PPOConfig(num_envs=4, num_steps=16, widths=(1000, 1000)), 26, 1)
+    small = resources.estimate_footprint(PPOConfig(num_envs=4, num_steps=16), 26, 1)
+    big = resources.estimate_footprint(PPOConfig(num_envs=4000, num_steps=16), 26, 1)
+    many = resources.estimate_footprint(PPOConfig(num_envs=4, num_steps=16), 26, 10)
+    wide = resources.estimate_footprint(
+        PPOConfig(num_envs=4, num_steps=16, widths=(1000, 1000)), 26, 1)
     assert big["rollout_and_batch"] > 900 * small["rollout_and_batch"]
     assert many["total"] == 10 * small["total"]
     # parameters, gradients and Adam moments (4 bytes each): two 1000x1000-layer networks
@@ -528,7 +536,7 @@ def test_cli_maps_separator_time_column_and_column_names(tmp_path):
                                "market.columns.low=L", "market.columns.close=C",
                                "market.no_volume=true"]))
     obj = to_objects(c)
-    _, source, ep = build_market(c, obj.env, obj.env_kwargs, obj.loop)
+    _, source, ep = build_market(c, obj.env, obj.env_kwargs)
     assert source.n_bars == 200
     np.testing.assert_allclose(np.asarray(source.close[0]), df["C"].to_numpy(), rtol=1e-6)
 
@@ -593,14 +601,14 @@ def test_host_decision_matches_the_seed_on_a_float64_tracker_mean(tmp_path):
 
 # =========================================================================== environment
 def test_compile_cache_is_user_level_and_overridable(monkeypatch, tmp_path):
-    monkeypatch.delenv(V.COMPILE_CACHE_ENV, raising=False)
+    monkeypatch.delenv(rundir.COMPILE_CACHE_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert V.compile_cache_dir() == tmp_path / "xdg" / "tpfl_jax" / "jax"
+    assert rundir.compile_cache_dir() == tmp_path / "xdg" / "tpfl_jax" / "jax"
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert V.compile_cache_dir() == Path.home() / ".cache" / "tpfl_jax" / "jax"
-    monkeypatch.setenv(V.COMPILE_CACHE_ENV, str(tmp_path / "env"))
-    assert V.compile_cache_dir() == tmp_path / "env"
-    assert V.compile_cache_dir(str(tmp_path / "cfg")) == tmp_path / "cfg"    # config key wins
+    assert rundir.compile_cache_dir() == Path.home() / ".cache" / "tpfl_jax" / "jax"
+    monkeypatch.setenv(rundir.COMPILE_CACHE_ENV, str(tmp_path / "env"))
+    assert rundir.compile_cache_dir() == tmp_path / "env"
+    assert rundir.compile_cache_dir(str(tmp_path / "cfg")) == tmp_path / "cfg"    # config key wins
 
 
 def test_jax_backend_info_lines_are_quiet():
@@ -627,3 +635,80 @@ def test_clm_runs_the_tiny_preset(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert len(pd.read_parquet(out / "trades.parquet")) > 0
+
+
+@pytest.mark.parametrize("override,match", [
+    ("seed=99999999999999999999", r"config\.seed = 99999999999999999999; expected an integer"),
+    ("seed=-1", r"config\.seed = -1"),
+    ("policy.policies=[{name: '', kind: fixed}]", r"policies\[0\]\.name = ''; expected a "
+                                                   r"non-empty name"),
+])
+def test_values_that_broke_later_are_refused_up_front(override, match):
+    # a seed beyond the typed key's 64 bits crashed in jax.random.key; an arm named '' ran and
+    # was silently dropped from the report
+    with pytest.raises(UserError, match=match):
+        to_objects(_compose(["experiment=tiny", override]))
+
+
+def _numeric_leaves(value, key=""):
+    """(key, value) of every number in a config, walking the schema's dataclasses."""
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            yield from _numeric_leaves(getattr(value, f.name), f"{key}.{f.name}" if key else f.name)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _numeric_leaves(v, f"{key}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _numeric_leaves(v, f"{key}[{i}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield key, value
+
+
+def _set_leaf(cfg, key, new):
+    parts = re.findall(r"[^.\[\]]+|\[\d+\]", key)
+    obj = cfg
+    for part in parts[:-1]:
+        obj = obj[int(part[1:-1])] if part.startswith("[") else (
+            obj[part] if isinstance(obj, dict) else getattr(obj, part))
+    last = parts[-1]
+    if last.startswith("["):
+        obj[int(last[1:-1])] = new
+    elif isinstance(obj, dict):
+        obj[last] = new
+    else:
+        setattr(obj, last, new)
+
+
+def test_every_numeric_key_of_the_schema_is_refused_out_of_range_naming_it():
+    # the schema walk: a new config key cannot skip the check (NaN for a float, a value beyond
+    # 64 bits for an int), and the error names the key
+    base = to_container(_compose(["experiment=study", "policy=all"]))
+    leaves = list(_numeric_leaves(base))
+    assert len(leaves) > 80 and any(k == "seed" for k, _ in leaves)
+    for key, value in leaves:
+        c = copy.deepcopy(base)
+        _set_leaf(c, key, float("nan") if isinstance(value, float) else 2**70)
+        with pytest.raises(ConfigError, match=re.escape(f"config.{key} = ")):
+            check_config(c)
+
+
+@pytest.mark.parametrize("cols,dup", [
+    (["timestamp", "open", "high", "low", "close", "Close"], ["close", "Close"]),
+    (["timestamp", "Open", "OPEN", "high", "low", "close"], ["Open", "OPEN"])])
+def test_columns_equal_up_to_case_are_refused_naming_them(tmp_path, cols, dup):
+    # 'Close' beside 'close' was resolved to the exact name silently: which is the price is a
+    # guess, so the file is refused naming both columns
+    from tpfl_jax.market.data import read_ohlcv
+
+    n = 40
+    rng = np.random.default_rng(0)
+    close = 100 + np.cumsum(rng.normal(0, 1, n))
+    frame = pd.DataFrame({c: close for c in cols})
+    frame[cols[0]] = pd.date_range("2024-01-01", periods=n, freq="h")
+    frame = frame.assign(**{c: close * (1.01 if c.lower() == "high" else 0.99)
+                            for c in cols if c.lower() in ("high", "low")})
+    path = tmp_path / "bars.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=re.escape(str(dup))):
+        read_ohlcv(str(path))

@@ -7,7 +7,13 @@ import pytest
 from tpfl_jax.accounting import tp_stats
 from tpfl_jax.env.compat import TradingEnvV3
 from tpfl_jax.env.stats import EXIT_END, EXIT_MANUAL, EXIT_SL, EXIT_TIME, EXIT_TP
-from tpfl_jax.env.trading import TradingEnv, decode_action, encode_action
+from tpfl_jax.env.trading import (
+    FEATURE_BLOCKS,
+    FEATURE_SETS,
+    TradingEnv,
+    decode_action,
+    encode_action,
+)
 from tpfl_jax.market.types import MarketData, make_market_data
 
 N_BARS = 24
@@ -333,14 +339,22 @@ def test_bonus_only_on_close_steps_and_stats():
     assert float(st.tp_hit_rate) == pytest.approx(hit.sum() / closed.sum(), rel=1e-5)
 
 
-def test_no_look_ahead():
-    """Rewards and observations up to bar t+1 do not change when bars after t+1 change."""
+ALL_BLOCKS = "+".join(FEATURE_BLOCKS)
+
+
+@pytest.mark.parametrize("features", ["base", ALL_BLOCKS])
+def test_no_look_ahead(features):
+    """Rewards and observations up to bar t+1 do not change when bars after t+1 change, for
+    every feature set: ``base`` and every block at once (each block is computed on its own and
+    a set is a concatenation of blocks, so this covers every set in ``FEATURE_SETS``)."""
+    assert all(set(FEATURE_SETS[n]) <= set(FEATURE_BLOCKS) for n in FEATURE_SETS)
     m = gbm_market(n_paths=1, n_bars=300)
-    env = TradingEnv(window=8, n_tp=3)
+    env = TradingEnv(window=8, n_tp=3, features=features)
     params = env.make_params(m, tp_mults=(0.5, 1.0, 2.0), max_steps_in_episode=200)
+    start = env.lookback + 4
     _, st0 = env.reset(jax.random.key(0), params)
-    st0 = st0.replace(bar=jnp.int32(20), path=jnp.int32(0))
-    acts = np.asarray(random_actions(5, t=150, n=1))[:, 0]
+    st0 = st0.replace(bar=jnp.int32(start), path=jnp.int32(0))
+    acts = np.asarray(random_actions(5, t=120, n=1))[:, 0]
 
     def episode(p):
         def f(st, xs):
@@ -350,7 +364,7 @@ def test_no_look_ahead():
         ks = jax.random.split(jax.random.key(9), len(acts))
         return jax.lax.scan(f, st0, (ks, acts))[1]
 
-    cut = 20 + 80  # bar t+1 = 100: steps 0..79 process bars 21..100
+    cut = start + 80  # bar t+1 = cut: steps 0..79 process bars start+1..cut
     other = gbm_market(seed=7, n_paths=1, n_bars=300)
     mix = lambda a, b: jnp.concatenate([a[:, : cut + 1], b[:, cut + 1:]], axis=1)  # noqa: E731
     o, h, lo, c = (mix(getattr(m, f), getattr(other, f) * (m.close[:, cut] / other.close[:, cut]))
@@ -358,12 +372,73 @@ def test_no_look_ahead():
     h = jnp.maximum(h, jnp.maximum(o, c))
     lo = jnp.minimum(lo, jnp.minimum(o, c))
     m2 = make_market_data(o, h, lo, c, volume=m.volume, trend=mix(m.trend, other.trend))
-    obs1, r1 = jax.jit(episode)(params)
-    obs2, r2 = jax.jit(episode)(params.replace(market=m2))
-    n = cut - 20
+    run = jax.jit(episode)
+    obs1, r1 = run(params)
+    obs2, r2 = run(params.replace(market=m2))
+    assert obs1.shape[-1] == env.obs_size
+    n = cut - start
     np.testing.assert_array_equal(np.asarray(r1[:n]), np.asarray(r2[:n]))
     np.testing.assert_array_equal(np.asarray(obs1[:n]), np.asarray(obs2[:n]))
     assert not np.array_equal(np.asarray(r1[n:]), np.asarray(r2[n:]))
+    assert not np.array_equal(np.asarray(obs1[n:]), np.asarray(obs2[n:]))
+
+
+def _first_main_obs(env, state, params):
+    """The first main's ``get_obs``, verbatim (the ``base`` features must reproduce it)."""
+    m = params.market
+    p, t = state.path, state.bar
+    w = env.window
+    closes = jax.lax.dynamic_slice(m.close, (p, t - w), (1, w + 1))[0]
+    c = closes[-1]
+    vu = m.vol_unit[p, t]
+    rets = jnp.diff(closes) / vu
+    s = state.side.astype(jnp.float32)
+    held = state.side != 0
+    in_vu = lambda x: jnp.where(held, x / vu, 0.0)  # noqa: E731
+    pos = jnp.stack([
+        (m.high[p, t] - m.low[p, t]) / vu, (c - jnp.mean(closes)) / vu, s,
+        state.bars_held / params.max_holding, in_vu(s * (c - state.entry_price)),
+        in_vu(s * (state.tp_price - c)), in_vu(s * (c - state.sl_price)), in_vu(state.mfe),
+        1.0 - state.equity / state.peak_equity, state.equity / params.initial_equity - 1.0])
+    return jnp.concatenate([rets, pos]).astype(jnp.float32)
+
+
+class _FirstMainEnv(TradingEnv):
+    def get_obs(self, state, params=None, key=None):
+        return _first_main_obs(self, state, params)
+
+
+def test_base_features_reproduce_the_first_mains_observation_bit_for_bit():
+    """Old runs reproduce: under ``base`` the env's step is the same program as with the first
+    main's ``get_obs`` (identical jaxprs), and the observations of a state with an open trade
+    agree exactly."""
+    assert RENV.features == "base" and TradingEnv().features == "base"      # the default
+    assert RENV.lookback == RENV.window and RENV.obs_size == RENV.window + 10
+    old_env = _FirstMainEnv(window=8, n_tp=3)
+    params = RENV.make_params(gbm_market(), tp_mults=(0.5, 1.0, 2.0), max_steps_in_episode=30)
+    _, st = RENV.reset_env(jax.random.key(2), params)
+    c = params.market.close[st.path, st.bar]
+    st = st.replace(side=jnp.int32(-1), entry_price=c * 1.01, tp_price=c * 0.97,
+                    sl_price=c * 1.03, bars_held=jnp.int32(3), equity=st.equity * 0.95,
+                    mfe=c * 0.004)
+    np.testing.assert_array_equal(np.asarray(RENV.get_obs(st, params)),
+                                  np.asarray(old_env.get_obs(st, params)))
+    step = lambda e: str(jax.make_jaxpr(e.step_env)(jax.random.key(0), st, 1, params))  # noqa: E731
+    assert step(RENV) == step(old_env)
+
+
+def test_feature_sets_are_static_config_with_their_own_sizes():
+    sizes = {n: TradingEnv(window=8, features=n).obs_size for n in FEATURE_SETS}
+    assert sizes == {"base": 18, "vol": 20, "scales": 23, "long": 76, "logret": 23}
+    assert TradingEnv(window=8, features="scales").lookback == 64
+    assert TradingEnv(window=8, features="vol") != TradingEnv(window=8)      # another program
+    assert TradingEnv(features="moves+position") == TradingEnv()             # same blocks
+    with pytest.raises(ValueError, match="features = 'moves\\+bogus'"):
+        TradingEnv(features="moves+bogus")
+    short = gbm_market(n_paths=1, n_bars=120)
+    with pytest.raises(ValueError, match="n_bars=120 is too short"):
+        TradingEnv(window=8, features="scales").make_params(short, tp_mults=(1.0,) * 5,
+                                                            max_steps_in_episode=60)
 
 
 def test_gymnax_wrappers():

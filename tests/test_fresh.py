@@ -10,9 +10,9 @@ import pytest
 
 from tpfl_jax.accounting import train_info_metrics
 from tpfl_jax.agents.ppo import PPOConfig, make_ppo
-from tpfl_jax.env.fresh import FreshPaths
 from tpfl_jax.env.trading import TradingEnv
 from tpfl_jax.market.specs import SyntheticMarkets
+from tpfl_jax.market.stream import PathStream
 
 ENV = TradingEnv(window=8)
 SPEC = SyntheticMarkets(kind="regime", train_paths=4, deploy_paths=4, n_bars=60, substeps=2)
@@ -42,7 +42,7 @@ def updates():
 
 
 def test_lanes_cover_every_reset_of_an_update(updates):
-    st: FreshPaths = updates["stream"]
+    st: PathStream = updates["stream"]
     assert st.lanes == 3 and st.n_paths == 4 * 4          # ceil(32 / 20) + 1 lanes
     _, m = updates["a"]
     assert float(m["reused_paths"]) == 0.0                 # no env ran out of fresh paths
@@ -61,7 +61,7 @@ def test_fresh_paths_differ_between_updates_and_replay_from_the_key(updates):
 
 
 def test_running_episodes_keep_their_bars_across_a_refresh(updates):
-    st: FreshPaths = updates["stream"]
+    st: PathStream = updates["stream"]
     sa, _ = updates["a"]
     before = sa[1]                                          # after update 1
     data, env_state, _ = st.refresh(jax.random.key(9), before.data, before.env_state,

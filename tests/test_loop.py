@@ -10,6 +10,7 @@ import pytest
 
 from tpfl_jax.accounting import tp_stats
 from tpfl_jax.agents.ppo import PPOConfig
+from tpfl_jax.distributed import MeshConfig
 from tpfl_jax.env.trading import TradingEnv
 from tpfl_jax.loop import (
     LOOP_POLICY_KINDS,
@@ -24,6 +25,7 @@ from tpfl_jax.loop import (
 )
 from tpfl_jax.market.types import make_market_data
 from tpfl_jax.replay import all_deploy_trades, replay_weights
+from tpfl_jax.sweeps import make_loop_sweep
 
 FEEDBACK = ("seed_table", "ema", "vol_scaled", "gated", "continuous", "expectancy")
 # vol_scaled thresholds scaled around the traded volatility so the branch matters
@@ -66,7 +68,10 @@ def small():
     loop = make_loop(cfg, pc, env, markets, ep)
     check_inputs(loop, data, env, ep)
     chex.clear_trace_counter()
-    run = jax.jit(chex.assert_max_traces(loop.batched, n=1))
+    # pad: the P*S configurations need not divide the device count (e.g. 14 on 8 devices with
+    # XLA_FLAGS=--xla_force_host_platform_device_count=8); the app's mesh default pads too
+    traced = loop._replace(run_one=chex.assert_max_traces(loop.run_one, n=1))
+    run = make_loop_sweep(traced, mesh_cfg=MeshConfig(on_indivisible="pad"))
     res = jax.device_get(run(seed_keys(0, N_SEEDS), policies(), data, ep, pc.hparams()))
     return dict(env=env, data=data, ep=ep, loop=loop, run=run, pc=pc, res=res)
 
@@ -77,8 +82,8 @@ def test_shapes_and_fixed_policies(small):
     assert res.weight.shape == (p, s, c) and res.next_weight.shape == (p, s, c)
     assert res.stats.tp_hit_rate.shape == (p, s, c)
     assert all(v.shape == (p, s, c) for v in res.deploy.values())
-    assert res.train["loss"].shape == (p, s, c, small["pc"].num_updates)
-    assert np.all(res.train["finite"])
+    assert res.train_buffers["loss"].shape == (p, s, c, small["pc"].num_updates)
+    assert np.all(res.train_buffers["finite"])
     np.testing.assert_array_equal(res.weight[0], 0.5)
     np.testing.assert_array_equal(res.weight[1], 2.0)
     # the weight trained with in cycle c+1 is the decision after cycle c
@@ -106,7 +111,7 @@ def test_both_deploy_modes_and_training_summary(small):
     np.testing.assert_allclose(tr["entropy_max"], np.log(11), rtol=1e-6)
     assert np.all(tr["entropy"] <= tr["entropy_max"] + 1e-5)
     # curves hold exactly the updates used (NaN after them)
-    used = np.isfinite(res.train["loss"]).sum(-1)
+    used = np.isfinite(res.train_buffers["loss"]).sum(-1)
     np.testing.assert_array_equal(used, tr["updates"])
     # a cycle stops early only with the criterion met
     assert np.all(tr["converged"] | (tr["updates"] == pc.num_updates))
@@ -189,19 +194,17 @@ def test_fixed_policy_and_validation():
         make_loop_policy("ema", history="decayed")
 
 
-def test_sharded_loop_sweep_matches_loop_run(small):
-    # tpfl-loop runs the loop through distributed.make_loop_sweep (policies x seeds flattened
-    # policy-major onto the mesh): same [P, S, C] layout and values as loop.run's vmap(vmap).
-    from tpfl_jax.distributed import MeshConfig, make_loop_sweep
-
+def test_loop_sweep_layout_matches_one_run(small):
+    # tpfl-loop runs the loop through sweeps.make_loop_sweep (policies x seeds flattened
+    # policy-major onto the mesh): entry [p, s] is run_one of policy p with seed key s.
     res = small["res"]
-    # pad: the P*S configurations need not divide the device count (e.g. 14 on 8 devices with
-    # XLA_FLAGS=--xla_force_host_platform_device_count=8); the app's mesh default pads too
-    run = make_loop_sweep(small["loop"], mesh_cfg=MeshConfig(on_indivisible="pad"))
-    got = jax.device_get(run.aot(seed_keys(0, N_SEEDS), policies(), small["data"], small["ep"],
-                                 small["pc"].hparams())())
-    assert got.weight.shape == res.weight.shape
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(res), strict=True):
+    p, s = 1, 1
+    one = jax.tree.map(lambda x: x[p], policies())
+    got = jax.device_get(jax.jit(small["loop"].run_one)(
+        seed_keys(0, N_SEEDS)[s], one, small["data"], small["ep"], small["pc"].hparams()))
+    want = jax.tree.map(lambda x: x[p, s], res)
+    assert got.weight.shape == want.weight.shape
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-5,
                                    atol=1e-6)
 
@@ -296,10 +299,11 @@ def test_arms_keep_common_random_numbers(small):
     for k in ("pnl", "hit_rate", "greedy/pnl", "sampled/trades"):
         v = res.deploy[k][fb, :, 0]
         np.testing.assert_array_equal(v, np.broadcast_to(v[:1], v.shape), err_msg=k)
-    loss = res.train["loss"][fb, :, 0]
+    loss = res.train_buffers["loss"][fb, :, 0]
     np.testing.assert_array_equal(loss, np.broadcast_to(loss[:1], loss.shape))
     # and a different weight changes the training but not the deploy episodes' market
-    assert not np.array_equal(res.train["loss"][0, :, 0], res.train["loss"][fb[0], :, 0])
+    buf = res.train_buffers["loss"]
+    assert not np.array_equal(buf[0, :, 0], buf[fb[0], :, 0])
 
 
 def test_identical_arms_are_reported():

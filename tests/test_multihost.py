@@ -121,15 +121,16 @@ def test_train_rows_are_labelled_with_their_weight_and_seed(single):
 
     from tpfl_jax.accounting import train_info_metrics
     from tpfl_jax.agents.ppo import make_train
-    from tpfl_jax.app import CONFIG_DIR, build_market
+    from tpfl_jax.app import CONFIG_DIR
     from tpfl_jax.config import to_container, to_objects
     from tpfl_jax.loop import cycle_keys
+    from tpfl_jax.pipelines.markets import build_market
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         c = to_container(compose(config_name="config",
                                  overrides=["experiment=tiny", "train.num_seeds=2"]))
     obj = to_objects(c)
-    spec, source, env_params = build_market(c, obj.env, obj.env_kwargs, obj.loop)
+    spec, source, env_params = build_market(c, obj.env, obj.env_kwargs)
     train_m, _ = spec.cycle_markets(source, cycle_keys(jax.random.key(c.seed), 0).market, 0)
     params = env_params.replace(market=train_m, tp_reward_weight=jnp.float32(2.0))
     key = jax.random.fold_in(jax.random.key(c.seed), 1)                    # seed index 1

@@ -128,7 +128,7 @@ def test_every_checkpoint_damaged_is_an_error_naming_them(tmp_path):
 
 
 def test_digest_detects_a_changed_value():
-    from tpfl_jax.validate import tree_digest
+    from tpfl_jax.guard import tree_digest
 
     a = {"w": np.arange(6, dtype=np.float32)}
     b = {"w": np.arange(6, dtype=np.float32)}

@@ -136,7 +136,7 @@ def test_report_lists_failed_and_unfinished_jobs_with_their_overrides(tmp_path):
 
 
 def test_escaping_names_and_an_unusable_home_stay_confined(tmp_path, monkeypatch):
-    from tpfl_jax.validate import COMPILE_CACHE_ENV, compile_cache_dir, safe_name
+    from tpfl_jax.rundir import COMPILE_CACHE_ENV, compile_cache_dir, safe_name
 
     assert "/" not in safe_name("../../x") and not safe_name("..").startswith(".")
     monkeypatch.delenv(COMPILE_CACHE_ENV, raising=False)
@@ -180,3 +180,23 @@ def test_a_corrected_config_takes_over_a_failed_run_without_losing_it(tmp_path):
         assert not (out / "summary.csv").exists()
     with pytest.raises(UserError, match="another config"):  # a running or complete one is not
         RunDir(out, "loop", ID).acquire()
+
+
+def test_a_full_disk_is_one_line_exit_1_and_leaves_nothing_half_written(tmp_path, monkeypatch):
+    import errno
+
+    from tpfl_jax.errors import SystemFault, UserError
+    from tpfl_jax.rundir import write_text
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("os.replace", full)
+    with pytest.raises(SystemFault, match=r"report\.md: cannot write \(No space left") as e:
+        write_text(tmp_path / "report.md", "x")
+    assert e.value.exit_status == 1 and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr("os.replace", lambda *a, **k: (_ for _ in ()).throw(
+        OSError(errno.EACCES, "Permission denied")))
+    with pytest.raises(UserError) as e:
+        write_text(tmp_path / "report.md", "x")
+    assert e.value.exit_status == 2 and not isinstance(e.value, SystemFault)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tpfl_jax.accounting import tp_stats
+from tpfl_jax.accounting import exit_reason_table, tp_stats
 from tpfl_jax.env.stats import EXIT_REASONS, TRADE_KEYS
 from tpfl_jax.env.trading import TradingEnv
 from tpfl_jax.market.types import make_market_data
@@ -56,3 +56,70 @@ def test_env_rollout_trades_record_and_match_device_stats():
             np.testing.assert_allclose(getattr(host_stats, f), getattr(dev, f), rtol=1e-5)
         back = t.trades("rl")
         assert (back["exit_reason"].to_numpy() == df["exit_reason"].astype(str).to_numpy()).all()
+
+
+def _trades(n: int, rng: np.random.Generator, all_misses: bool = False) -> pd.DataFrame:
+    """``n`` consistent closed trades with the trade contract's columns (long and short)."""
+    side = rng.choice([-1, 1], n)
+    entry = 100 + rng.normal(0, 5, n)
+    tp_mult = rng.choice([0.5, 1.0, 2.0], n)
+    vol = 0.01 * entry
+    reasons = np.array(["sl", "time", "manual"] if all_misses else ["tp", "sl", "time", "manual"])
+    reason = rng.choice(reasons, n)
+    r = np.where(reason == "tp", tp_mult, np.where(reason == "sl", -1.0, rng.normal(0, 0.5, n)))
+    return pd.DataFrame({
+        "side": side, "entry_price": entry, "exit_price": entry * (1 + 0.001 * side * r),
+        "tp_price": entry + side * tp_mult * vol, "sl_price": entry - side * vol,
+        "tp_mult": tp_mult, "r_planned": tp_mult, "r_realised": r, "pnl": r * vol,
+        "exit_reason": reason, "hit": reason == "tp",
+        "premature": np.isin(reason, ["time", "manual"]) & (rng.random(n) < 0.5),
+        "tp_zone_accuracy": np.where(reason == "tp", 1.0, rng.random(n))})
+
+
+@pytest.mark.parametrize("case", ["mixed", "all_misses", "none"])
+def test_tracker_feedback_dict_equals_device_tp_stats(case):
+    # one definition of every rate (env.stats.tp_rates): the tracker's SQL sums in float64 and
+    # the on-device TPStats of the same trades (accounting.tp_stats) agree
+    rng = np.random.default_rng(1)
+    df = _trades(0 if case == "none" else 57, rng, all_misses=case == "all_misses")
+    rec = {k: df[k].to_numpy() for k in df if k != "exit_reason"}
+    rec |= {"exit_reason": df["exit_reason"].map(EXIT_REASONS.index).to_numpy(np.int32),
+            "closed": np.ones(len(df), bool)}
+    rec |= {k: np.zeros(len(df)) for k in TRADE_KEYS if k not in rec}
+    dev = tp_stats({k: jax.numpy.asarray(v) for k, v in rec.items()}, min_attempts=1)
+    with TPPerformanceTracker() as t:
+        if len(df):
+            t.record_trades(df, strategy_id="rl", symbol="S")
+        fb = t.get_strategy_tp_feedback("rl", min_attempts=1)
+        host = t.get_tp_stats("rl", min_attempts=1)
+    if case == "none":
+        assert fb is None and not bool(dev.valid) and not bool(host.valid)
+        for f in ("tp_hit_rate", "actual_r", "premature_exit_rate", "pnl_per_trade",
+                  "no_edge_hit_rate", "total_attempts"):
+            assert float(getattr(dev, f)) == float(getattr(host, f)) == 0.0
+        return
+    assert fb["total_attempts"] == len(df) == float(dev.total_attempts)
+    if case == "all_misses":
+        assert fb["total_hits"] == 0 and fb["tp_hit_rate"] == 0.0 == float(dev.tp_hit_rate)
+    pairs = {"tp_hit_rate": "tp_hit_rate", "avg_r_multiple": "avg_r_multiple",
+             "actual_r_multiple": "actual_r", "premature_exit_rate": "premature_exit_rate",
+             "pnl_per_trade": "pnl_per_trade", "no_edge_hit_rate": "no_edge_hit_rate",
+             "tp_skill": "tp_skill", "total_hits": "total_hits", "total_misses": "total_misses"}
+    for k, f in pairs.items():
+        np.testing.assert_allclose(fb[k], float(getattr(dev, f)), rtol=1e-5, atol=1e-6,
+                                   err_msg=k)
+        np.testing.assert_allclose(float(getattr(host, f)), float(getattr(dev, f)), rtol=1e-5,
+                                   atol=1e-6, err_msg=f)
+
+
+def test_exit_reason_table_is_finalize_per_group():
+    df = _trades(40, np.random.default_rng(2))
+    table = exit_reason_table(df)
+    assert list(table.index[-1:]) == ["all"] and table.loc["all", "trades"] == 40
+    for reason, g in df.groupby("exit_reason"):
+        row = table.loc[reason]
+        assert row["trades"] == len(g) and row["share"] == pytest.approx(len(g) / 40)
+        assert row["mean_r"] == pytest.approx(g["r_realised"].mean())
+        assert row["premature_rate"] == pytest.approx(g["premature"].mean())
+        assert row["total_pnl"] == pytest.approx(g["pnl"].sum())
+        assert row["mean_tp_accuracy"] == pytest.approx(g["tp_zone_accuracy"].mean())

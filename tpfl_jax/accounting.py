@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,13 @@ import numpy as np
 import pandas as pd
 from flax import struct
 
-from tpfl_jax.env.stats import EXIT_TP, TPStats, make_tp_stats, no_edge_hit_rate
+from tpfl_jax.env.stats import (
+    EXIT_TP,
+    TPStats,
+    bonus_accuracy,
+    make_tp_stats,
+    no_edge_hit_rate,
+)
 from tpfl_jax.reward import TERM_NAMES
 
 Actor = Callable[[jax.Array, Any, jax.Array], jax.Array]
@@ -102,8 +108,6 @@ def trade_sums(trade: dict[str, jax.Array], mask: jax.Array | float = 1.0,
                sl_mult: jax.Array | float = 1.0) -> EpisodeSums:
     """The trade-level part of :class:`EpisodeSums` from ``info["trade"]`` records (any shape;
     ``mask`` keeps only some records, e.g. steps of a running episode); episode fields 0."""
-    from tpfl_jax.env.trading import bonus_accuracy
-
     c = trade["closed"].astype(jnp.float32) * mask
     r = trade["r_realised"]
     tp_vol = jnp.abs(trade["tp_price"] - trade["entry_price"]) / jnp.maximum(
@@ -129,13 +133,38 @@ def episode_keys(key: jax.Array, n_episodes: int) -> jax.Array:
     return jax.random.split(key, n_episodes)
 
 
+class CycleKeys(NamedTuple):
+    """The keys of one seed's cycle: ``market`` (the cycle's markets, with the cycle folded in
+    by the spec), ``init`` (the network), ``train`` (PPO and its data stream), ``deploy`` (the
+    deploy episodes: ``accounting.episode_keys(deploy, deploy_envs)``)."""
+
+    market: jax.Array
+    init: jax.Array
+    train: jax.Array
+    deploy: jax.Array
+
+
+def cycle_keys(seed_key: jax.Array, cycle: jax.Array | int) -> CycleKeys:
+    """The one key derivation of the loop; reference rules and replays use it too."""
+    k_mkt, k_init, k_cycles = jax.random.split(seed_key, 3)
+    k_tr, k_dep = jax.random.split(jax.random.fold_in(k_cycles, cycle))
+    return CycleKeys(k_mkt, k_init, k_tr, k_dep)
+
+
+def seed_keys(seed: int, num_seeds: int) -> jax.Array:
+    """``num_seeds`` typed keys ``fold_in(key(seed), i)`` (the seeds of every app)."""
+    base = jax.random.key(seed)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(num_seeds))
+
+
+
 # --------------------------------------------------------------------------- rollout
 @struct.dataclass
 class Rollout:
     """Per-episode sums ``[E]``; with ``keep_trades`` also every step's trade record
     ``[E, T]`` and ``active`` (the episode was still running at that step); with
-    ``keep_steps`` every step's observation ``[E, T, ...]``, action ``[E, T, ...]`` and
-    ``active``."""
+    ``keep_steps`` every step's action ``[E, T, ...]``, the observation it was chosen on
+    ``[E, T, ...]`` and ``active``."""
 
     sums: EpisodeSums
     trades: dict[str, jax.Array] | None = None
@@ -174,12 +203,12 @@ def rollout(env: Any, actor: Actor, env_params: Any, keys: jax.Array, n_steps: i
                 terms={n: jnp.asarray(terms.get(n, 0.0), jnp.float32) * f for n in TERM_NAMES})
             sums = add(sums, add_)
             st = jax.tree.map(lambda x, y: jnp.where(active, x, y), st_n, st)
-            obs = jnp.where(active, obs_n, obs)
             out = {"active": active} if keep_trades or keep_steps else None
             if keep_trades and "trade" in info:
                 out["trades"] = info["trade"]
-            if keep_steps:
+            if keep_steps:                  # the observation the action was chosen on
                 out |= {"obs": obs, "actions": action}
+            obs = jnp.where(active, obs_n, obs)
             trunc = st_n.time >= n_stop
             return (obs, st, active & ~(term | trunc), sums), out
 
@@ -198,35 +227,7 @@ def rollout(env: Any, actor: Actor, env_params: Any, keys: jax.Array, n_steps: i
     return Rollout(sums, out.get("trades"), out["active"], out.get("obs"), out.get("actions"))
 
 
-def network_actor(network: Any, params: Any, obs_rms: Any = None, obs_clip: float = 10.0,
-                  greedy: bool | jax.Array = False) -> Actor:
-    """An actor of a trained ``ActorCritic``: the distribution's mode when ``greedy`` (may be
-    traced, so both modes share one program), else a sample; observations normalised by
-    ``obs_rms`` when given."""
-    from tpfl_jax.agents.networks import to_env_action
-
-    def actor(obs: jax.Array, state: Any, key: jax.Array) -> jax.Array:
-        del state
-        x = obs.astype(jnp.float32) if obs_rms is None else obs_rms.normalize(obs, obs_clip)
-        dist, _ = network.apply(params, x)
-        return to_env_action(network.spec, jnp.where(greedy, dist.mode(), dist.sample(key)))
-
-    return actor
-
-
 DEPLOY_MODES = ("sampled", "greedy")
-
-
-def deploy_both_modes(env: Any, network: Any, params: Any, env_params: Any, keys: jax.Array,
-                      n_steps: int, obs_rms: Any = None, obs_clip: float = 10.0,
-                      keep_trades: bool = False) -> Rollout:
-    """A trained network played on the episodes of ``keys`` in both ``DEPLOY_MODES`` (sampled:
-    as trained; greedy: argmax), as one vmapped rollout (leading axis ``[2]``)."""
-    def one(greedy):
-        actor = network_actor(network, params, obs_rms, obs_clip, greedy)
-        return rollout(env, actor, env_params, keys, n_steps, keep_trades)
-
-    return jax.vmap(one)(jnp.array([m == "greedy" for m in DEPLOY_MODES]))
 
 
 # --------------------------------------------------------------------------- finalize
@@ -320,7 +321,7 @@ def train_info_metrics(info: dict[str, Any]) -> dict[str, jax.Array]:
     rollout (``info`` stacked ``[T, n_envs]``) as ``trade/<metric>`` (:data:`METRICS`' trade
     definitions; ``trade/trades`` and ``trade/pnl`` are totals over the rollout), the mean of each
     reward term per step (``reward_terms/<name>``) and ``reused_paths`` (resets onto a path
-    another episode used, see ``env.fresh``)."""
+    another episode used, see ``market.stream``)."""
     trade = info["trade"]
     t = total(trade_sums(trade), axis=tuple(range(trade["closed"].ndim)))
     m = finalize(t, axis=None)
@@ -362,6 +363,21 @@ def trade_sums_from_frame(trades: pd.DataFrame, sl_mult: float = 1.0) -> Episode
     return sums if "pnl" in trades.columns else sums.replace(trade_pnl=np.float64(0.0))
 
 
+def exit_reason_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per exit reason and over all closed trades of a ``env.frames.trades_frame`` table:
+    ``trades``, ``share``, and ``mean_r``, ``mean_tp_accuracy``, ``premature_rate`` and
+    ``total_pnl`` from :func:`finalize` of the group's :func:`trade_sums_from_frame`."""
+    def row(g: pd.DataFrame) -> dict[str, float]:
+        m = finalize(trade_sums_from_frame(g), axis=None)
+        return {"trades": len(g), "share": len(g) / max(len(df), 1),
+                "mean_r": float(m["mean_r"]), "mean_tp_accuracy": float(m["tp_zone_accuracy"]),
+                "premature_rate": float(m["premature_rate"]),
+                "total_pnl": float(m["pnl_per_trade"]) * len(g)}
+
+    groups = {str(k): row(g) for k, g in df.groupby("exit_reason", observed=True)}
+    return pd.DataFrame.from_dict({**groups, "all": row(df)}, orient="index")
+
+
 __all__ = ["BONUS_MODES", "DEPLOY_MODES", "METRICS", "Actor", "EpisodeSums", "Rollout", "add",
-           "deploy_both_modes", "episode_keys", "finalize", "network_actor", "rollout", "total",
+           "episode_keys", "exit_reason_table", "finalize", "rollout", "total",
            "tp_stats", "trade_sums", "trade_sums_from_frame", "train_info_metrics", "zero_sums"]

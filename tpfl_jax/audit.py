@@ -35,8 +35,11 @@ import pandas as pd
 
 from tpfl_jax.accounting import episode_keys, finalize
 from tpfl_jax.baselines import reference_set, run_strategies, stack
-from tpfl_jax.env.trading import ACCURACY_MODES, no_edge_hit_probability
+from tpfl_jax.env.stats import no_edge_hit_probability
+from tpfl_jax.env.trading import ACCURACY_MODES
+from tpfl_jax.results import mean_ci
 from tpfl_jax.reward import TERM_NAMES
+from tpfl_jax.rundir import save_figure, write_frame, write_text
 
 SEED_TABLE_MAX_WEIGHT = 2.0  # the largest weight the seed's decision table sets
 NON_REFERENCES = ("random", "churn")  # never "a profitable reference" for the break-even
@@ -80,8 +83,6 @@ class AuditResult:
 
 def ci95(x: np.ndarray) -> float:
     """Half-width of the 95% t-interval of the mean of ``x`` (``results.mean_ci``)."""
-    from tpfl_jax.results import mean_ci
-
     return mean_ci(x)[1]
 
 
@@ -161,7 +162,8 @@ def _strategy_table(ep: pd.DataFrame, per: dict[str, Any], names: list[str],
         rec = {"strategy": n, "weight": w}
         for k in ("pnl", "return", "reward", *[f"term/{t}" for t in TERM_NAMES], "trades",
                   "max_drawdown"):
-            rec[k] = g[k].mean()
+            # per-episode means: accounting.finalize's where it defines the metric
+            rec[k] = float(per[k][i, j]) if k in per else g[k].mean()
             rec[f"{k}_ci95"] = ci95(g[k].to_numpy())
         for k in ("hit_rate", "mean_r", "mean_tp_mult"):
             rec[k] = float(per[k][i, j])
@@ -285,7 +287,10 @@ def summary_text(s: dict[str, Any]) -> str:
 
 def write_audit(result: AuditResult, out: Path, prefix: str = "audit") -> list[Path]:
     """Write ``<prefix>_table.csv``, ``_noskill.csv``, ``_summary.json``, ``.md`` and the
-    reward-vs-PnL plot (one panel per weight) into ``out``; returns the paths."""
+    reward-vs-PnL plot (one panel per weight) into ``out``, each under a temporary name and
+    renamed (``rundir.atomic``: an OS error names the file and leaves nothing half-written);
+    returns the paths."""
+    # inside: matplotlib is heavy and only the audit's figure needs it here
     import matplotlib
 
     matplotlib.use("Agg")
@@ -294,15 +299,15 @@ def write_audit(result: AuditResult, out: Path, prefix: str = "audit") -> list[P
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{prefix}_table.csv", out / f"{prefix}_noskill.csv",
              out / f"{prefix}_summary.json", out / f"{prefix}.md", out / f"{prefix}_reward_pnl.png"]
-    result.table.to_csv(paths[0], index=False)
-    result.noskill.to_csv(paths[1], index=False)
-    paths[2].write_text(json.dumps(result.summary, indent=2, default=float))
+    write_frame(result.table, paths[0])
+    write_frame(result.noskill, paths[1])
+    write_text(paths[2], json.dumps(result.summary, indent=2, default=float))
     cols = ["strategy", "weight", "pnl", "pnl_ci95", "reward", "reward_ci95", "trades",
             "hit_rate", "mean_r", "mean_tp_mult", "bonus_share"]
-    paths[3].write_text(
-        f"# Reward audit\n\n```\n{result.text()}\n```\n\n"
-        f"```\n{result.table[cols].round(3).to_string(index=False)}\n```\n\n"
-        f"## No-skill bonus\n\n```\n{result.noskill.round(3).to_string(index=False)}\n```\n")
+    write_text(paths[3],
+               f"# Reward audit\n\n```\n{result.text()}\n```\n\n"
+               f"```\n{result.table[cols].round(3).to_string(index=False)}\n```\n\n"
+               f"## No-skill bonus\n\n```\n{result.noskill.round(3).to_string(index=False)}\n```\n")
     weights = sorted(result.table.weight.unique())
     fig, axes = plt.subplots(1, len(weights), figsize=(4.2 * len(weights), 4), squeeze=False)
     for ax, w in zip(axes[0], weights, strict=True):
@@ -317,10 +322,11 @@ def write_audit(result: AuditResult, out: Path, prefix: str = "audit") -> list[P
         ax.set(title=f"weight {w:g}", xlabel="PnL per episode", ylabel="reward per episode")
     fig.suptitle(f"reward vs PnL per reference strategy ({result.summary['label']})")
     fig.tight_layout()
-    fig.savefig(paths[4], dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, paths[4], dpi=110)
+    finally:
+        plt.close(fig)
     return paths
-
 
 __all__ = ["AuditConfig", "AuditResult", "SEED_TABLE_MAX_WEIGHT", "ci95", "run_audit",
            "summary_text", "write_audit"]

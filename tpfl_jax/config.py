@@ -5,7 +5,7 @@ The YAML files under the repository's ``configs/`` fill these schemas: ``config.
 its defaults list with ``base_config`` (the :class:`Config` schema), so a misspelt key or a
 value of the wrong type fails at compose time with Hydra's error naming the key, before any
 compile; a misspelt key added with ``+`` fails in ``to_container`` (closed schemas), and
-out-of-range values in ``to_objects`` (``tpfl_jax.validate``). ``to_objects`` turns the
+out-of-range values in ``to_objects`` (``tpfl_jax.config_checks``). ``to_objects`` turns the
 composed ``DictConfig`` into frozen dataclasses / pytrees; no ``DictConfig`` is ever passed
 into jitted code.
 """
@@ -21,11 +21,13 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from tpfl_jax.agents.ppo import PPOConfig
+from tpfl_jax.config_checks import check_config, check_known_keys
+from tpfl_jax.distributed import MeshConfig
 from tpfl_jax.errors import UserError
+from tpfl_jax.guard import GuardSection
 from tpfl_jax.loop import HISTORY_MODES, LOOP_POLICY_KINDS, LoopConfig, make_loop_policy
 from tpfl_jax.market.specs import SyntheticMarkets
 from tpfl_jax.reward import RewardCoefs
-from tpfl_jax.validate import GuardSection, check_config, check_known_keys
 
 log = logging.getLogger(__name__)
 _SYN = SyntheticMarkets()     # the synthetic market section's defaults are the spec's
@@ -41,10 +43,13 @@ class EnvConfig:
     accuracy: the accuracy the TP bonus is paid on (``mfe_ratio`` | ``hit`` | ``skill``);
     drawdown_mode: ``increase`` (of the episode's max drawdown) | ``level`` (every step);
     alignment_source: ``causal`` | ``hidden_label`` (the true regime, a benchmark only);
-    reward_vol: ``episode`` (PnL scaled by the bar volatility at the episode's start) | ``bar``.
+    reward_vol: ``episode`` (PnL scaled by the bar volatility at the episode's start) | ``bar``;
+    features: the observation design (``TradingEnv(features=...)``: a name of
+    ``env.trading.FEATURE_SETS`` such as ``base``, the first main's, or ``+``-joined blocks).
     """
 
     window: int = 16
+    features: str = "base"
     premature_horizon: int = 10
     tp_mults: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0, 3.0])
     sl_mult: float = 1.0
@@ -59,7 +64,7 @@ class EnvConfig:
     max_steps_in_episode: int = 100
     # Not read by any app: the weight is train.weights (tpfl-train),
     # policy.policies[i].initial_weight (tpfl-loop) or clm.policy's decision (tpfl-clm).
-    # A value other than 1.0 is refused (validate.check_config) rather than silently ignored.
+    # A value other than 1.0 is refused (config_checks.check_config) rather than silently ignored.
     tp_reward_weight: float = 1.0
     accuracy: str = "skill"
     drawdown_mode: str = "increase"
@@ -80,6 +85,30 @@ class ColumnsSection:
 
 
 @dataclass
+class PanelFileSection:
+    """One series of ``market.source=panel`` (``tpfl_jax.market.panel.SeriesFile``): ``path``
+    (``pkg://PACKAGE/REL`` for a file shipped in a package), ``symbol`` (null: the file name),
+    the CSV reading options of ``market=csv``, ``time_format`` (strftime codes; null: inferred),
+    ``close_only`` (bars formed from closes), ``drop_missing`` (drop rows without a close, with
+    a warning), ``start``/``end`` (keep bars in that range) and the symbol's costs per side
+    (null: ``env.fee_bps`` / ``env.half_spread_bps``)."""
+
+    path: str = MISSING
+    symbol: str | None = None
+    sep: str = ","
+    timestamp: str | None = None
+    time_format: str | None = None
+    columns: ColumnsSection = field(default_factory=ColumnsSection)
+    no_volume: bool = False
+    close_only: bool = False
+    drop_missing: bool = False
+    start: str | None = None
+    end: str | None = None
+    fee_bps: float | None = None
+    half_spread_bps: float | None = None
+
+
+@dataclass
 class MarketConfig:
     """Market source. ``source=synthetic``: ``kind`` paths from its generator (``params``
     override the generator's defaults); with ``fresh`` (default) PPO trains on new paths before
@@ -90,7 +119,15 @@ class MarketConfig:
     ``train_bars`` / ``deploy_bars`` (episodes start anywhere in the training window); ``sep``
     is the CSV separator, ``timestamp`` the time column's name (null: a usual name, e.g. Date),
     ``columns.<field>`` the file's column of an OHLCV field and ``no_volume`` says the file
-    has no volume column (volume 0)."""
+    has no volume column (volume 0). ``source=panel``: the series ``files`` (or every file of
+    ``directory``) cut on a common calendar (``tpfl_jax.market.panel``): ``cuts`` (one time per
+    cycle; empty: spread over the span where ``min_series`` series are active, narrowed by
+    ``cut_start``/``cut_end``), ``slots`` windows per cycle (0: one per series).
+    ``train_source`` (csv and panel; ``tpfl_jax.market.fit``): ``replay`` | ``bootstrap``
+    (mean block ``block_len`` bars) | ``regime_fit`` (``n_states`` states, ``fit_iters`` EM
+    iterations) | ``garch_fit`` | ``regime_garch`` (both in one generator) | a mixture
+    ``a+b`` of bootstrap / regime_fit / garch_fit (equal shares); fitted sources draw fresh
+    ``n_bars`` paths with ``substeps`` intrabar points every update."""
 
     source: str = "synthetic"
     kind: str = _SYN.kind
@@ -107,6 +144,17 @@ class MarketConfig:
     timestamp: str | None = None
     columns: ColumnsSection = field(default_factory=ColumnsSection)
     no_volume: bool = False
+    files: list[PanelFileSection] = field(default_factory=list)
+    directory: str | None = None
+    cuts: list[str] = field(default_factory=list)
+    cut_start: str | None = None
+    cut_end: str | None = None
+    min_series: int = 1
+    slots: int = 0
+    train_source: str = "replay"
+    block_len: float = 20.0
+    n_states: int = 2
+    fit_iters: int = 100
 
 
 def _schema(cls: type, name: str, extra: tuple[tuple[str, type, Any], ...] = ()) -> type:
@@ -190,11 +238,12 @@ class LoggerSection:
 class TrainSection:
     """``tpfl-train``: weights x ``num_seeds`` trained as one program (sharded over ``mesh``).
     Every ``chunk_updates`` updates each agent is scored on the first ``curve_episodes`` of the
-    ``eval_episodes`` held-out episodes (the learning curve); at the end on all of them."""
+    ``eval_episodes`` held-out episodes (the learning curve); at the end on all of them.
+    ``chunk_updates`` null: the largest divisor of the PPO update count that is at most 10."""
 
     weights: list[float] = field(default_factory=lambda: [1.0])
     num_seeds: int = 1
-    chunk_updates: int = 10
+    chunk_updates: int | None = None
     eval_episodes: int = 64
     curve_episodes: int = 16
 
@@ -310,14 +359,16 @@ def to_container(cfg: DictConfig | Config) -> Config:
 def to_objects(cfg: DictConfig | Config) -> Objects:
     """Frozen env / PPO / loop objects of a config; bad values raise ``ValueError`` naming the
     field (config.<group>.<key>)."""
-    from tpfl_jax.env.trading import TradingEnv
+    # inside: gymnax's import starts the XLA backend, and a multi-process job converts its
+    # config before jax.distributed.initialize (tpfl_jax.app)
+    from tpfl_jax.env.trading import TradingEnv, mode_index
 
     c = to_container(cfg)
     check_config(c)                # ranges and finiteness, every bad key in one error
     e = c.env
     try:
         env = TradingEnv(window=e.window, n_tp=len(e.tp_mults),
-                         premature_horizon=e.premature_horizon)
+                         premature_horizon=e.premature_horizon, features=e.features)
     except ValueError as err:
         raise UserError(f"config.env: {err}") from None
     env_kwargs = {k: getattr(e, k) for k in (
@@ -325,8 +376,6 @@ def to_objects(cfg: DictConfig | Config) -> Objects:
         "initial_equity", "ruin_floor", "max_holding", "sl_first", "max_steps_in_episode",
         "tp_reward_weight")}
     env_kwargs["tp_mults"] = tuple(e.tp_mults)
-    from tpfl_jax.env.trading import mode_index
-
     for k in ("accuracy", "drawdown_mode", "alignment_source", "reward_vol"):
         try:
             env_kwargs[k] = mode_index(k, getattr(e, k))
@@ -349,6 +398,10 @@ def to_objects(cfg: DictConfig | Config) -> Objects:
     if not specs:
         raise UserError("config.policy.policies: empty; expected at least one policy")
     names = [s.name for s in specs]
+    for i, n in enumerate(names):
+        if not isinstance(n, str) or not n.strip():
+            raise UserError(f"config.policy.policies[{i}].name = {n!r}; expected a non-empty "
+                            "name (each arm is a table row)")
     if len(set(names)) != len(names):
         raise UserError(f"config.policy.policies: duplicate names {names}")
     for i, s in enumerate(specs):
@@ -401,8 +454,6 @@ def _with_controls(specs: list[Any], weights: list[float]) -> tuple[list[Any], t
 
 def to_mesh_config(cfg: DictConfig | Config) -> Any:
     """The frozen ``distributed.MeshConfig`` of ``config.mesh`` (``ValueError`` names the field)."""
-    from tpfl_jax.distributed import MeshConfig
-
     m = to_container(cfg).mesh
     if len(m.batch_spec) != 1 or not m.batch_spec[0]:
         raise UserError(f"config.mesh.batch_spec = {m.batch_spec}: the apps flatten their "

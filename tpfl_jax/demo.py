@@ -11,20 +11,21 @@ import jax
 import jax.numpy as jnp
 import pandas as pd
 
-from tpfl_jax import accounting as A
-from tpfl_jax.env.frames import exit_reason_table, trades_frame
+from tpfl_jax import accounting
+from tpfl_jax.accounting import exit_reason_table
+from tpfl_jax.env.frames import trades_frame
 from tpfl_jax.env.trading import TradingEnv, encode_action
 from tpfl_jax.market import synthetic
 
 
-def trend_actor(env: TradingEnv) -> A.Actor:
+def trend_actor(env: TradingEnv) -> accounting.Actor:
     """Long (short) with the middle TP when the window's mean return is positive (negative)."""
     mid = env.n_tp // 2
     long_, short = encode_action(1, mid, env.n_tp), encode_action(-1, mid, env.n_tp)
     return lambda obs, state, key: jnp.where(obs[: env.window].mean() > 0, long_, short)
 
 
-def random_actor(env: TradingEnv) -> A.Actor:
+def random_actor(env: TradingEnv) -> accounting.Actor:
     """A uniformly random action every step."""
     return lambda obs, state, key: jax.random.randint(key, (), 0, env.num_actions)
 
@@ -45,14 +46,14 @@ def main(argv: list[str] | None = None) -> None:
                                 n_bars=args.steps + env.window + 64)
     params = env.make_params(market, tp_reward_weight=args.weight,
                              max_steps_in_episode=args.steps)
-    keys = A.episode_keys(jax.random.key(args.seed + 1), args.envs)
+    keys = accounting.episode_keys(jax.random.key(args.seed + 1), args.envs)
     pd.set_option("display.width", 120)
     for name, actor in [("random", random_actor(env)), ("trend-following", trend_actor(env))]:
         t0 = time.perf_counter()
-        out = jax.device_get(jax.jit(lambda p, k, a=actor: A.rollout(
+        out = jax.device_get(jax.jit(lambda p, k, a=actor: accounting.rollout(
             env, a, p, k, args.steps, keep_trades=True))(params, keys))
         dt = time.perf_counter() - t0
-        m = A.finalize(out.sums)
+        m = accounting.finalize(out.sums)
         print(f"\n== {name} policy: {args.envs} episodes x {args.steps} steps in {dt:.1f}s "
               f"(compile included); PnL per episode {float(m['pnl']):+.1f}, hit rate "
               f"{float(m['hit_rate']):.3f}, mean R {float(m['mean_r']):+.3f}, "

@@ -13,9 +13,8 @@ batch axes are split over which mesh axes; everything else is ``jax.jit`` with `
 * :func:`gather` -- outputs to host numpy (all-gathered across processes when multi-host);
 * :func:`init_distributed` -- ``jax.distributed.initialize()`` from config / env vars, a no-op
   for a single process;
-* :func:`make_ppo_sweep` / :func:`ppo_sweep` -- S seeds x K ``tp_reward_weight`` values of PPO on
-  one env, sharded (``tpfl-train``);
-* :func:`make_loop_sweep` -- the closed loop's P policies x S seeds, sharded (``tpfl-loop``).
+
+The PPO and loop sweeps built on these live above the loop, in :mod:`tpfl_jax.sweeps`.
 
 The Hydra apps read :class:`MeshConfig` from the ``mesh`` config group (``mesh=default``: every
 device on one axis; ``mesh=multihost``: a ``[hosts, devices]`` mesh) and call
@@ -494,111 +493,9 @@ def sync_processes(name: str, timeout_s: float = SYNC_TIMEOUT_S) -> None:
     client.wait_at_barrier(f"tpfl:{name}:{next(_barrier_count)}", int(timeout_s * 1000))
 
 
-def make_ppo_sweep(config: Any, env: Any, mesh: Mesh | None = None,
-                   mesh_cfg: MeshConfig | None = None, env_params: Any = None, *,
-                   hooks: dict[str, Any] | None = None,
-                   evaluate: Callable[[Any, Any], Any] | None = None,
-                   every: int | None = None) -> Callable[..., Any]:
-    """``sweep(seeds, weights, env_params, source=None, eval_args=None)``: S seeds x K
-    ``tp_reward_weight`` values of PPO.
-
-    ``seeds`` is a count (keys ``loop.seed_keys(0, seeds)``) or ``[S]`` typed keys; ``weights`` is
-    ``[K]``. The ``S*K`` configurations are flattened (seed-major) into one batch axis split over
-    the mesh axes ``mesh_cfg.batch_spec[0]``; ``env_params`` (market data included), the data
-    stream's ``source`` and ``eval_args`` are replicated. ``hooks``: ``make_ppo``'s
-    ``info_metrics`` / ``stream``. With ``evaluate(runner_state, eval_args)`` the runs are
-    scored every ``every`` updates inside the program (``agents.ppo.train_with_evals``).
-    Returns the ``TrainResult`` with leaves ``[S, K, ...]`` (metrics ``[S, K, num_updates]``).
-    Compiled once per (S*K, argument shapes); build the sweep once and call it many times.
-    ``env_params`` here only fixes the spaces (as in ``make_train``).
-    """
-    from tpfl_jax.agents.ppo import make_ppo, train_with_evals
-
-    mesh_cfg = MeshConfig() if mesh_cfg is None else mesh_cfg
-    mesh = make_mesh(mesh_cfg) if mesh is None else mesh
-    ppo = make_ppo(config, env, env_params, **(hooks or {}))
-
-    def one(key: jax.Array, weight: jax.Array, params: Any, source: Any, eval_args: Any) -> Any:
-        params = params.replace(tp_reward_weight=weight)
-        if evaluate is None:
-            return ppo.train(key, params, None, source)
-        return train_with_evals(ppo, key, params, lambda rs: evaluate(rs, eval_args),
-                                int(every or config.num_updates), source=source)
-
-    run = sharded_vmap(one, mesh, in_axes=(0, 0, None, None, None),
-                       axis=mesh_cfg.batch_spec[0], on_indivisible=mesh_cfg.on_indivisible)
-
-    def sweep(seeds: int | jax.Array, weights: Sequence[float] | jax.Array,
-              env_params: Any, source: Any = None, eval_args: Any = None) -> Any:
-        if isinstance(seeds, int):
-            from tpfl_jax.loop import seed_keys
-
-            seeds = seed_keys(0, seeds)
-        keys = seeds
-        w = jnp.asarray(weights, jnp.float32).reshape(-1)
-        s, k = keys.shape[0], w.shape[0]
-        out = run(jnp.repeat(keys, k, axis=0), jnp.tile(w, s), env_params, source, eval_args)
-        return tree_apply(lambda x: x.reshape(s, k, *x.shape[1:]), out)
-
-    sweep.run = run  # type: ignore[attr-defined]  # the flat [S*K] sharded function
-    sweep.ppo = ppo  # type: ignore[attr-defined]
-    return sweep
-
-
-def ppo_sweep(config: Any, env: Any, env_params: Any, seeds: int | jax.Array,
-              weights: Sequence[float] | jax.Array, mesh: Mesh | None = None,
-              mesh_cfg: MeshConfig | None = None) -> Any:
-    """One-shot :func:`make_ppo_sweep` (compiles on every call; build the sweep to reuse it)."""
-    return make_ppo_sweep(config, env, mesh, mesh_cfg, env_params)(seeds, weights, env_params)
-
-
-# --------------------------------------------------------------------------- closed loop
-def make_loop_sweep(loop: Any, mesh: Mesh | None = None,
-                    mesh_cfg: MeshConfig | None = None) -> Callable[..., Any]:
-    """``run(keys[S], policies[P], source, env_params, hparams)`` -> ``LoopResult [P, S, C]``.
-
-    The sharded form of ``loop.run`` (a :class:`tpfl_jax.loop.Loop`): the ``P*S`` policy x seed
-    configurations are flattened (policy-major) into one batch axis split over the mesh axes
-    ``mesh_cfg.batch_spec[0]``; market source, env params and PPO hyperparameters are
-    replicated. ``run.aot(...)`` compiles ahead of time and returns ``go()`` (same result).
-    """
-    mesh_cfg = MeshConfig() if mesh_cfg is None else mesh_cfg
-    mesh = make_mesh(mesh_cfg) if mesh is None else mesh
-    flat = sharded_vmap(loop.run_one, mesh, in_axes=(0, 0, None, None, None),
-                        axis=mesh_cfg.batch_spec[0], on_indivisible=mesh_cfg.on_indivisible)
-
-    def _flatten(keys: jax.Array, policies: Any) -> tuple[jax.Array, Any, int, int]:
-        s = keys.shape[0]
-        sizes = {np.shape(x)[0] for x in jax.tree.leaves(policies)}
-        if len(sizes) != 1:
-            raise ValueError(f"make_loop_sweep: policy leaves disagree on the policy axis: "
-                             f"{sorted(sizes)}")
-        p = sizes.pop()
-        fk = keys[jnp.tile(jnp.arange(s), p)]
-        fp = jax.tree.map(lambda x: jnp.repeat(jnp.asarray(x), s, axis=0), policies)
-        return fk, fp, p, s
-
-    def _unflatten(out: Any, p: int, s: int) -> Any:
-        return tree_apply(lambda x: x.reshape(p, s, *x.shape[1:]), out)
-
-    def run(keys: jax.Array, policies: Any, source: Any, env_params: Any, hparams: Any) -> Any:
-        fk, fp, p, s = _flatten(keys, policies)
-        return _unflatten(flat(fk, fp, source, env_params, hparams), p, s)
-
-    def aot(keys: jax.Array, policies: Any, source: Any, env_params: Any,
-            hparams: Any) -> Callable[[], Any]:
-        fk, fp, p, s = _flatten(keys, policies)
-        go = flat.aot(fk, fp, source, env_params, hparams)
-        return lambda: _unflatten(go(), p, s)
-
-    run.aot = aot  # type: ignore[attr-defined]
-    run.flat = flat  # type: ignore[attr-defined]  # the flat [P*S] sharded function
-    return run
-
-
 __all__ = ["CPU_COMPILER_OPTIONS", "MeshConfig", "axis_size", "batch_sharding",
            "check_divisible", "cluster_says_multi", "compiler_options", "gather",
-           "init_distributed", "is_multi_process", "jit", "make_loop_sweep",
-           "make_mesh", "make_ppo_sweep", "pad_batch", "ppo_sweep", "replicate",
+           "init_distributed", "is_multi_process", "jit",
+           "make_mesh", "pad_batch", "replicate",
            "replicated", "requested_processes", "shard_batch", "sharded_vmap",
            "sync_processes", "unpad_batch"]

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tpfl_jax.rundir import safe_name
+
 LOGGER_KINDS = ("none", "mlflow", "tensorboard")
 ARTEFACT_SUFFIXES = (".md", ".csv", ".png", ".json", ".yaml", ".jsonl")
 
@@ -114,8 +116,6 @@ class TensorboardLogger(ExperimentLogger):
     def __init__(self, root: Path, run_name: str, experiment: str, uri: str | None = None):
         from tensorboardX import SummaryWriter
 
-        from tpfl_jax.validate import safe_name
-
         base = Path(uri) if uri else Path(root) / "tensorboard"
         # names become one path component each: "../x" cannot leave the log dir
         self.location = str(base / safe_name(experiment) / safe_name(run_name))
@@ -177,5 +177,35 @@ def run_files(run_dir: Path) -> list[Path]:
     return sorted(f for f in run_dir.iterdir() if f.is_file() and f.suffix in ARTEFACT_SUFFIXES)
 
 
-__all__ = ["ARTEFACT_SUFFIXES", "LOGGER_KINDS", "ExperimentLogger", "MlflowLogger",
-           "TensorboardLogger", "flatten", "make_logger", "run_files"]
+LOOP_METRIC_KEYS = ("weight", "deploy_pnl", "deploy_greedy_pnl", "deploy_sampled_pnl",
+                    "deploy_hit_rate", "deploy_tp_skill", "train_updates",
+                    "train_final_entropy", "train_final_return")
+
+
+def log_loop_run(kind: str, root: Path, run_name: str, experiment: str, uri: str | None,
+                 config: Mapping[str, Any], cycles: Any, paired: Mapping[str, Any],
+                 out: Path) -> str:
+    """A finished ``tpfl-loop`` run to a ``kind`` logger: the flattened config as params,
+    the per-cycle metrics (mean over seeds per policy), the paired differences and p-values
+    (Holm) at the last cycle, and the run's files; returns the logger's location."""
+    lg = make_logger(kind, root, run_name, experiment, uri)
+    lg.log_params(flatten(config))
+    per = cycles.groupby(["cycle", "policy"], sort=False)[list(LOOP_METRIC_KEYS)].mean(
+        numeric_only=True)
+    for cy, g in per.groupby(level=0):
+        lg.log_metrics({f"{pol}/{k}": v for (_, pol), r in g.iterrows() for k, v in r.items()},
+                       step=int(cy))
+    final = {}
+    for m, t in paired.items():
+        for _, r in t.iterrows():
+            final[f"paired/{m}/{r['arm']}-{r['control']}/mean_diff"] = r["mean_diff"]
+            final[f"paired/{m}/{r['arm']}-{r['control']}/p_holm"] = r["p_holm"]
+    lg.log_metrics(final, step=int(cycles["cycle"].max()))
+    lg.log_artifacts(run_files(out))
+    lg.close()
+    return lg.location
+
+
+__all__ = ["ARTEFACT_SUFFIXES", "LOGGER_KINDS", "LOOP_METRIC_KEYS", "ExperimentLogger",
+           "MlflowLogger", "TensorboardLogger", "flatten", "log_loop_run", "make_logger",
+           "run_files"]

@@ -1,7 +1,8 @@
 """Closed TP feedback loop on device: train -> deploy out of sample -> TP stats -> weight policy.
 
-``make_loop(config, ppo_config, env, markets, env_params)`` returns :class:`Loop`. Its ``run`` is
-one jitted program that, for every policy x seed (``vmap`` x ``vmap``), runs ``config.num_cycles``
+``make_loop(config, ppo_config, env, markets, env_params)`` returns :class:`Loop`; batched over
+policies x seeds by ``sweeps.make_loop_sweep`` it is one jitted program that, for every policy x
+seed, runs ``config.num_cycles``
 cycles in a ``lax.scan`` (:meth:`LoopProgram.cycle`):
 
 1. the cycle's markets (``market.specs``): on synthetic markets PPO trains on freshly generated
@@ -9,7 +10,7 @@ cycles in a ``lax.scan`` (:meth:`LoopProgram.cycle`):
    paths; on a data set it trains on the cycle's walk-forward window and deploys on the next;
 2. PPO trains with the weight in force, warm-started from the previous cycle's network and
    normalisation statistics (:meth:`LoopProgram.train`), in chunks of ``config.chunk_updates``
-   updates: ``ppo_config.num_updates`` of them (``converge=False``, the default: a fixed
+   updates: ``ppo_config.num_updates`` of them (``converge=False``, the CLI's default: a fixed
    budget, ``ppo.total_timesteps`` per cycle), or, with ``converge``, in a ``lax.while_loop``
    until the policy entropy is at most ``entropy_frac * log(n_actions)`` AND the training return
    has plateaued (:func:`plateaued`), capped there. After every chunk the policy is scored on
@@ -34,7 +35,7 @@ O(cycles x updates), never O(env steps), unless ``keep_trades``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 import jax
@@ -42,9 +43,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tpfl_jax import accounting as A
-from tpfl_jax import distributed as D
-from tpfl_jax.agents.ppo import PPOConfig, PPOHParams, RunnerState, continue_opt_state, make_ppo
+from tpfl_jax import accounting
+from tpfl_jax.accounting import CycleKeys, cycle_keys, seed_keys
+from tpfl_jax.agents.evaluate import deploy_both_modes
+from tpfl_jax.agents.ppo import (
+    PPOConfig,
+    PPOHParams,
+    RunnerState,
+    continue_opt_state,
+    make_ppo,
+    masked_mean,
+)
 from tpfl_jax.clm.policies import (
     POLICY_NAMES,
     PolicyParams,
@@ -60,8 +69,8 @@ LOOP_POLICY_KINDS = POLICY_NAMES
 TRAIN_CURVE_KEYS = ("finite", "episode_return", "loss", "entropy", "approx_kl", "trade/trades",
                     "trade/hit_rate", "trade/mean_r", "trade/mean_tp_mult", "trade/pnl",
                     "reused_paths")
-DEPLOY_KEYS = tuple(A.METRICS)
-DEPLOY_MODES = A.DEPLOY_MODES
+DEPLOY_KEYS = tuple(accounting.METRICS)
+DEPLOY_MODES = accounting.DEPLOY_MODES
 HISTORY_MODES = ("cycle", "cumulative", "window")
 TRAIN_SUMMARY_KEYS = ("updates", "converged", "entropy", "entropy_max", "return")
 CURVE_KEYS = ("sampled_pnl", "greedy_pnl")
@@ -120,31 +129,6 @@ class LoopConfig:
                 raise ValueError(f"LoopConfig.{name} = {getattr(self, name)!r}; expected a bool")
 
 
-# --------------------------------------------------------------------------- keys
-class CycleKeys(NamedTuple):
-    """The keys of one seed's cycle: ``market`` (the cycle's markets, with the cycle folded in
-    by the spec), ``init`` (the network), ``train`` (PPO and its data stream), ``deploy`` (the
-    deploy episodes: ``accounting.episode_keys(deploy, deploy_envs)``)."""
-
-    market: jax.Array
-    init: jax.Array
-    train: jax.Array
-    deploy: jax.Array
-
-
-def cycle_keys(seed_key: jax.Array, cycle: jax.Array | int) -> CycleKeys:
-    """The one key derivation of the loop; reference rules and replays use it too."""
-    k_mkt, k_init, k_cycles = jax.random.split(seed_key, 3)
-    k_tr, k_dep = jax.random.split(jax.random.fold_in(k_cycles, cycle))
-    return CycleKeys(k_mkt, k_init, k_tr, k_dep)
-
-
-def seed_keys(seed: int, num_seeds: int) -> jax.Array:
-    """``num_seeds`` typed keys ``fold_in(key(seed), i)`` (the seeds of every app)."""
-    base = jax.random.key(seed)
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(num_seeds))
-
-
 # --------------------------------------------------------------------------- policies
 @struct.dataclass
 class LoopPolicy:
@@ -189,51 +173,56 @@ def stack_policies(policies: list[LoopPolicy]) -> LoopPolicy:
 
 # --------------------------------------------------------------------------- results
 @struct.dataclass
-class LoopResult:
-    """Per policy x seed x cycle outputs (leading axes ``[P, S, C]``).
-
-    weight: the weight trained with in the cycle; next_weight / reason: the policy's decision
-    after the cycle's deployment (``clm.policies.REASON_NAMES``); stats: the feedback the policy
-    saw; deploy: ``accounting.METRICS`` of the cycle's deployment, as ``'sampled/<key>'`` and
-    ``'greedy/<key>'`` and plain ``'<key>'`` for ``feedback_mode``; train: per-update training
-    curves ``[..., U]`` (``TRAIN_CURVE_KEYS``; NaN / True (``finite``) after the updates used);
-    training: ``TRAIN_SUMMARY_KEYS`` per cycle; curves: ``CURVE_KEYS`` (held-out PnL per
-    episode after each chunk, ``[..., K]``, NaN after the chunks used); trades: the
-    feedback-mode deploy steps' trade records ``[..., deploy_envs, T]`` (``keep_trades``) and
-    ``trade_active``. params / obs_rms: the final network and observation statistics
-    (``[P, S]``).
-    """
+class CycleOutput:
+    """What one cycle reports (stacked over cycles by the scan into :class:`LoopResult`):
+    the weight trained with, the policy's decision and code, the stats it saw, the deployment
+    metrics, the per-update training buffers ``[U]``, the training summary, the learning
+    curves ``[K]`` and (``keep_trades``) the feedback-mode deploy trades."""
 
     weight: jax.Array
     next_weight: jax.Array
     reason: jax.Array
     stats: TPStats
     deploy: dict[str, jax.Array]
-    train: dict[str, jax.Array]
-    training: dict[str, jax.Array] | None = None
-    curves: dict[str, jax.Array] | None = None
-    params: Any = None
-    obs_rms: Any = None
+    train_buffers: dict[str, jax.Array]
+    training: dict[str, jax.Array]
+    learning_curves: dict[str, jax.Array]
     trades: dict[str, jax.Array] | None = None
     trade_active: jax.Array | None = None
+
+
+@struct.dataclass
+class LoopResult(CycleOutput):
+    """Every cycle of every policy x seed: :class:`CycleOutput`'s fields stacked with leading
+    axes ``[P, S, C]``, and the final network and observation statistics ``[P, S]``.
+
+    weight: the weight trained with in the cycle; next_weight / reason: the policy's decision
+    after the cycle's deployment (``clm.policies.REASON_NAMES``); stats: the feedback the policy
+    saw; deploy: ``accounting.METRICS`` of the cycle's deployment, as ``'sampled/<key>'`` and
+    ``'greedy/<key>'`` and plain ``'<key>'`` for ``feedback_mode``; train_buffers: per-update
+    training metrics ``[..., U]`` (``TRAIN_CURVE_KEYS``; NaN / True (``finite``) after the
+    updates used); training: ``TRAIN_SUMMARY_KEYS`` per cycle; learning_curves: ``CURVE_KEYS``
+    (held-out PnL per episode after each chunk, ``[..., K]``, NaN after the chunks used);
+    trades: the feedback-mode deploy steps' trade records ``[..., deploy_envs, T]``
+    (``keep_trades``) and ``trade_active``.
+    """
+
+    params: Any = None
+    obs_rms: Any = None
 
 
 class Loop(NamedTuple):
     """The pure functions of one closed-loop configuration.
 
-    run_one(key, policy, source, env_params, hparams) -> LoopResult ``[C]`` (one policy/seed);
-    batched(keys[S], policies[P], ...) -> ``[P, S, C]``; run = ``jax.jit(batched)``;
-    run_markets: ``run`` vmapped over a leading market axis of ``source`` -> ``[M, P, S, C]``;
-    kinds: the policy kinds the program runs (:func:`check_inputs` refuses others).
+    run_one(key, policy, source, env_params, hparams) -> LoopResult ``[C]`` (one policy/seed;
+    ``sweeps.make_loop_sweep`` batches it over policies x seeds on a mesh, the one batching
+    path); kinds: the policy kinds the program runs (:func:`check_inputs` refuses others).
     """
 
     config: LoopConfig
     ppo_config: PPOConfig
     markets: Markets
     run_one: Any
-    batched: Any
-    run: Any
-    run_markets: Any
     kinds: tuple[str, ...] = LOOP_POLICY_KINDS
 
 
@@ -245,12 +234,6 @@ def max_entropy(spec: Any) -> float:
     return float("nan")
 
 
-def _masked_nanmean(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    m = mask & jnp.isfinite(x)
-    n = m.sum()
-    return jnp.where(n > 0, jnp.where(m, x, 0.0).sum() / jnp.maximum(n, 1), jnp.nan), n
-
-
 def plateaued(returns: jax.Array, n_done: jax.Array, window: int, tol: float) -> jax.Array:
     """Training-return plateau after ``n_done`` chunks: the mean of the last ``window`` chunk
     returns exceeds the mean of the ``window`` before by at most ``tol`` standard deviations of
@@ -258,10 +241,10 @@ def plateaued(returns: jax.Array, n_done: jax.Array, window: int, tol: float) ->
     idx = jnp.arange(returns.shape[0])
     last = (idx >= n_done - window) & (idx < n_done)
     prev = (idx >= n_done - 2 * window) & (idx < n_done - window)
-    m_last, n_last = _masked_nanmean(returns, last)
-    m_prev, n_prev = _masked_nanmean(returns, prev)
+    m_last, n_last = masked_mean(returns, last)
+    m_prev, n_prev = masked_mean(returns, prev)
     both = (last | prev) & jnp.isfinite(returns)
-    mu, n = _masked_nanmean(returns, both)
+    mu, n = masked_mean(returns, both)
     var = jnp.where(both, (returns - mu) ** 2, 0.0).sum() / jnp.maximum(n - 1, 1)
     ok = (n_done >= 2 * window) & (n_last > 0) & (n_prev > 0)
     return ok & (m_last - m_prev <= tol * jnp.sqrt(var))
@@ -279,16 +262,16 @@ def loop_policy_step(stats: TPStats, state: PolicyState, policy: LoopPolicy,
 class History:
     """Feedback trade sums over cycles: every cycle so far and the last ``history_window``."""
 
-    cumulative: A.EpisodeSums
-    ring: A.EpisodeSums            # leading axis [history_window], newest first
+    cumulative: accounting.EpisodeSums
+    ring: accounting.EpisodeSums            # leading axis [history_window], newest first
 
-    def push(self, cur: A.EpisodeSums) -> History:
+    def push(self, cur: accounting.EpisodeSums) -> History:
         ring = jax.tree.map(lambda r, c: jnp.roll(r, 1, axis=0).at[0].set(c), self.ring, cur)
-        return History(A.add(self.cumulative, cur), ring)
+        return History(accounting.add(self.cumulative, cur), ring)
 
-    def aggregate(self, cur: A.EpisodeSums, mode: jax.Array) -> A.EpisodeSums:
+    def aggregate(self, cur: accounting.EpisodeSums, mode: jax.Array) -> accounting.EpisodeSums:
         """This cycle's sums (``cycle``), all so far (``cumulative``) or the window."""
-        window = A.total(self.ring, 0)
+        window = accounting.total(self.ring, 0)
         return jax.tree.map(lambda c, a, w: jnp.select([mode == 0, mode == 1], [c, a], w),
                             cur, self.cumulative, window)
 
@@ -316,11 +299,11 @@ class ChunkCarry:
     rs: RunnerState
     k: jax.Array
     done: jax.Array
-    bufs: dict[str, jax.Array]
+    train_buffers: dict[str, jax.Array]
     rets: jax.Array
-    curves: dict[str, jax.Array]
+    learning_curves: dict[str, jax.Array]
     entropy: jax.Array
-    last: A.Rollout
+    last: accounting.Rollout
 
 
 # --------------------------------------------------------------------------- the program
@@ -353,10 +336,10 @@ class LoopProgram:
             return None, self.markets.deploy_market(source, key, c)
         return self.markets.cycle_markets(source, key, c)
 
-    def both_modes(self, rs: RunnerState, ep: Any, keys: jax.Array) -> A.Rollout:
+    def both_modes(self, rs: RunnerState, ep: Any, keys: jax.Array) -> accounting.Rollout:
         """Sampled and greedy deployments on the same episodes (leading axis [2])."""
         obs_rms = rs.obs_rms if self.ppo_config.normalize_obs else None
-        return A.deploy_both_modes(self.env, self.ppo.network, rs.params, ep, keys, self.t_dep,
+        return deploy_both_modes(self.env, self.ppo.network, rs.params, ep, keys, self.t_dep,
                                    obs_rms, self.ppo_config.obs_clip, self.config.keep_trades)
 
     def _chunk(self, ep_train: Any, ep_dep: Any, dep_keys: jax.Array, c: ChunkCarry
@@ -365,28 +348,26 @@ class LoopProgram:
         ent_max = max_entropy(self.ppo.network.spec)
         ent_target = cfg.entropy_frac * ent_max if np.isfinite(ent_max) else np.inf
         rs, m = self.ppo.run(c.rs, ep_train, self.chunk)
-        bufs = {key: jax.lax.dynamic_update_slice(c.bufs[key], m[key].astype(c.bufs[key].dtype),
-                                                  (c.k * self.chunk,)) for key in c.bufs}
+        bufs = {key: jax.lax.dynamic_update_slice(b, m[key].astype(b.dtype), (c.k * self.chunk,))
+                for key, b in c.train_buffers.items()}
         r = m["episode_return"]
-        fin = jnp.isfinite(r)
-        r_chunk = jnp.where(fin.any(), jnp.where(fin, r, 0.0).sum() / jnp.maximum(fin.sum(), 1),
-                            jnp.nan)
-        rets = c.rets.at[c.k].set(r_chunk)
+        rets = c.rets.at[c.k].set(masked_mean(r, jnp.ones(r.shape, bool))[0])
         ent = m["entropy"].mean()
         done = (ent <= ent_target) & plateaued(rets, c.k + 1, cfg.return_window,
                                                cfg.return_tol) & cfg.converge
         last = self.both_modes(rs, ep_dep, dep_keys)      # the held-out episodes, both modes
-        pnl = A.finalize(last.sums)["pnl"]
-        curves = {key: c.curves[key].at[c.k].set(pnl[i])
+        pnl = accounting.finalize(last.sums)["pnl"]
+        curves = {key: c.learning_curves[key].at[c.k].set(pnl[i])
                   for i, key in enumerate(f"{mode}_pnl" for mode in DEPLOY_MODES)}
         return ChunkCarry(rs, c.k + 1, done, bufs, rets, curves, ent, last)
 
     def train(self, rs: RunnerState, ep_train: Any, ep_dep: Any, dep_keys: jax.Array
               ) -> tuple[RunnerState, dict[str, jax.Array], dict[str, jax.Array],
-                         dict[str, jax.Array], A.Rollout]:
+                         dict[str, jax.Array], accounting.Rollout]:
         """Chunks of PPO updates until the criterion holds or the cap, each followed by the
-        held-out evaluation on the deploy episodes: (runner, per-update curves ``[U]``,
-        summary, learning curves ``[K]``, the last evaluation = the cycle's deployment)."""
+        held-out evaluation on the deploy episodes: (runner, per-update training buffers
+        ``[U]``, summary, learning curves ``[K]``, the last evaluation = the cycle's
+        deployment)."""
         cfg, n_cap = self.config, self.ppo_config.num_updates
         m_shape = jax.eval_shape(lambda r: self.ppo.run(r, ep_train, self.chunk)[1], rs)
         bufs = {k: jnp.full((n_cap,), True if k == "finite" else jnp.nan, m_shape[k].dtype)
@@ -402,14 +383,15 @@ class LoopProgram:
         else:                       # a fixed budget: every chunk (the same updates, in chunks)
             c = jax.lax.fori_loop(0, self.n_chunks, lambda _, c: step(c), c0)
         idx = jnp.arange(self.n_chunks)
-        ret_last, _ = _masked_nanmean(c.rets, (idx >= c.k - cfg.return_window) & (idx < c.k))
+        ret_last, _ = masked_mean(c.rets, (idx >= c.k - cfg.return_window) & (idx < c.k))
         summary = {"updates": c.k * self.chunk, "converged": c.done, "entropy": c.entropy,
                    "entropy_max": jnp.float32(max_entropy(self.ppo.network.spec)),
                    "return": ret_last}
-        return c.rs, c.bufs, summary, c.curves, c.last
+        return c.rs, c.train_buffers, summary, c.learning_curves, c.last
 
     def cycle(self, key: jax.Array, policy: LoopPolicy, source: Any, env_params: Any,
-              hparams: PPOHParams, carry: CycleCarry, c: jax.Array):
+              hparams: PPOHParams, carry: CycleCarry, c: jax.Array
+              ) -> tuple[CycleCarry, CycleOutput]:
         """One train -> deploy -> feedback -> decide cycle."""
         cfg = self.config
         keys = cycle_keys(key, c)
@@ -417,34 +399,37 @@ class LoopProgram:
         train_m, deploy_m = self._markets(source, keys.market, c)
         ep_train = env_params.replace(market=train_m, tp_reward_weight=w)
         ep_dep = env_params.replace(market=deploy_m, tp_reward_weight=w)
-        rs = self.ppo.init(keys.train, ep_train, hparams, source)
+        rs = self.ppo.init(keys.train, ep_train, hparams, self.markets.train_source(source, c))
         opt = (continue_opt_state(rs.opt_state, carry.opt_state) if cfg.carry_optimizer
                else rs.opt_state)
         rs = rs.replace(params=carry.params, obs_rms=carry.obs_rms, ret_rms=carry.ret_rms,
                         opt_state=opt)
-        dep_keys = A.episode_keys(keys.deploy, cfg.deploy_envs)
-        rs, curves, summary, learning, out = self.train(rs, ep_train, ep_dep, dep_keys)
-        metrics = A.finalize(out.sums)                        # [2] per mode
+        dep_keys = accounting.episode_keys(keys.deploy, cfg.deploy_envs)
+        rs, buffers, summary, learning, out = self.train(rs, ep_train, ep_dep, dep_keys)
+        metrics = accounting.finalize(out.sums)                        # [2] per mode
         fb = DEPLOY_MODES.index(cfg.feedback_mode)
         deploy = {f"{mode}/{k}": v[i] for i, mode in enumerate(DEPLOY_MODES)
                   for k, v in metrics.items()} | {k: v[fb] for k, v in metrics.items()}
-        cur = A.total(jax.tree.map(lambda x: x[fb], out.sums))
+        cur = accounting.total(jax.tree.map(lambda x: x[fb], out.sums))
         history = carry.history.push(cur)
-        stats = A.tp_stats(history.aggregate(cur, policy.history), cfg.min_attempts,
+        stats = accounting.tp_stats(history.aggregate(cur, policy.history), cfg.min_attempts,
                            cfg.r_source)
         w_next, pstate, code = loop_policy_step(stats, carry.policy, policy, self.kinds)
-        trades = (jax.tree.map(lambda x: x[fb], out.trades), out.active[fb]) \
-            if cfg.keep_trades else (None, None)
         new = CycleCarry(rs.params, rs.obs_rms, rs.ret_rms, rs.opt_state, pstate, history)
-        return new, (w, w_next, code, stats, deploy, curves, summary, learning, trades)
+        return new, CycleOutput(
+            weight=w, next_weight=w_next, reason=code, stats=stats, deploy=deploy,
+            train_buffers=buffers, training=summary, learning_curves=learning,
+            trades=jax.tree.map(lambda x: x[fb], out.trades) if cfg.keep_trades else None,
+            trade_active=out.active[fb] if cfg.keep_trades else None)
 
     def run_one(self, key: jax.Array, policy: LoopPolicy, source: Any, env_params: Any,
                 hparams: PPOHParams) -> LoopResult:
         """Every cycle of one policy and seed."""
         keys = cycle_keys(key, 0)
         train0, _ = self._markets(source, keys.market, jnp.int32(0))
-        rs0 = self.ppo.init(keys.init, env_params.replace(market=train0), hparams, source)
-        zero = A.zero_sums()
+        rs0 = self.ppo.init(keys.init, env_params.replace(market=train0), hparams,
+                            self.markets.train_source(source, jnp.int32(0)))
+        zero = accounting.zero_sums()
         ring = jax.tree.map(lambda x: jnp.zeros((self.config.history_window, *x.shape),
                                                 x.dtype), zero)
         pstate = init_policy_state(1.0).replace(weight=policy.initial_weight)
@@ -454,11 +439,8 @@ class LoopProgram:
                                            carry, c)
         last, ys = jax.lax.scan(body, carry0, jnp.arange(self.config.num_cycles,
                                                          dtype=jnp.int32))
-        w, w_next, code, stats, deploy, curves, summary, learning, (trades, active) = ys
-        return LoopResult(weight=w, next_weight=w_next, reason=code, stats=stats,
-                          deploy=deploy, train=curves, training=summary, curves=learning,
-                          params=last.params, obs_rms=last.obs_rms, trades=trades,
-                          trade_active=active)
+        return LoopResult(**{f.name: getattr(ys, f.name) for f in fields(CycleOutput)},
+                          params=last.params, obs_rms=last.obs_rms)
 
 
 def make_loop(config: LoopConfig, ppo_config: PPOConfig, env: Any, markets: Markets,
@@ -474,7 +456,7 @@ def make_loop(config: LoopConfig, ppo_config: PPOConfig, env: Any, markets: Mark
                          f"loop.chunk_updates = {config.chunk_updates}")
     t_dep = int(np.max(np.asarray(env_params.max_steps_in_episode)))
     stream = markets.stream(env, ppo_config.num_envs, ppo_config.num_steps, t_dep)
-    ppo = make_ppo(ppo_config, env, env_params, info_metrics=A.train_info_metrics,
+    ppo = make_ppo(ppo_config, env, env_params, info_metrics=accounting.train_info_metrics,
                    stream=stream)
     if kinds is not None:
         bad = sorted(set(kinds) - set(LOOP_POLICY_KINDS))
@@ -482,15 +464,8 @@ def make_loop(config: LoopConfig, ppo_config: PPOConfig, env: Any, markets: Mark
             raise ValueError(f"make_loop: kinds {bad}; expected kinds of {LOOP_POLICY_KINDS}")
         kinds = tuple(k for k in LOOP_POLICY_KINDS if k in set(kinds))
     prog = LoopProgram(config, ppo_config, markets, env, t_dep, ppo, kinds, stream is not None)
-
-    def batched(keys, policies, source, env_params, hparams):
-        over_seeds = jax.vmap(prog.run_one, in_axes=(0, None, None, None, None))
-        return jax.vmap(over_seeds, in_axes=(None, 0, None, None, None))(
-            keys, policies, source, env_params, hparams)
-
-    run_markets = D.jit(jax.vmap(batched, in_axes=(None, None, 0, None, None)))
-    return Loop(config, ppo_config, markets, prog.run_one, batched, D.jit(batched),
-                run_markets, LOOP_POLICY_KINDS if kinds is None else kinds)
+    return Loop(config, ppo_config, markets, prog.run_one,
+                LOOP_POLICY_KINDS if kinds is None else kinds)
 
 
 def check_inputs(loop: Loop, source: Any, env: Any, env_params: Any,
@@ -498,7 +473,7 @@ def check_inputs(loop: Loop, source: Any, env: Any, env_params: Any,
     """Host-side validation of the market source against the env (errors name the field),
     and of ``policies`` against the kinds the program was built for (a kind it lacks would run
     another kind's branch)."""
-    need = env.window + int(np.max(np.asarray(env_params.max_steps_in_episode))) + 2
+    need = env.lookback + int(np.max(np.asarray(env_params.max_steps_in_episode))) + 2
     loop.markets.check(source, loop.config.num_cycles, need)
     if policies is not None:
         used = [LOOP_POLICY_KINDS[int(i)] for i in np.asarray(policies.kind).ravel()]
@@ -510,6 +485,7 @@ def check_inputs(loop: Loop, source: Any, env: Any, env_params: Any,
 
 __all__ = ["CURVE_KEYS", "DEPLOY_KEYS", "DEPLOY_MODES", "HISTORY_MODES", "LOOP_POLICY_KINDS",
            "TRAIN_CURVE_KEYS", "TRAIN_SUMMARY_KEYS", "ChunkCarry", "CycleCarry", "CycleKeys",
+           "CycleOutput",
            "History", "Loop", "LoopConfig", "LoopPolicy", "LoopProgram", "LoopResult",
            "SyntheticMarkets", "WalkForwardMarkets", "check_inputs", "cycle_keys",
            "loop_policy_step", "make_loop", "make_loop_policy", "max_entropy", "plateaued",

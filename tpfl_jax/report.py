@@ -18,8 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from tpfl_jax.errors import UserError  # noqa: E402
 from tpfl_jax.results import mean_ci  # noqa: E402
-from tpfl_jax.rundir import save_figure, write_text  # noqa: E402
+from tpfl_jax.rundir import RECORD, read_record, save_figure, write_frame, write_text  # noqa: E402,E501
+from tpfl_jax.stats import format_paired  # noqa: E402
 
 TABLE_METRICS = ("final_pnl", "oos_pnl", "oos_pnl_greedy", "oos_trade_sharpe", "oos_tp_skill",
                  "oos_hit_rate", "oos_mean_r", "final_weight", "updates", "converged")
@@ -87,9 +89,11 @@ def plot_levels(path: Path, levels: pd.DataFrame, primary: str = "oos_pnl") -> P
     x = np.arange(len(arms))
     ax.errorbar(x, arms[primary], yerr=np.nan_to_num(arms[f"{primary}_ci95"]), fmt="o",
                 capsize=4, color="tab:blue", label="arm (95% CI over seeds)")
-    styles = {"flat": ":", "buy_and_hold": "--", "trend": "-", "oracle": "-."}
-    for _, r in refs.iterrows():
-        ax.axhline(r[primary], ls=styles.get(r["name"], "-"), color="grey", lw=1)
+    styles = {"flat": ":", "buy_and_hold": "--", "trend": "-", "bayes": (0, (5, 1)),
+              "oracle": "-."}
+    for _, r in refs.iterrows():      # a name may carry a label: "oracle (hidden labels, ...)"
+        ax.axhline(r[primary], ls=styles.get(r["name"].split(" ")[0], "-"), color="grey",
+                   lw=1)
         ax.annotate(f"{r['name']} {r[primary]:+.0f}", (len(arms) - 0.5, r[primary]),
                     fontsize=7, va="bottom", ha="right", color="dimgrey")
     ax.set_xticks(x, arms["name"], rotation=30, ha="right", fontsize=8)
@@ -116,7 +120,8 @@ def plot_learning_curves(path: Path, curves: pd.DataFrame, ref_cycles: pd.DataFr
     fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows + 0.4), squeeze=False,
                              sharey=True)
     styles = {"flat": ("k", ":"), "buy_and_hold": ("tab:orange", "--"),
-              "trend": ("tab:green", "-"), "oracle": ("tab:purple", "-.")}
+              "trend": ("tab:green", "-"), "bayes": ("tab:red", (0, (5, 1))),
+              "oracle": ("tab:purple", "-.")}
     refs = (ref_cycles.groupby(["rule", "cycle"], sort=False)["deploy_curve_pnl"].mean()
             if len(ref_cycles) else pd.Series(dtype=float))
     for ax, name in zip(axes.ravel(), names, strict=False):
@@ -176,8 +181,6 @@ def write_report(run_dir: Path, table: pd.DataFrame, header: str, plots: list[Pa
 def _read_summary(f: Path) -> pd.DataFrame:
     """One ``summary.csv``; unreadable or without ``SUMMARY_COLUMNS`` -> ``UserError``
     naming the file and what is missing."""
-    from tpfl_jax.errors import UserError
-
     try:
         df = pd.read_csv(f)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -218,9 +221,10 @@ def _markdown(df: pd.DataFrame) -> str:
 
 
 def levels_markdown(levels: pd.DataFrame, primary: str = "oos_pnl") -> str:
-    """The levels table: arms, then reference rules, ``primary`` as mean ± 95% half-width."""
-    cols = [c for c in ("greedy_pnl", "sampled_pnl", "final_weight", "hit_rate", "tp_mult",
-                        "trades") if c in levels]
+    """The levels table: arms, then reference rules, ``primary`` as mean ± 95% half-width
+    (``frac_bayes``: ``primary`` as a fraction of the Bayes filter's, where there is one)."""
+    cols = [c for c in ("frac_bayes", "greedy_pnl", "sampled_pnl", "final_weight", "hit_rate",
+                        "tp_mult", "trades") if c in levels]
     lines = [f"| | {primary} | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for _, r in levels.iterrows():
         name = f"`{r['name']}`" if r["kind"] == "arm" else f"*{r['name']}* (reference)"
@@ -238,8 +242,6 @@ def write_loop_report(run_dir: Path, header: str, *, answer: list[str], levels: 
     """``report.md`` of a loop run, answer first: the answer in three lines, the absolute
     levels of every arm beside the reference rules, the primary metric's paired tables, the
     secondary metrics', the training per cycle, notes, the reward audit, the plots."""
-    from tpfl_jax.stats import format_paired
-
     text = [f"# {header}", "", "## Answer", "", *answer, "",
             "## Levels (out of sample, same episodes)", "",
             f"`{primary}`: PnL per deploy episode, mean over cycles 1..C-1 (± 95% t-interval "
@@ -273,9 +275,6 @@ def collect(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     complete runs with ``run`` and ``overrides`` columns, and one row per run directory
     (``run``, ``command``, ``status``: complete / failed / incomplete, ``overrides``,
     ``error``) so failed and unfinished jobs are listed, not dropped."""
-    from tpfl_jax.errors import UserError
-    from tpfl_jax.rundir import RECORD, read_record
-
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path} is not a directory; expected a run or multirun output "
@@ -308,8 +307,6 @@ def report_dir(path: str | Path) -> tuple[pd.DataFrame, Path]:
     """Collect a run or multirun dir into ``tpfl-report.md`` and ``tpfl-report.csv`` there
     (its own files: a run's ``report.md`` is never touched): every run's status with its
     overrides, then the per-arm table of the complete runs. Returns (table, report path)."""
-    from tpfl_jax.rundir import write_frame
-
     path = Path(path)
     summary, runs = collect(path)
     lines = ["## Runs", "", _markdown(runs), ""]

@@ -1,5 +1,7 @@
 """Pure host-side results: a loop or train result as tables (pandas), and the study's
-definitions of its summary numbers. No I/O, no plotting; ``app.py`` writes, ``report.py`` draws.
+definitions of its summary numbers. It writes nothing and draws nothing (the pipelines write,
+``report.py`` draws); it reads one file back, a ``tpfl-train`` run's ``metrics.jsonl``
+(:func:`read_metrics_rows`).
 
 Per-episode metrics come from ``tpfl_jax.accounting`` (:data:`accounting.METRICS`); this module
 only arranges them:
@@ -19,13 +21,18 @@ only arranges them:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import pandas as pd
 
-from tpfl_jax.accounting import METRICS
+from tpfl_jax.accounting import METRICS, finalize
+from tpfl_jax.clm.policies import REASON_NAMES
+from tpfl_jax.stats import t_test
 
 SUMMARY_METRICS = ("pnl", "trade_sharpe", "episode_sharpe", "hit_rate", "mean_r", "tp_skill",
                    "mean_tp_mult", "trades", "max_drawdown")
@@ -49,10 +56,8 @@ def cycle_frame(res: Any, names: Sequence[str], *, batch_size: int, episode_step
     ``train_env_steps``: updates x ``batch_size``; ``train_repetition``: env steps per distinct
     training bar. A data set or fixed paths: env steps / ``distinct_bars`` (the bars the cycle
     could visit). Fresh synthetic paths: every episode has its own path except the
-    ``train_reused_episodes`` a used-up lane put on a random one (``env.fresh``), so the ratio
+    ``train_reused_episodes`` a used-up lane put on a random one (``market.stream``), so the ratio
     is at most ``steps / (steps - reused x episode_steps)``, 1.0 when none was reused."""
-    from tpfl_jax.clm.policies import REASON_NAMES
-
     w = _host(res.weight)
     n_p, n_s, n_c = w.shape
     used = _host(res.training["updates"])
@@ -71,15 +76,15 @@ def cycle_frame(res: Any, names: Sequence[str], *, batch_size: int, episode_step
                 for k, v in res.deploy.items():
                     row[f"deploy_{k.replace('/', '_')}"] = float(_host(v)[p, s, c])
                 u = int(used[p, s, c])
-                for k, v in res.train.items():
+                for k, v in res.train_buffers.items():
                     curve = _host(v)[p, s, c].astype(float)[:u]
                     half = curve[len(curve) // 2:]
                     row[f"train_{k}"] = (float(np.nanmean(half)) if np.isfinite(half).any()
                                          else float("nan"))
                 tr = {k: _host(v)[p, s, c] for k, v in res.training.items()}
                 steps = u * batch_size
-                reused = float(np.nansum(_host(res.train["reused_paths"])[p, s, c][:u])) \
-                    if "reused_paths" in res.train else 0.0
+                reused = float(np.nansum(_host(res.train_buffers["reused_paths"])[p, s, c][:u])) \
+                    if "reused_paths" in res.train_buffers else 0.0
                 row |= {"train_updates": u, "train_env_steps": steps,
                         "train_converged": bool(tr["converged"]),
                         "train_final_entropy": float(tr["entropy"]),
@@ -131,10 +136,10 @@ def curve_frame(res: Any, names: Sequence[str], *, chunk_updates: int, cap_updat
     """Learning curves: one row per policy x seed x cycle x chunk that ran, with
     ``env_steps`` on the concatenated-cycles axis (cycle c starts at c x the update cap) and
     the held-out PnL per episode of each mode after that chunk."""
-    if res.curves is None:
+    if res.learning_curves is None:
         return pd.DataFrame()
-    g = _host(res.curves["greedy_pnl"])
-    smp = _host(res.curves["sampled_pnl"])
+    g = _host(res.learning_curves["greedy_pnl"])
+    smp = _host(res.learning_curves["sampled_pnl"])
     n_p, n_s, n_c, n_k = g.shape
     rows = [{"policy": names[p], "seed": s, "cycle": c, "chunk": k,
              "env_steps": (c * cap_updates + (k + 1) * chunk_updates) * batch_size,
@@ -149,14 +154,12 @@ def reference_frame(refs: dict[str, tuple[Any, Any]], candidates: dict[str, list
     """One row per reference family x seed x cycle: the rule chosen on training data, and
     ``deploy_<metric>`` (``accounting.METRICS`` over the deploy episodes; ``deploy_curve_pnl``
     over the first ``curve_envs``, the learning curves' episodes)."""
-    from tpfl_jax.accounting import finalize
-
     rows = []
     for fam, (sums, choice) in refs.items():
         sums, choice = _host_tree(sums), _host(choice)
         m = finalize(sums)
-        curve = (sums.pnl[..., :curve_envs].mean(-1) if curve_envs
-                 else np.full(choice.shape, np.nan))
+        curve = (finalize(jax.tree.map(lambda x: x[..., :curve_envs], sums))["pnl"]
+                 if curve_envs else np.full(choice.shape, np.nan))
         n_s, n_c = choice.shape
         for s in range(n_s):
             for c in range(n_c):
@@ -169,8 +172,6 @@ def reference_frame(refs: dict[str, tuple[Any, Any]], candidates: dict[str, list
 
 
 def _host_tree(tree: Any) -> Any:
-    import jax
-
     return jax.tree.map(np.asarray, tree)
 
 
@@ -193,8 +194,6 @@ def identical_arms(summary: pd.DataFrame, metric: str = "oos_pnl") -> list[tuple
 def mean_ci(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Mean of the finite values of ``x`` and the half-width of its t-interval
     (``stats.t_test``; NaN half-width with fewer than 2 values)."""
-    from tpfl_jax.stats import t_test
-
     x = np.asarray(x, float)
     x = x[np.isfinite(x)]
     if len(x) == 0:
@@ -203,15 +202,22 @@ def mean_ci(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return float(mean), float((hi - lo) / 2)
 
 
+# how a reference rule is named in tables: the oracle reads hidden labels
+REFERENCE_LABELS = {"oracle": "oracle (hidden labels, not causal)"}
+
+
 def levels_table(summary: pd.DataFrame, ref_summary: pd.DataFrame | None,
                  primary: str = "oos_pnl") -> pd.DataFrame:
     """Absolute levels side by side: every arm and every reference rule with ``primary`` (mean
     and 95% t half-width over seeds), greedy and sampled PnL, the arm's final weight, hit rate
-    and mean TP distance (out of sample)."""
+    and mean TP distance (out of sample). With a ``bayes`` reference (the Bayes filter, near
+    the causal limit), ``frac_bayes`` is each row's mean ``primary`` over the filter's (same
+    episodes). The oracle reads hidden labels: its name says it is not causal."""
     rows = []
     cols = {"oos_pnl_greedy": "greedy_pnl", "oos_pnl_sampled": "sampled_pnl",
             "oos_hit_rate": "hit_rate", "oos_mean_tp_mult": "tp_mult",
             "oos_trades": "trades", "final_weight": "final_weight"}
+    labels = REFERENCE_LABELS
 
     def row(kind: str, name: str, g: pd.DataFrame) -> dict[str, Any]:
         mean, half = mean_ci(g[primary].to_numpy())
@@ -221,10 +227,16 @@ def levels_table(summary: pd.DataFrame, ref_summary: pd.DataFrame | None,
 
     for name, g in summary.groupby("policy", sort=False):
         rows.append(row("arm", str(name), g))
+    bayes = float("nan")
     if ref_summary is not None and len(ref_summary):
         for name, g in ref_summary.groupby("rule", sort=False):
-            rows.append(row("reference", str(name), g))
-    return pd.DataFrame(rows)
+            rows.append(row("reference", labels.get(str(name), str(name)), g))
+            if name == "bayes":
+                bayes = rows[-1][primary]
+    out = pd.DataFrame(rows)
+    if np.isfinite(bayes):
+        out["frac_bayes"] = out[primary] / bayes
+    return out
 
 
 def best_fixed_in_hindsight(summary: pd.DataFrame, kinds: dict[str, str],
@@ -270,9 +282,6 @@ def answer(summary: pd.DataFrame, paired: pd.DataFrame, ref_summary: pd.DataFram
 
 def read_metrics_rows(path: Any) -> pd.DataFrame:
     """A ``metrics.jsonl`` (one row per weight x update; values are lists over seeds)."""
-    import json
-    from pathlib import Path
-
     lines = Path(path).read_text().splitlines()
     return pd.DataFrame([json.loads(ln) for ln in lines if ln.strip()])
 
@@ -299,20 +308,20 @@ def episode_paired(agent_pnl: np.ndarray, ref_pnl: dict[str, np.ndarray],
     """Agent minus each reference rule on the same held-out episodes: ``agent_pnl`` is
     ``[K, S, E]`` (weights x seeds x episodes), ``ref_pnl[rule]`` is ``[E]``; per episode the
     agent's PnL is the mean over seeds; mean difference, t-interval and p over episodes."""
-    from tpfl_jax.stats import t_test
-
     rows = []
     for i, w in enumerate(weights):
         a = np.asarray(agent_pnl[i], float).mean(0)
         for rule, ref in ref_pnl.items():
             mean, lo, hi, p = t_test(a - np.asarray(ref, float), level)
-            rows.append({"weight": float(w), "reference": rule, "episodes": len(a),
+            rows.append({"weight": float(w), "reference": REFERENCE_LABELS.get(rule, rule),
+                         "episodes": len(a),
                          "agent_pnl": float(a.mean()), "reference_pnl": float(np.mean(ref)),
                          "mean_diff": mean, "lo": lo, "hi": hi, "p": p})
     return pd.DataFrame(rows)
 
 
-__all__ = ["METRICS", "MODES", "SUMMARY_METRICS", "answer", "best_fixed_in_hindsight",
+__all__ = ["METRICS", "MODES", "REFERENCE_LABELS", "SUMMARY_METRICS", "answer",
+           "best_fixed_in_hindsight",
            "curve_frame", "cycle_frame", "episode_paired", "identical_arms", "levels_table",
            "mean_ci", "oos_cycles", "read_metrics_rows", "reference_frame", "reference_summary",
            "summary_columns", "summary_frame", "train_curves"]

@@ -136,6 +136,12 @@ def compute_reward(
 
     Weight 1.0 (also when omitted) is the baseline. See ``RewardCoefs`` for the coefficients.
     """
-    t = reward_terms(pnl_delta, drawdown, position_size, regime_alignment, volatility,
-                     tp_zone_accuracy, tp_reward_weight, coefs=coefs)
-    return t["pnl"] + t["drawdown_penalty"] + t["size_penalty"] + t["alignment"] + t["tp_bonus"]
+    return total_reward(reward_terms(pnl_delta, drawdown, position_size, regime_alignment,
+                                     volatility, tp_zone_accuracy, tp_reward_weight, coefs=coefs))
+
+
+def total_reward(terms: dict[str, Any]) -> Any:
+    """The reward: the sum of its ``TERM_NAMES`` terms. ``compute_reward`` and the env both
+    pay this sum (a change to the formula changes the env)."""
+    return (terms["pnl"] + terms["drawdown_penalty"] + terms["size_penalty"]
+            + terms["alignment"] + terms["tp_bonus"])

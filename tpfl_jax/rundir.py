@@ -3,7 +3,7 @@
 * :class:`RunDir` takes an exclusive lock (``flock`` on ``.tpfl.lock``, holding the owner's
   pid, host, command and start time): a second run into a busy directory is refused naming the
   holder. The lock dies with its process, so a killed run never leaves the directory locked.
-* ``run.json`` records the command, the config identity (``validate.config_identity``), the
+* ``run.json`` records the command, the config identity (:func:`config_identity`), the
   overrides and the status (``running`` / ``failed`` / ``complete``). A directory written by
   another command or another config is refused naming what differs (except a *failed* run of
   the same command: a corrected config takes the directory over and the failed run's files move
@@ -18,17 +18,26 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import socket
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from tpfl_jax.errors import UserError
+from omegaconf import DictConfig, OmegaConf
+
+from tpfl_jax.errors import UserError, os_error
+
+COMPILE_CACHE_ENV = "TPFL_COMPILE_CACHE_DIR"
+# keys that do not change what a run computes (excluded from its identity)
+NON_IDENTITY_KEYS = ("progress", "compile_cache", "compile_cache_dir", "guard", "mesh")
 
 LOCK = ".tpfl.lock"
 RECORD = "run.json"
@@ -43,8 +52,6 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike[str], command: str, identity: dict[str, Any],
                  overrides: list[str] | None = None):
-        from tpfl_jax.validate import identity_hash
-
         self.path = Path(path)
         self.command = command
         self.identity = identity
@@ -108,8 +115,6 @@ class RunDir:
                             "holds; use another output directory (hydra.run.dir=...)") from None
 
     def _check_record(self) -> None:
-        from tpfl_jax.validate import identity_diff
-
         old = self.record()
         if old is None:
             others = [p.name for p in self.path.iterdir()       # Hydra's job log is no run
@@ -140,8 +145,6 @@ class RunDir:
         """A failed run of another config gives way to this one: its files move to
         ``.replaced-<time>/`` in the directory (nothing recorded is lost or mixed)."""
         import shutil
-
-        from tpfl_jax.validate import identity_diff
 
         dest = self.path / f".replaced-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         dest.mkdir()
@@ -182,8 +185,8 @@ def read_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 @contextlib.contextmanager
 def atomic(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``. An OS error
-    while writing (a full disk, no permission) removes the temporary file and raises
-    :class:`~tpfl_jax.errors.UserError` naming ``path``."""
+    while writing removes the temporary file and raises ``errors.os_error`` naming ``path``
+    (a full disk: ``SystemFault``, exit 1; no permission: ``UserError``, exit 2)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -192,7 +195,7 @@ def atomic(path: str | os.PathLike[str]) -> Iterator[Path]:
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise os_error(path, e) from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -227,5 +230,88 @@ def save_figure(fig: Any, path: str | os.PathLike[str], **kwargs: Any) -> Path:
     return path
 
 
-__all__ = ["LOCK", "RECORD", "AlreadyComplete", "RunDir", "atomic", "read_record",
+# --------------------------------------------------------------------------- paths
+_SAFE = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._+-=@")
+
+
+def safe_name(name: str) -> str:
+    """``name`` as one path component: characters outside ``[A-Za-z0-9._+-=@]`` become ``_``
+    and, when anything changed, an 8-hex digest of ``name`` is appended (distinct names stay
+    distinct). Never ``''``, ``'.'`` or ``'..'``; never starts with ``.``."""
+    s = "".join(ch if ch in _SAFE else "_" for ch in str(name))
+    if s != name or not s or s.startswith("."):
+        s = f"{s.lstrip('.') or 'x'}-{hashlib.sha256(str(name).encode()).hexdigest()[:8]}"
+    return s
+
+
+def confine(base: str | os.PathLike[str], path: str | os.PathLike[str], what: str) -> Path:
+    """``base / path`` resolved; ``ValueError`` naming ``what`` when it leaves ``base``."""
+    b = Path(base).resolve()
+    p = (b / Path(path)).resolve()
+    if p != b and b not in p.parents:
+        raise UserError(f"{what} = {os.fspath(path)!r} resolves to {p}, outside {b}; "
+                         "expected a path inside it")
+    return p
+
+
+# --------------------------------------------------------------------------- compile cache
+def compile_cache_dir(configured: str | None = None) -> Path:
+    """The user-level JAX compilation cache: ``configured`` (config ``compile_cache_dir``),
+    else ``$TPFL_COMPILE_CACHE_DIR``, else ``$XDG_CACHE_HOME/tpfl_jax/jax``, else
+    ``$HOME/.cache/tpfl_jax/jax``; without a usable ``HOME`` (unset, empty, relative or ``/``)
+    ``<temp dir>/tpfl_jax-<uid>/jax``."""
+    if configured:
+        return Path(configured).expanduser()
+    env = os.environ.get(COMPILE_CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and Path(xdg).expanduser().is_absolute():
+        return Path(xdg).expanduser() / "tpfl_jax" / "jax"
+    home = os.environ.get("HOME", "")
+    if home and Path(home).is_absolute() and Path(home) != Path("/"):
+        return Path(home) / ".cache" / "tpfl_jax" / "jax"
+    return Path(tempfile.gettempdir()) / f"tpfl_jax-{os.getuid()}" / "jax"
+
+
+# --------------------------------------------------------------------------- run identity
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def config_identity(cfg: Any) -> dict[str, Any]:
+    """The identity of a run: its resolved config without ``NON_IDENTITY_KEYS``."""
+    if isinstance(cfg, DictConfig):
+        d = OmegaConf.to_container(cfg, resolve=True)
+    elif dataclasses.is_dataclass(cfg):
+        d = dataclasses.asdict(cfg)
+    else:
+        d = dict(cfg)
+    return {k: v for k, v in d.items() if k not in NON_IDENTITY_KEYS}
+
+
+def identity_hash(identity: Mapping[str, Any]) -> str:
+    """SHA-256 of an identity mapping (canonical JSON)."""
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def identity_diff(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 8) -> str:
+    """``key: old -> new`` for the keys that differ (at most ``limit``)."""
+    a, b = _flat(old), _flat(new)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    parts = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys[:limit]]
+    if len(keys) > limit:
+        parts.append(f"... {len(keys) - limit} more")
+    return "; ".join(parts) or "(no visible difference)"
+
+
+__all__ = ["COMPILE_CACHE_ENV", "LOCK", "NON_IDENTITY_KEYS", "RECORD", "AlreadyComplete",
+           "RunDir", "atomic", "compile_cache_dir", "confine", "config_identity",
+           "identity_diff", "identity_hash", "read_record", "safe_name",
            "save_figure", "write_frame", "write_text"]

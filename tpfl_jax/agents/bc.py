@@ -16,35 +16,42 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tpfl_jax import accounting as A
+from tpfl_jax import accounting
+from tpfl_jax.agents.ppo import RunningMeanStd
 
 
 class CloneResult(NamedTuple):
-    """The cloned params, the training loss per step and the final action agreement on the
-    training data (fraction of the rule's actions the clone's mode takes)."""
+    """The cloned params, the training loss per step, the final action agreement on the
+    training data (fraction of the rule's actions the clone's mode takes) and the observation
+    statistics the clone reads its inputs through (``normalize``; else None)."""
 
     params: Any
     loss: jax.Array
     agreement: jax.Array
+    obs_rms: Any = None
 
 
-def clone(network: Any, rule: A.Actor, env: Any, env_params: Any, keys: jax.Array,
+def clone(network: Any, rule: accounting.Actor, env: Any, env_params: Any, keys: jax.Array,
           n_steps: int, key: jax.Array, *, steps: int = 2000, batch: int = 512,
-          lr: float = 1e-3) -> CloneResult:
+          lr: float = 1e-3, normalize: bool = False) -> CloneResult:
     """Fit ``network``'s actor to ``rule`` on the rule's episodes of ``keys`` (``[E]``).
 
     ``network`` is a discrete-action ``ActorCritic``; ``steps`` Adam steps of ``batch`` samples
-    drawn from the episodes' active steps (jit the call; every size is static)."""
-    data = A.rollout(env, rule, env_params, keys, n_steps, keep_steps=True)
+    drawn from the episodes' active steps (jit the call; every size is static). ``normalize``:
+    the inputs are standardised by the training observations' mean and variance (as PPO's
+    ``obs_rms`` does; play the clone with ``network_actor(..., obs_rms=result.obs_rms)``)."""
+    data = accounting.rollout(env, rule, env_params, keys, n_steps, keep_steps=True)
     obs = data.obs.reshape(-1, *data.obs.shape[2:])
+    rms = RunningMeanStd.create(obs.shape[1:]).update(obs) if normalize else None
+    x = obs if rms is None else rms.normalize(obs)
     act = data.actions.reshape(-1).astype(jnp.int32)
     w = data.active.reshape(-1).astype(jnp.float32)
     k_init, k_batch = jax.random.split(key)
-    params = network.init(k_init, obs[:1])
+    params = network.init(k_init, x[:1])
     tx = optax.adam(lr)
 
     def loss_fn(p, idx):
-        dist, _ = network.apply(p, obs[idx])
+        dist, _ = network.apply(p, x[idx])
         nll = -dist.log_prob(act[idx])
         return jnp.sum(nll * w[idx]) / jnp.maximum(jnp.sum(w[idx]), 1.0)
 
@@ -57,9 +64,9 @@ def clone(network: Any, rule: A.Actor, env: Any, env_params: Any, keys: jax.Arra
 
     (params, _), losses = jax.lax.scan(step, (params, tx.init(params)),
                                        jax.random.split(k_batch, steps))
-    dist, _ = network.apply(params, obs)
+    dist, _ = network.apply(params, x)
     agree = jnp.sum((dist.mode() == act) * w) / jnp.maximum(jnp.sum(w), 1.0)
-    return CloneResult(params, losses, agree)
+    return CloneResult(params, losses, agree, rms)
 
 
 __all__ = ["CloneResult", "clone"]

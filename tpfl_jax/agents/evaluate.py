@@ -7,11 +7,12 @@ from functools import partial
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from tpfl_jax import accounting as A
-from tpfl_jax.agents.networks import make_network
+from tpfl_jax import accounting
+from tpfl_jax.agents.networks import make_network, to_env_action
 from tpfl_jax.agents.ppo import PPOConfig, RunningMeanStd
 from tpfl_jax.env.frames import trades_frame
 
@@ -25,13 +26,42 @@ class EvalResult(NamedTuple):
     lengths: np.ndarray
     trades: pd.DataFrame
     metrics: dict[str, float]
-    sums: A.EpisodeSums
+    sums: accounting.EpisodeSums
+
+
+# --------------------------------------------------------------------------- actors
+def network_actor(network: Any, params: Any, obs_rms: Any = None, obs_clip: float = 10.0,
+                  greedy: bool | jax.Array = False) -> accounting.Actor:
+    """An actor of a trained ``ActorCritic``: the distribution's mode when ``greedy`` (may be
+    traced, so both modes share one program), else a sample; observations normalised by
+    ``obs_rms`` when given."""
+    def actor(obs: jax.Array, state: Any, key: jax.Array) -> jax.Array:
+        del state
+        x = obs.astype(jnp.float32) if obs_rms is None else obs_rms.normalize(obs, obs_clip)
+        dist, _ = network.apply(params, x)
+        return to_env_action(network.spec, jnp.where(greedy, dist.mode(), dist.sample(key)))
+
+    return actor
+
+
+
+
+def deploy_both_modes(env: Any, network: Any, params: Any, env_params: Any, keys: jax.Array,
+                      n_steps: int, obs_rms: Any = None, obs_clip: float = 10.0,
+                      keep_trades: bool = False) -> accounting.Rollout:
+    """A trained network played on the episodes of ``keys`` in both ``DEPLOY_MODES`` (sampled:
+    as trained; greedy: argmax), as one vmapped rollout (leading axis ``[2]``)."""
+    def one(greedy):
+        actor = network_actor(network, params, obs_rms, obs_clip, greedy)
+        return accounting.rollout(env, actor, env_params, keys, n_steps, keep_trades)
+
+    return jax.vmap(one)(jnp.array([m == "greedy" for m in accounting.DEPLOY_MODES]))
 
 
 @partial(jax.jit, static_argnames=("env", "network", "n_steps", "greedy", "obs_clip"))
 def _rollout(params, obs_rms, env_params, keys, *, env, network, n_steps, greedy, obs_clip):
-    actor = A.network_actor(network, params, obs_rms, obs_clip, greedy)
-    return A.rollout(env, actor, env_params, keys, n_steps, keep_trades=True)
+    actor = network_actor(network, params, obs_rms, obs_clip, greedy)
+    return accounting.rollout(env, actor, env_params, keys, n_steps, keep_trades=True)
 
 
 def evaluate(params: Any, env: Any, env_params: Any, rng: jax.Array,
@@ -51,7 +81,7 @@ def evaluate(params: Any, env: Any, env_params: Any, rng: jax.Array,
         max_steps = int(np.max(np.asarray(env_params.max_steps_in_episode)))
     if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
         rng = jax.random.wrap_key_data(rng)
-    keys = rng if n_episodes is None else A.episode_keys(rng, int(n_episodes))
+    keys = rng if n_episodes is None else accounting.episode_keys(rng, int(n_episodes))
     if config.normalize_obs and obs_rms is None:
         raise ValueError("evaluate: config.normalize_obs is set: pass the trained obs_rms")
     out = _rollout(params, obs_rms if config.normalize_obs else None, env_params,
@@ -61,6 +91,9 @@ def evaluate(params: Any, env: Any, env_params: Any, rng: jax.Array,
     out = jax.device_get(out)
     trades = (trades_frame(out.trades, out.active, index_names=("episode", "step"))
               if out.trades is not None else pd.DataFrame())
-    metrics = {k: float(v) for k, v in A.finalize(out.sums).items()}
+    metrics = {k: float(v) for k, v in accounting.finalize(out.sums).items()}
     return EvalResult(np.asarray(out.sums.reward), np.asarray(out.sums.steps, np.int64),
                       trades, metrics, out.sums)
+
+
+__all__ = ["EvalResult", "deploy_both_modes", "evaluate", "network_actor"]

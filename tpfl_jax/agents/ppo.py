@@ -43,7 +43,7 @@ InfoMetrics = Callable[[dict[str, Any]], Metrics]
 
 
 class DataStream(Protocol):
-    """Fresh training data for every PPO update (see ``tpfl_jax.env.fresh.FreshPaths``).
+    """Fresh training data for every PPO update (see ``tpfl_jax.market.stream.PathStream``).
 
     ``start(key, source, env_params) -> (data, obs, env_state, rollout_params)``: the first data
     and every env reset on it. ``refresh(key, data, env_state, env_params) -> (data, env_state,
@@ -272,9 +272,11 @@ def _finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    n = mask.sum()
-    return jnp.where(n > 0, (x * mask).sum() / jnp.maximum(n, 1.0), jnp.nan)
+def masked_mean(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(mean of the finite entries of ``x`` where ``mask``, their count); NaN when none."""
+    m = mask.astype(bool) & jnp.isfinite(x)
+    n = m.sum()
+    return jnp.where(n > 0, jnp.where(m, x, 0.0).sum() / jnp.maximum(n, 1), jnp.nan), n
 
 
 # --------------------------------------------------------------------------- the algorithm
@@ -445,8 +447,8 @@ class PPOAlgorithm:
         done = traj.done.astype(jnp.float32)
         metrics: Metrics = {k: v.mean() for k, v in stats.items()}
         metrics.update({
-            "episode_return": _masked_mean(traj.ep_return, done),
-            "episode_length": _masked_mean(traj.ep_length.astype(jnp.float32), done),
+            "episode_return": masked_mean(traj.ep_return, done)[0],
+            "episode_length": masked_mean(traj.ep_length.astype(jnp.float32), done)[0],
             "episodes": done.sum(),
             "reward": traj.raw_reward.mean(),
             "lr": lr_now,

@@ -32,16 +32,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from tpfl_jax import distributed as D
+from tpfl_jax import distributed
 from tpfl_jax.agents.ppo import PPOConfig, PPOHParams, RunnerState, make_ppo
-from tpfl_jax.validate import (
-    DivergenceError,
-    GuardSection,
-    check_divergence,
-    identity_diff,
-    identity_hash,
-    tree_digest,
-)
+from tpfl_jax.guard import DivergenceError, GuardSection, check_divergence, tree_digest
+from tpfl_jax.rundir import identity_diff, identity_hash
 
 IDENTITY_FILE = "run_identity.json"
 DIGEST_FILE = "checkpoint_digests.json"
@@ -86,7 +80,8 @@ def _from_saveable(rs: RunnerState, fresh: RunnerState) -> RunnerState:
     return rs.replace(rng=jax.random.wrap_key_data(jnp.asarray(rs.rng)))
 
 
-def _jsonable(x: np.ndarray) -> Any:
+def jsonable(x: np.ndarray) -> Any:
+    """A host array as JSON values (floats, non-finite as None; bools kept; arrays flattened)."""
     x = np.asarray(x)
     if x.dtype == bool:
         return x.tolist()
@@ -106,7 +101,7 @@ class _Fns:
         init = ppo.init
         if num_seeds is not None:
             init = jax.vmap(init, in_axes=(0, None, None, None))
-        self.init = D.jit(init)
+        self.init = distributed.jit(init)
         self._runs: dict[int, Any] = {}
 
     def run(self, n: int):
@@ -120,9 +115,9 @@ class _Fns:
                 def run_seeds(rs, env_params):
                     rs, m = jax.vmap(run, in_axes=(0, None))(rs, env_params)
                     return rs, jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), m)  # [n, seeds]
-                self._runs[n] = D.jit(run_seeds)
+                self._runs[n] = distributed.jit(run_seeds)
             else:
-                self._runs[n] = D.jit(run)
+                self._runs[n] = distributed.jit(run)
         return self._runs[n]
 
 
@@ -133,7 +128,7 @@ class Runner:
     metric values in the log are then lists over seeds. ``out_dir`` holds ``metrics.jsonl``
     and ``checkpoints/``; an existing checkpoint there is resumed from automatically (only by
     a runner of the same identity, see the module docstring). ``guard``: divergence limits
-    checked after every chunk (``validate.check_divergence``; meant for discrete actions, whose
+    checked after every chunk (``guard.check_divergence``; meant for discrete actions, whose
     entropy is >= 0); None checks finiteness only. ``info_metrics`` / ``stream`` / ``source``:
     PPO's hooks (``agents.ppo.make_ppo``) and the stream's traced source. ``on_chunk(rs,
     update) -> dict``: called after every chunk (e.g. a held-out evaluation); its values are
@@ -188,8 +183,11 @@ class Runner:
             "chunk_updates": self.chunk_updates,
             "hparams": {k: np.asarray(v).tolist() for k, v in asdict(hp).items()},
             "env": f"{type(self.env).__module__}.{type(self.env).__qualname__}",
+            # features="base" is the observation from before env.features existed: left out,
+            # so run dirs of that time still resume
             "env_static": {k: v for k, v in sorted(vars(self.env).items())
-                           if isinstance(v, (bool, int, float, str))},
+                           if isinstance(v, (bool, int, float, str))
+                           and (k, v) != ("features", "base")},
             "env_params_sha256": tree_digest(self.env_params),
             "source_sha256": None if self.source is None else tree_digest(self.source),
         }
@@ -330,9 +328,9 @@ class Runner:
         with self.metrics_path.open("a") as f:
             for i in range(n):
                 row = {**self.log_fields, "update": first_update + i + 1}
-                row.update({k: _jsonable(v[i]) for k, v in metrics.items()})
+                row.update({k: jsonable(v[i]) for k, v in metrics.items()})
                 if last and i == n - 1:
-                    row.update({k: _jsonable(v) for k, v in last.items()})
+                    row.update({k: jsonable(v) for k, v in last.items()})
                 f.write(json.dumps(row) + "\n")
 
     # ------------------------------------------------------------------ main loop

@@ -23,11 +23,18 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import jax
 import numpy as np
 import pandas as pd
 
+from tpfl_jax.accounting import finalize, total, trade_sums_from_frame, train_info_metrics
+from tpfl_jax.agents.evaluate import evaluate
+from tpfl_jax.agents.ppo import PPOConfig, make_train
 from tpfl_jax.clm.models import TrainingJob
 from tpfl_jax.env.stats import TRADE_KEYS
+from tpfl_jax.env.trading import TradingEnv
+from tpfl_jax.market import synthetic
+from tpfl_jax.market.types import MarketData
 
 METRIC_KEYS = ("n_trades", "win_rate", "tp_hit_rate", "mean_r", "sharpe_ratio", "max_drawdown",
                "total_r")
@@ -83,8 +90,6 @@ class BacktestAdapter(Protocol):
 def clm_metrics(sums: Any, max_drawdown: float | None = None) -> dict[str, float]:
     """``METRIC_KEYS`` from ``accounting`` sums (summed over every trade and episode);
     ``max_drawdown`` is left out when unknown (None)."""
-    from tpfl_jax.accounting import finalize
-
     m = finalize(sums, axis=None)
     out = {"n_trades": float(np.asarray(sums.trades)), "win_rate": float(m["win_rate"]),
            "tp_hit_rate": float(m["hit_rate"]), "mean_r": float(m["mean_r"]),
@@ -98,8 +103,6 @@ def backtest_metrics(trades: pd.DataFrame) -> dict[str, float]:
     """``METRIC_KEYS`` of a trades DataFrame (the trade contract's columns, rows = closed
     trades) by the accounting's definitions; without ``max_drawdown`` (a trades table has no
     equity curve)."""
-    from tpfl_jax.accounting import trade_sums_from_frame
-
     try:
         sums = trade_sums_from_frame(trades)
     except ValueError as e:
@@ -118,11 +121,6 @@ def _symbol_seed(job: TrainingJob, salt: int) -> int:
 def _market_for(source: MarketSource, job: TrainingJob, salt: int, n_paths: int, n_bars: int):
     """The job's market: ``source(job)``, ``source`` itself, or a synthetic regime market
     seeded by the job's symbols (``salt`` separates training from held-out data)."""
-    import jax
-
-    from tpfl_jax.market import synthetic
-    from tpfl_jax.market.types import MarketData
-
     if source is None:
         return synthetic.generate("regime", jax.random.key(_symbol_seed(job, salt)),
                                   n_paths=n_paths, n_bars=n_bars)
@@ -149,10 +147,8 @@ class PPOTrainingAdapter:
     """
 
     def __init__(self, ppo_config: Any = None, *, market: MarketSource = None,
-                 env_static: dict[str, int] | None = None, env_kwargs: dict[str, Any] | None = None,
+                 env_static: dict[str, Any] | None = None, env_kwargs: dict[str, Any] | None = None,
                  n_paths: int = 16, n_bars: int = 1024, seed: int = 0):
-        from tpfl_jax.agents.ppo import PPOConfig
-
         self.ppo_config = PPOConfig() if ppo_config is None else ppo_config
         self.market = market
         self.env_static = dict(env_static or {})
@@ -170,17 +166,12 @@ class PPOTrainingAdapter:
         return dataclasses.replace(self.ppo_config, **over)
 
     def _train_sync(self, job: TrainingJob, data: Any) -> TrainedModel:
-        import jax
-
-        from tpfl_jax.agents.ppo import make_train
-        from tpfl_jax.env.trading import TradingEnv
 
         weight = _job_weight(job)
         cfg = self.job_config(job)
         env = TradingEnv(**self.env_static)
         env_kwargs = {**self.env_kwargs, **job.training_params.get("env_params", {})}
         env_params = env.make_params(data, tp_reward_weight=weight, **env_kwargs)
-        from tpfl_jax.accounting import train_info_metrics
 
         result = jax.jit(make_train(cfg, env, info_metrics=train_info_metrics))(
             jax.random.key(self.seed), env_params)
@@ -222,11 +213,6 @@ class PPOBacktestAdapter:
         self.seed, self.deterministic = seed, deterministic
 
     def _backtest_sync(self, job: TrainingJob, model: TrainedModel) -> BacktestResult:
-        import jax
-
-        from tpfl_jax.agents.evaluate import evaluate
-        from tpfl_jax.agents.ppo import PPOConfig
-        from tpfl_jax.env.trading import TradingEnv
 
         cfg = PPOConfig(**{k: tuple(v) if isinstance(v, list) else v
                            for k, v in model.config["ppo"].items()})
@@ -245,7 +231,6 @@ class PPOBacktestAdapter:
                 trades, strategy_id=job.training_params.get("strategy_id", self.strategy_id),
                 symbol={i: s for i, s in enumerate(symbols)} if len(symbols) > 1 else symbols[0],
                 tp_reward_weight=model.config["tp_reward_weight"])
-        from tpfl_jax.accounting import total
 
         metrics = clm_metrics(total(ev.sums), max_drawdown=ev.metrics["max_drawdown"])
         metrics["mean_episode_return"] = float(np.mean(ev.returns))

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
+
 from tpfl_jax.clm.adapters import BacktestAdapter, BacktestResult, TrainedModel, TrainingAdapter
 from tpfl_jax.clm.models import ModelStatus, ModelVersion, TrainingJob
 from tpfl_jax.clm.policies import (
@@ -31,6 +33,7 @@ from tpfl_jax.clm.policies import (
     init_policy_state,
     make_policy_params,
 )
+from tpfl_jax.tracking import tracker as tp_tracker
 from tpfl_jax.tracking.checks import (
     check_bool,
     check_int,
@@ -124,8 +127,6 @@ def validate_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     # default weight: a bad value here would silently train every job with 1.0
     check_int(where, "feedback_last_n", out["feedback_last_n"], lo=1, optional=True)
     if out["feedback_window"] is not None:
-        import pandas as pd
-
         try:
             w = pd.Timedelta(out["feedback_window"])
         except (ValueError, TypeError, OverflowError):
@@ -135,9 +136,7 @@ def validate_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
                               "None or a positive duration (a timedelta or a string such as "
                               "'30D')")
     if out["feedback_until"] is not None:
-        from tpfl_jax.tracking.tracker import _time_ns
-
-        _time_ns("feedback_until", out["feedback_until"], where)
+        tp_tracker._time_ns("feedback_until", out["feedback_until"], where)
     bad = set(out["tp_optimizer"]) - set(_TP_OPTIMIZER_KEYS)
     if bad:
         raise ValueError(f"ClmOrchestrator config: unknown tp_optimizer key(s) "
@@ -203,8 +202,7 @@ class ClmOrchestrator:
     def _get_tracker(self) -> Any:
         if self._tracker is not None:
             return self._tracker
-        from tpfl_jax.tracking.tracker import get_tp_tracker
-        return get_tp_tracker()
+        return tp_tracker.get_tp_tracker()    # the process tracker at call time
 
     def _previous_weight(self, job: TrainingJob) -> float:
         """The production model's ``tp_reward_weight`` (state of stateful policies), else 1.0."""

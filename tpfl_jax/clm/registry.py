@@ -40,6 +40,8 @@ from tpfl_jax.clm.models import (
     parse_enum,
     symbol_key,
 )
+from tpfl_jax.guard import first_non_finite, tree_digest
+from tpfl_jax.rundir import confine, safe_name
 from tpfl_jax.tracking.checks import (
     MAX_NAME_LEN,
     check_int,
@@ -48,7 +50,6 @@ from tpfl_jax.tracking.checks import (
     value_error,
 )
 from tpfl_jax.tracking.sqlite import SqliteStore
-from tpfl_jax.validate import confine, first_non_finite, safe_name, tree_digest
 
 SCHEMA_COMPONENT = "registry"
 SCHEMA_VERSION = 1

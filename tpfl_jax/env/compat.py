@@ -14,11 +14,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 
 from tpfl_jax.env.trading import EnvParams, EnvState, TradingEnv, default_market
+from tpfl_jax.market.data import from_dataframe
 from tpfl_jax.market.types import MarketData
 
-_STATIC_KEYS = ("window", "n_tp", "premature_horizon")
+_STATIC_KEYS = ("window", "n_tp", "premature_horizon", "features")
 _OTHER_KEYS = ("seed",)
 
 
@@ -27,11 +29,7 @@ def _resolve_market(provider: Any) -> MarketData:
         return default_market()
     if isinstance(provider, MarketData):
         return provider
-    import pandas as pd
-
     if isinstance(provider, pd.DataFrame):
-        from tpfl_jax.market.data import from_dataframe
-
         return from_dataframe(provider, window_len=len(provider))   # one path: the whole frame
     for name in ("get_market_data", "get_data"):
         if hasattr(provider, name):

@@ -1,4 +1,5 @@
-"""Host-side tables of closed trades (pandas). Never called under jit."""
+"""The host table of closed trades (pandas) from ``info["trade"]`` records; its metrics come from
+``accounting`` (``trade_sums_from_frame`` + ``finalize``). Never called under jit."""
 
 from __future__ import annotations
 
@@ -37,22 +38,3 @@ def trades_frame(trade: dict[str, Any], mask: Any = None,
     df["exit_reason"] = pd.Categorical.from_codes(df["exit_reason"].astype(int),
                                                   categories=list(EXIT_REASONS), ordered=True)
     return df
-
-
-def exit_reason_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per-exit-reason counts, share, hit rate, mean R, mean TP accuracy, premature rate, PnL."""
-    g = df.groupby("exit_reason", observed=True)
-    table = pd.DataFrame({
-        "trades": g.size(),
-        "share": g.size() / max(len(df), 1),
-        "mean_r": g["r_realised"].mean(),
-        "mean_tp_accuracy": g["tp_zone_accuracy"].mean(),
-        "premature_rate": g["premature"].mean(),
-        "total_pnl": g["pnl"].sum(),
-    })
-    total = pd.DataFrame({
-        "trades": [len(df)], "share": [1.0], "mean_r": [df["r_realised"].mean()],
-        "mean_tp_accuracy": [df["tp_zone_accuracy"].mean()],
-        "premature_rate": [df["premature"].mean()], "total_pnl": [df["pnl"].sum()],
-    }, index=["all"])
-    return pd.concat([table, total])

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 EXIT_NONE, EXIT_TP, EXIT_SL, EXIT_TIME, EXIT_MANUAL, EXIT_END = range(6)
@@ -78,10 +79,60 @@ class TPStats:
         return jnp.asarray(self.tp_hit_rate) - jnp.asarray(self.no_edge_hit_rate)
 
 
+def _xp(*xs: Any) -> Any:
+    """numpy for host values (floats keep float64), jnp for JAX arrays (traced or not)."""
+    return jnp if any(isinstance(x, jax.Array) for x in xs) else np
+
+
 def no_edge_hit_rate(r_planned):
     """No-edge TP-before-SL probability ``1 / (1 + r_planned)`` (= sl / (tp + sl)) of a
-    driftless continuous martingale; an approximation for bars, costs and time barriers."""
+    driftless continuous martingale; an approximation for bars, costs and time barriers.
+    Host values give a float64 numpy value, JAX arrays a float32 array."""
+    if _xp(r_planned) is np:
+        return 1.0 / (1.0 + np.asarray(r_planned, np.float64))
     return 1.0 / (1.0 + jnp.asarray(r_planned, jnp.float32))
+
+
+def no_edge_hit_probability(tp_mult, sl_mult):
+    """``sl / (tp + sl)``: :func:`no_edge_hit_rate` of the planned R ``tp / sl`` (the
+    gambler's-ruin TP-before-SL probability of a driftless continuous price; measured no-edge hit
+    rates on the synthetic markets are within ~0.04 of it)."""
+    return no_edge_hit_rate(jnp.asarray(tp_mult, jnp.float32) / sl_mult)
+
+
+def bonus_accuracy(mode, hit, mfe_ratio, tp_mult, sl_mult):
+    """The accuracy paid by the TP bonus under ``mode`` (index into
+    ``env.trading.ACCURACY_MODES``: mfe_ratio, hit, skill).
+
+    ``mfe_ratio``: the tracker's ``tp_zone_accuracy`` (1 on a hit, else clip(MFE / TP
+    distance, 0, 1)): partial credit on losers, and larger for tighter TPs with no skill.
+    ``hit``: 1 on a TP hit, else 0. ``skill``: hit minus the no-edge hit probability of the
+    trade's TP distance (``no_edge_hit_probability``): a hit pays ``tp / (tp + sl)``, a miss is
+    negative (so, under the seed's ``> 0`` rule, pays nothing), and a no-skill trader expects
+    ``p0 * (1 - p0)`` per trade at every TP distance instead of tightness being paid.
+    """
+    h = jnp.asarray(hit, jnp.float32)
+    skill = h - no_edge_hit_probability(tp_mult, sl_mult)
+    return jnp.select([mode == 0, mode == 1], [mfe_ratio, h], skill).astype(jnp.float32)
+
+
+def tp_rates(attempts, hits, sum_r, premature, sum_pnl=0.0, sum_no_edge=0.0
+             ) -> dict[str, Any]:
+    """The tracker's per-attempt rates, defined once for the device (jnp, float32) and the
+    host (numpy, float64: the SQLite tracker): hit rate, mean realised R, premature exit rate,
+    PnL per attempt and no-edge hit rate, each a sum over the attempts / attempts (0 without
+    attempts)."""
+    xp = _xp(attempts, hits, sum_r, premature, sum_pnl, sum_no_edge)
+    dt = xp.float32 if xp is jnp else np.float64
+    a = xp.asarray(attempts, dt)
+    denom = xp.maximum(a, 1.0)
+
+    def per(total: Any) -> Any:
+        return xp.where(a > 0, xp.asarray(total, dt) / denom, 0.0)
+
+    return {"tp_hit_rate": per(hits), "actual_r": per(sum_r),
+            "premature_exit_rate": per(premature), "pnl_per_trade": per(sum_pnl),
+            "no_edge_hit_rate": per(sum_no_edge)}
 
 
 def make_tp_stats(attempts, hits, sum_r, premature, min_attempts=10, volatility=0.0,
@@ -89,20 +140,13 @@ def make_tp_stats(attempts, hits, sum_r, premature, min_attempts=10, volatility=
     """``TPStats`` from counts and sums over the attempts (host floats or jnp arrays);
     ``sum_no_edge`` sums ``no_edge_hit_rate(r_planned)`` over the attempts."""
     attempts = jnp.asarray(attempts, jnp.float32)
-    hits = jnp.asarray(hits, jnp.float32)
-    denom = jnp.maximum(attempts, 1.0)
-    hit_rate = jnp.where(attempts > 0, hits / denom, 0.0)
+    rates = tp_rates(attempts, jnp.asarray(hits, jnp.float32), sum_r, premature, sum_pnl,
+                     sum_no_edge)
     return TPStats(
         total_attempts=attempts,
-        total_hits=hits,
-        tp_hit_rate=hit_rate,
-        avg_r_multiple=estimated_r_multiple(hit_rate, r_cap),
-        actual_r=jnp.where(attempts > 0, jnp.asarray(sum_r, jnp.float32) / denom, 0.0),
-        premature_exit_rate=jnp.where(attempts > 0,
-                                      jnp.asarray(premature, jnp.float32) / denom, 0.0),
+        total_hits=jnp.asarray(hits, jnp.float32),
+        avg_r_multiple=estimated_r_multiple(rates["tp_hit_rate"], r_cap),
         valid=attempts >= min_attempts,
         volatility=jnp.asarray(volatility, jnp.float32),
-        pnl_per_trade=jnp.where(attempts > 0, jnp.asarray(sum_pnl, jnp.float32) / denom, 0.0),
-        no_edge_hit_rate=jnp.where(attempts > 0,
-                                   jnp.asarray(sum_no_edge, jnp.float32) / denom, 0.0),
+        **rates,
     )

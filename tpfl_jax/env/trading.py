@@ -32,13 +32,34 @@ from tpfl_jax.env.stats import (
     EXIT_NONE,
     EXIT_TIME,
     EXIT_TP,
-    no_edge_hit_rate,
+    bonus_accuracy,
+    no_edge_hit_probability,
 )
+from tpfl_jax.market import synthetic
 from tpfl_jax.market.types import MarketData, make_market_data
-from tpfl_jax.reward import VOL_FLOOR, RewardCoefs, reward_terms
+from tpfl_jax.reward import VOL_FLOOR, RewardCoefs, reward_terms, total_reward
 
 DEFAULT_TP_MULTS = (0.5, 1.0, 1.5, 2.0, 3.0)
 N_POSITION_FEATURES = 10
+
+# Observation design (``TradingEnv(features=...)``, config ``env.features``): a named set or
+# ``+``-joined blocks, in this order in the vector. Every block reads bars <= t only.
+#   moves:      the last ``window`` close-to-close moves in vol units at t (the first main's)
+#   position:   the ``N_POSITION_FEATURES`` bar/trade/equity features (the first main's)
+#   vol:        volatility level: 100 x vol unit / close, 100 x RMS log return over ``window``
+#   logret:     the last ``window`` log returns in percent (level and direction of every bar)
+#   scales:     moves over 4, 16 and 64 bars in units of vol unit x sqrt(bars)
+#   moves_long: the last ``LONG_WINDOW`` close-to-close moves in vol units at t
+LONG_WINDOW = 64
+SCALES = (4, 16, 64)
+FEATURE_SETS = {
+    "base": ("moves", "position"),
+    "vol": ("moves", "vol", "position"),
+    "scales": ("moves", "vol", "scales", "position"),
+    "long": ("moves_long", "vol", "position"),
+    "logret": ("logret", "vol", "scales", "position"),
+}
+FEATURE_BLOCKS = ("moves", "position", "vol", "logret", "scales", "moves_long")
 
 
 @struct.dataclass
@@ -184,11 +205,14 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
 
     Static configuration (changes the compiled program): ``window`` (bars of returns in the
     observation), ``n_tp`` (size of the TP grid), ``premature_horizon`` (bars looked at after
-    a manual/time exit to flag it premature; analytics only, never observed).
+    a manual/time exit to flag it premature; analytics only, never observed), ``features``
+    (the observation design: a ``FEATURE_SETS`` name or ``+``-joined ``FEATURE_BLOCKS``;
+    ``base`` is the first main's observation, bit for bit). Episodes start ``lookback`` bars
+    in (the history the features read).
     """
 
     def __init__(self, window: int = 16, n_tp: int = len(DEFAULT_TP_MULTS),
-                 premature_horizon: int = 10):
+                 premature_horizon: int = 10, features: str = "base"):
         super().__init__()
         if window < 2 or n_tp < 1 or premature_horizon < 1:
             raise ValueError(
@@ -197,10 +221,18 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
         self.window = int(window)
         self.n_tp = int(n_tp)
         self.premature_horizon = int(premature_horizon)
+        self.features = str(features)
+        self.blocks = feature_blocks(self.features)
 
     # equal static settings are the same env (one compiled program; no identity-keyed caches)
     def _key(self) -> tuple[Any, ...]:
-        return (type(self), self.window, self.n_tp, self.premature_horizon)
+        return (type(self), self.window, self.n_tp, self.premature_horizon, self.blocks)
+
+    @property
+    def lookback(self) -> int:
+        """Bars before the decision bar the observation reads (episodes start this far in)."""
+        far = {"scales": max(SCALES), "moves_long": LONG_WINDOW}
+        return max([self.window] + [far[b] for b in self.blocks if b in far])
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TradingEnv) and self._key() == other._key()
@@ -225,14 +257,16 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
     def validate_params(self, params: EnvParams) -> None:
         """Host-side checks of shapes and ranges; raises ``ValueError`` naming the field."""
         m = params.market
-        need = self.window + int(np.max(np.asarray(params.max_steps_in_episode))) + 2
+        need = self.lookback + int(np.max(np.asarray(params.max_steps_in_episode))) + 2
         if m.close.ndim != 2:
             raise ValueError(f"EnvParams.market.close: expected [n_paths, n_bars], "
                              f"got shape {m.close.shape}")
         if m.n_bars < need:
+            what = ("window" if self.lookback == self.window
+                    else f"the lookback of features {self.features!r}")
             raise ValueError(
-                f"EnvParams.market: n_bars={m.n_bars} is too short; need >= window "
-                f"({self.window}) + max_steps_in_episode + 2 = {need}")
+                f"EnvParams.market: n_bars={m.n_bars} is too short; need >= {what} "
+                f"({self.lookback}) + max_steps_in_episode + 2 = {need}")
         if np.shape(params.tp_mults)[-1:] != (self.n_tp,):
             raise ValueError(f"EnvParams.tp_mults: expected length n_tp={self.n_tp}, "
                              f"got shape {np.shape(params.tp_mults)}")
@@ -450,9 +484,7 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
             tp_reward_weight=params.tp_reward_weight,
             coefs=params.coefs,
         )
-        reward = (terms["pnl"] + terms["drawdown_penalty"] + terms["size_penalty"]
-                  + terms["alignment"] + terms["tp_bonus"])
-        return reward.astype(jnp.float32), terms
+        return total_reward(terms).astype(jnp.float32), terms
 
     def _next_state(self, state: EnvState, bar: Bar, pos: Position, out: Outcome,
                     acct: Account) -> EnvState:
@@ -504,8 +536,8 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
         path = jnp.where(laned, lane_next, random_path)
         nxt = jnp.where(path + lane_stride < m.n_paths, path + lane_stride, -1)  # exhausted
         # the episode reads bars start-window .. start+max_steps (inclusive)
-        n_starts = jnp.maximum(m.n_bars - params.max_steps_in_episode - 1 - self.window, 1)
-        start = self.window + jnp.minimum((u[1] * n_starts).astype(jnp.int32), n_starts - 1)
+        n_starts = jnp.maximum(m.n_bars - params.max_steps_in_episode - 1 - self.lookback, 1)
+        start = self.lookback + jnp.minimum((u[1] * n_starts).astype(jnp.int32), n_starts - 1)
         f0 = jnp.float32(0.0)
         eq = jnp.asarray(params.initial_equity, jnp.float32)
         state = EnvState(
@@ -520,18 +552,33 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
 
     def get_obs(self, state: EnvState, params: EnvParams | None = None,
                 key: jax.Array | None = None) -> jax.Array:
-        """Features of bars <= ``state.bar`` and of the open trade (float32 vector)."""
+        """Features of bars <= ``state.bar`` and of the open trade (float32 vector; the blocks
+        of ``features`` in order, see ``FEATURE_SETS``)."""
         m = params.market
         p, t = state.path, state.bar
         w = self.window
         closes = jax.lax.dynamic_slice(m.close, (p, t - w), (1, w + 1))[0]
         c = closes[-1]
         vu = m.vol_unit[p, t]
-        rets = jnp.diff(closes) / vu    # close-to-close moves in volatility units
+        parts = {"moves": lambda: jnp.diff(closes) / vu,  # close-to-close moves in vol units
+                 "position": lambda: self._position_features(state, params, closes, c, vu),
+                 "vol": lambda: _vol_features(closes, vu),
+                 "logret": lambda: 100.0 * jnp.log(closes[1:] / closes[:-1]),
+                 "scales": lambda: _scale_features(m, p, t, vu),
+                 "moves_long": lambda: jnp.diff(jax.lax.dynamic_slice(
+                     m.close, (p, t - LONG_WINDOW), (1, LONG_WINDOW + 1))[0]) / vu}
+        return jnp.concatenate([parts[b]() for b in self.blocks]).astype(jnp.float32)
+
+    def _position_features(self, state: EnvState, params: EnvParams, closes: jax.Array,
+                           c: jax.Array, vu: jax.Array) -> jax.Array:
+        """The ``N_POSITION_FEATURES`` features of the decision bar (close ``c``), the trade
+        and equity."""
+        m = params.market
+        p, t = state.path, state.bar
         s = state.side.astype(jnp.float32)
         held = state.side != 0
         in_vu = lambda x: jnp.where(held, x / vu, 0.0)  # noqa: E731
-        pos = jnp.stack([
+        return jnp.stack([
             (m.high[p, t] - m.low[p, t]) / vu,
             (c - jnp.mean(closes)) / vu,
             s,
@@ -543,7 +590,6 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
             1.0 - state.equity / state.peak_equity,
             state.equity / params.initial_equity - 1.0,
         ])
-        return jnp.concatenate([rets, pos]).astype(jnp.float32)
 
     def is_terminated(self, state: EnvState, params: EnvParams) -> jax.Array:
         """Ruin: equity below ``ruin_floor`` x initial equity."""
@@ -560,8 +606,10 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
 
     @property
     def obs_size(self) -> int:
-        """Observation length: ``window`` returns + ``N_POSITION_FEATURES``."""
-        return self.window + N_POSITION_FEATURES
+        """Observation length (``base``: ``window`` returns + ``N_POSITION_FEATURES``)."""
+        size = {"moves": self.window, "position": N_POSITION_FEATURES, "vol": 2,
+                "logret": self.window, "scales": len(SCALES), "moves_long": LONG_WINDOW}
+        return sum(size[b] for b in self.blocks)
 
     def action_space(self, params: EnvParams | None = None) -> spaces.Discrete:
         return spaces.Discrete(self.num_actions)
@@ -576,6 +624,34 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
             "path": spaces.Discrete(params.market.n_paths),
             "side": spaces.Discrete(3),
         })
+
+
+def feature_blocks(features: str) -> tuple[str, ...]:
+    """The blocks of an observation design: a ``FEATURE_SETS`` name or ``+``-joined
+    ``FEATURE_BLOCKS`` (each at most once); ``ValueError`` names the bad part."""
+    if features in FEATURE_SETS:
+        return FEATURE_SETS[features]
+    blocks = tuple(b.strip() for b in str(features).split("+"))
+    bad = [b for b in blocks if b not in FEATURE_BLOCKS]
+    if bad or not blocks or len(set(blocks)) != len(blocks):
+        raise ValueError(f"TradingEnv: features = {features!r}; expected one of "
+                         f"{sorted(FEATURE_SETS)} or '+'-joined distinct blocks of "
+                         f"{FEATURE_BLOCKS}")
+    return blocks
+
+
+def _vol_features(closes: jax.Array, vu: jax.Array) -> jax.Array:
+    """Volatility level at t: 100 x vol unit / close and 100 x the RMS log return of the
+    window (absolute levels: they tell volatility regimes apart)."""
+    r = jnp.log(closes[1:] / closes[:-1])
+    return jnp.stack([100.0 * vu / closes[-1], 100.0 * jnp.sqrt(jnp.mean(r * r))])
+
+
+def _scale_features(m: MarketData, p: jax.Array, t: jax.Array, vu: jax.Array) -> jax.Array:
+    """Moves over ``SCALES`` bars to t in units of their diffusive scale
+    (``vol unit x sqrt(bars)``)."""
+    k = jnp.asarray(SCALES)
+    return (m.close[p, t] - m.close[p, t - k]) / (vu * jnp.sqrt(k.astype(jnp.float32)))
 
 
 def _key_uniforms(key: jax.Array) -> jax.Array:
@@ -622,28 +698,6 @@ def mode_index(field: str, value: Any) -> Any:
             raise ValueError(f"EnvParams.{field} = {value!r}; expected one of {names}")
         return names.index(value)
     return value
-
-
-def no_edge_hit_probability(tp_mult, sl_mult):
-    """``sl / (tp + sl)``: ``env.stats.no_edge_hit_rate`` of the planned R ``tp / sl`` (the
-    gambler's-ruin TP-before-SL probability of a driftless continuous price; measured no-edge hit
-    rates on the synthetic markets are within ~0.04 of it)."""
-    return no_edge_hit_rate(jnp.asarray(tp_mult, jnp.float32) / sl_mult)
-
-
-def bonus_accuracy(mode, hit, mfe_ratio, tp_mult, sl_mult):
-    """The accuracy paid by the TP bonus under ``mode`` (index into ``ACCURACY_MODES``).
-
-    ``mfe_ratio``: the tracker's ``tp_zone_accuracy`` (1 on a hit, else clip(MFE / TP
-    distance, 0, 1)): partial credit on losers, and larger for tighter TPs with no skill.
-    ``hit``: 1 on a TP hit, else 0. ``skill``: hit minus the no-edge hit probability of the
-    trade's TP distance (``no_edge_hit_probability``): a hit pays ``tp / (tp + sl)``, a miss is
-    negative (so, under the seed's ``> 0`` rule, pays nothing), and a no-skill trader expects
-    ``p0 * (1 - p0)`` per trade at every TP distance instead of tightness being paid.
-    """
-    h = jnp.asarray(hit, jnp.float32)
-    skill = h - no_edge_hit_probability(tp_mult, sl_mult)
-    return jnp.select([mode == 0, mode == 1], [mfe_ratio, h], skill).astype(jnp.float32)
 
 
 def causal_trend(m: MarketData, p, t, window: int):
@@ -714,13 +768,12 @@ def step_batch(env: TradingEnv, keys, states, actions, params):
 
 def default_market(n_paths: int = 8, n_bars: int = 512, seed: int = 0) -> MarketData:
     """A small regime-switching synthetic market (deterministic) for defaults and demos."""
-    from tpfl_jax.market import synthetic  # local import: synthetic is optional at import time
-
     return synthetic.generate("regime", jax.random.key(seed), n_paths=n_paths, n_bars=n_bars)
 
 
-__all__ = ["ACCURACY_MODES", "ALIGNMENT_SOURCES", "DRAWDOWN_MODES", "REWARD_VOL_MODES",
-           "EnvParams", "EnvState",
+__all__ = ["ACCURACY_MODES", "ALIGNMENT_SOURCES", "DRAWDOWN_MODES", "FEATURE_BLOCKS",
+           "FEATURE_SETS", "LONG_WINDOW", "REWARD_VOL_MODES", "SCALES",
+           "EnvParams", "EnvState", "feature_blocks",
            "TradingEnv", "bonus_accuracy", "canonicalize", "causal_trend", "decode_action",
            "default_market", "encode_action", "make_market_data", "mode_index",
            "no_edge_hit_probability", "step_batch"]

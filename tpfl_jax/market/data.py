@@ -78,6 +78,13 @@ def _resolve(df: pd.DataFrame, field: str, columns: Mapping[str, str | None],
     """Source column for ``field``: the mapping, else the exact name, else a unique
     case-insensitive match; None if mapped to None (or timestamp not found: use the index)."""
     present = [str(c) for c in df.columns]
+    folded: dict[str, list[str]] = {}
+    for c in present:
+        folded.setdefault(c.strip().casefold(), []).append(c)
+    dups = [names for names in folded.values() if len(names) > 1]
+    if dups:                  # e.g. 'Close' and 'close': which one is the price is a guess
+        raise ValueError(f"{source}: columns {dups[0]} are the same name up to case or "
+                         "spaces; expected distinct column names (rename one, or drop it)")
     if field in columns:
         name = columns[field]
         if name is None:
@@ -126,10 +133,16 @@ def _parse_one(x: object) -> pd.Timestamp | None:
     return None if ts is pd.NaT else ts
 
 
-def _timestamps(raw: pd.Series, rows: _Rows) -> pd.Series:
+def _timestamps(raw: pd.Series, rows: _Rows, time_format: str | None = None) -> pd.Series:
     """Timestamps: strings parsed to datetimes (different UTC offsets -> UTC); numbers and
     datetimes kept as they are. A row that parses alone but not with the others names the
-    conflict (naive vs with a UTC offset, or another format)."""
+    conflict (naive vs with a UTC offset, or another format). ``time_format`` (strftime codes,
+    e.g. ``%d.%m.%Y %H:%M:%S.%f``) parses every row with that format."""
+    if time_format is not None:
+        parsed = pd.to_datetime(raw.astype(str), format=time_format, errors="coerce")
+        _fail(rows, (parsed.isna() & raw.notna()).to_numpy(),
+              lambda i: f"timestamp {raw.iloc[i]!r} does not match time_format {time_format!r}")
+        return parsed
     if raw.dtype == object or pd.api.types.is_string_dtype(raw.dtype):
         try:
             parsed = pd.to_datetime(raw, errors="coerce")
@@ -176,7 +189,7 @@ def validate_ohlcv(df: pd.DataFrame, columns: Mapping[str, str | None] | None = 
 
 
 def _validate(df: pd.DataFrame, columns: Mapping[str, str | None] | None, source: str,
-              csv_lines: bool) -> pd.DataFrame:
+              csv_lines: bool, time_format: str | None = None) -> pd.DataFrame:
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
     columns = dict(columns or {})
@@ -195,8 +208,30 @@ def _validate(df: pd.DataFrame, columns: Mapping[str, str | None] | None, source
                       "market.timestamp=NAME)", stacklevel=3)
     raw_ts = pd.Series(df.index if ts_col is None else df[ts_col]).reset_index(drop=True)
     rows = _Rows(df, raw_ts, source, csv_lines, ts_from_index=ts_col is None)
-    ts = rows.ts = _timestamps(raw_ts.rename("timestamp"), rows)
+    ts = rows.ts = _timestamps(raw_ts.rename("timestamp"), rows, time_format)
+    out = _numeric_fields(df, names, rows)
+    _check_values(rows, out, ts)
 
+    frame = pd.DataFrame(out, index=pd.Index(ts, name="timestamp"))
+    o, h, lo, c = (out[f] for f in PRICE_FIELDS)
+    first = _first_bar_with_range(rows, o, h, lo, c)
+    if first:
+        warnings.warn(
+            f"{source}: dropped the {first} leading row(s) without a price range, "
+            f"{rows.ref(0)} to {rows.ref(first - 1)}: each has high == low (in float32), so no "
+            "volatility unit exists before the first bar with a range (it would be 0, and "
+            f"TP/SL distances are multiples of it); the data starts at {rows.ref(first)}",
+            stacklevel=3)
+        frame = frame.iloc[first:]
+    frame.attrs.update({_ATTR_SOURCE: source, _ATTR_CSV: csv_lines,
+                        _ATTR_ROWS: (first, len(df) - first)})
+    return frame
+
+
+def _numeric_fields(df: pd.DataFrame, names: Mapping[str, str | None],
+                    rows: _Rows) -> dict[str, np.ndarray]:
+    """float64 arrays of the OHLCV fields (zeros for an unmapped volume); a value that is not a
+    number is refused naming its row and column."""
     out = {}
     for field in OHLCV_FIELDS:
         col = names[field]
@@ -209,7 +244,11 @@ def _validate(df: pd.DataFrame, columns: Mapping[str, str | None] | None, source
               lambda i, raw=raw, col=col, f=field: f"{f} (column {col!r}) value {raw.iloc[i]!r} "
                                           "is not a number")
         out[field] = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    return out
 
+
+def _check_values(rows: _Rows, out: Mapping[str, np.ndarray], ts: pd.Series) -> None:
+    """The row rules of ``validate_ohlcv`` (NaN/inf, timestamps, prices, float32 range, bars)."""
     for field in OHLCV_FIELDS:
         x = out[field]
         _fail(rows, np.isnan(x), f"{field} is NaN (rule: no NaN/inf values)")
@@ -244,20 +283,6 @@ def _validate(df: pd.DataFrame, columns: Mapping[str, str | None] | None, source
               lambda i, x=x, f=field: f"{f} = {x[i]} outside [low, high] = [{lo[i]}, {h[i]}] "
                                       f"(rule: low <= {f} <= high)")
     _fail(rows, v < 0, lambda i: f"volume = {v[i]} is negative (rule: volume >= 0)")
-
-    frame = pd.DataFrame(out, index=pd.Index(ts, name="timestamp"))
-    first = _first_bar_with_range(rows, o, h, lo, c)
-    if first:
-        warnings.warn(
-            f"{source}: dropped the {first} leading row(s) without a price range, "
-            f"{rows.ref(0)} to {rows.ref(first - 1)}: each has high == low (in float32), so no "
-            "volatility unit exists before the first bar with a range (it would be 0, and "
-            f"TP/SL distances are multiples of it); the data starts at {rows.ref(first)}",
-            stacklevel=3)
-        frame = frame.iloc[first:]
-    frame.attrs.update({_ATTR_SOURCE: source, _ATTR_CSV: csv_lines,
-                        _ATTR_ROWS: (first, len(df) - first)})
-    return frame
 
 
 # where a validated frame came from (names file and rows in ``to_windows``' errors):
@@ -297,13 +322,15 @@ def _frame_ref(frame: pd.DataFrame, pos: int) -> str:
 
 def read_ohlcv(path: str | os.PathLike, columns: Mapping[str, str | None] | None = None, *,
                file_format: Literal["csv", "parquet"] | None = None,
-               index_col: int | str | None = None, sep: str = ",") -> pd.DataFrame:
+               index_col: int | str | None = None, sep: str = ",",
+               time_format: str | None = None) -> pd.DataFrame:
     """Read a CSV or parquet file and return the validated canonical frame (``validate_ohlcv``).
 
     The format comes from the suffix unless ``file_format`` is given. CSV: ``sep`` and
     ``index_col`` are passed to ``pandas.read_csv``; without ``index_col``, an unnamed first
     column (what ``DataFrame.to_csv`` writes for the index) is taken as the index. A missing,
     empty, binary or unparseable file, or one without data rows, is a ``ValueError`` naming it.
+    ``time_format``: the strftime format of the time column (default: inferred).
     """
     path = os.fspath(path)
     fmt = file_format or _format_of(path)
@@ -340,7 +367,7 @@ def read_ohlcv(path: str | os.PathLike, columns: Mapping[str, str | None] | None
             raise ValueError(f"{path}: one column {str(df.columns[0])!r} with separator "
                              f"{sep!r}; the file looks {others[0]!r}-separated (pass sep="
                              f"{others[0]!r}; Hydra: market.sep='{others[0]}')")
-    return _validate(df, columns, path, csv_lines=fmt == "csv")
+    return _validate(df, columns, path, csv_lines=fmt == "csv", time_format=time_format)
 
 
 def _format_of(path: str) -> str:

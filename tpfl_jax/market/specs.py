@@ -6,16 +6,23 @@ the same shape never recompile.
 ``cycle_markets(source, key, cycle) -> (train, deploy)``: cycle ``cycle``'s training market and
 its held-out deployment market (never overlapping the bars trained on). ``stream(env, ...)``:
 the PPO data stream that replaces the training paths before every update (synthetic markets with
-``fresh``), or None (a data set: episodes start anywhere in the training span).
+``fresh``, a panel with a fitted ``train_source``), or None (a data set replayed: episodes start
+anywhere in the training span). ``train_source(source, cycle)``: the stream's traced source in
+cycle ``cycle`` (what ``DataStream.start`` takes).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
+import numpy as np
 
+from tpfl_jax.market import synthetic
+from tpfl_jax.market.fit import FITTED, FittedGenerator, generate, source_parts
+from tpfl_jax.market.panel import PanelSource, gather_windows
+from tpfl_jax.market.stream import PathStream, SyntheticGenerator
 from tpfl_jax.market.types import MarketData
 
 
@@ -24,7 +31,7 @@ class SyntheticMarkets:
     """Synthetic ``kind`` paths (``tpfl_jax.market.synthetic``) of ``n_bars`` bars.
 
     ``fresh`` (default): every PPO update trains on newly generated paths
-    (``env.fresh.FreshPaths``; no bar is seen twice); ``train_paths`` paths per cycle are then
+    (``market.stream.PathStream``; no bar is seen twice); ``train_paths`` paths per cycle are then
     only the training sample the reference rules choose their parameters on. ``fresh=False``:
     a fixed set of ``train_paths`` paths per cycle (repeated ``steps / bars`` times).
     ``deploy_paths``: independent held-out paths per cycle."""
@@ -38,22 +45,16 @@ class SyntheticMarkets:
 
     def source(self, **params: Any) -> Any:
         """The traced source argument: the generator params of ``kind`` with overrides."""
-        from tpfl_jax.market import synthetic
-
         return synthetic.make_params(self.kind, **params)
 
     def cycle_markets(self, arg: Any, key: jax.Array, cycle: jax.Array
                       ) -> tuple[MarketData, MarketData]:
-        from tpfl_jax.market import synthetic
-
         k_tr, k_dep = jax.random.split(jax.random.fold_in(key, cycle))
         train = synthetic.simulate(k_tr, arg, self.train_paths, self.n_bars, self.substeps)
         return train, self.deploy_market(arg, key, cycle)
 
     def deploy_market(self, arg: Any, key: jax.Array, cycle: jax.Array) -> MarketData:
         """Cycle ``cycle``'s held-out market alone (``cycle_markets``' second)."""
-        from tpfl_jax.market import synthetic
-
         _, k_dep = jax.random.split(jax.random.fold_in(key, cycle))
         return synthetic.simulate(k_dep, arg, self.deploy_paths, self.n_bars, self.substeps)
 
@@ -61,10 +62,13 @@ class SyntheticMarkets:
         """The PPO data stream of fresh paths (None when ``fresh`` is off)."""
         if not self.fresh:
             return None
-        from tpfl_jax.env.fresh import FreshPaths
+        return PathStream(env, n_bars=self.n_bars, num_envs=num_envs, num_steps=num_steps,
+                          episode_steps=episode_steps,
+                          generator=SyntheticGenerator(self.substeps))
 
-        return FreshPaths(env, n_bars=self.n_bars, substeps=self.substeps, num_envs=num_envs,
-                          num_steps=num_steps, episode_steps=episode_steps)
+    def train_source(self, arg: Any, cycle: Any) -> Any:
+        """The stream's traced source in cycle ``cycle``: the generator params (every cycle)."""
+        return arg
 
     def distinct_train_bars(self, arg: Any, window: int) -> float | None:
         """Bars a training cycle can visit (fixed paths), None for fresh paths (unlimited)."""
@@ -84,6 +88,17 @@ def _bars(market: MarketData, start: jax.Array, n: int) -> MarketData:
         return jax.lax.dynamic_slice_in_dim(x, start, n, axis=1)
 
     return jax.tree.map(cut, market)
+
+
+def _check_windows(name: str, train_bars: int, deploy_bars: int, window: int,
+                   need_bars: int) -> None:
+    """A training window and a deploy window (with its ``window`` bars of history) each hold
+    one episode of ``need_bars`` bars."""
+    if train_bars < need_bars or deploy_bars + window < need_bars:
+        raise ValueError(
+            f"{name}: train_bars = {train_bars} and deploy_bars + window = "
+            f"{deploy_bars + window} must be >= {need_bars} (env window + "
+            "max_steps_in_episode + 2)")
 
 
 @dataclass(frozen=True)
@@ -121,6 +136,10 @@ class WalkForwardMarkets:
         """No stream: a data set is what it is."""
         return None
 
+    def train_source(self, arg: MarketData, cycle: Any) -> None:
+        """No stream, no stream source."""
+        return None
+
     def distinct_train_bars(self, arg: MarketData, window: int) -> float:
         """Bars a training cycle can visit: every path's training window after the first
         ``window`` bars (observation history only)."""
@@ -132,15 +151,108 @@ class WalkForwardMarkets:
             raise ValueError(
                 f"WalkForwardMarkets: the data has {arg.n_bars} bars; {num_cycles} cycles need "
                 f">= {total} ((num_cycles - 1) * step + train_bars + deploy_bars)")
-        if self.train_bars < need_bars or self.deploy_bars + self.window < need_bars:
-            raise ValueError(
-                f"WalkForwardMarkets: train_bars = {self.train_bars} and deploy_bars + window "
-                f"= {self.deploy_bars + self.window} must be >= {need_bars} (env window + "
-                "max_steps_in_episode + 2)")
+        _check_windows("WalkForwardMarkets", self.train_bars, self.deploy_bars, self.window,
+                       need_bars)
         if self.train_bars < self.window:
             raise ValueError("WalkForwardMarkets: train_bars must be >= window")
 
 
-Markets = SyntheticMarkets | WalkForwardMarkets
+@dataclass(frozen=True)
+class PanelMarkets:
+    """Walk-forward windows of a panel of real series (``market.panel``; the traced source is a
+    ``PanelSource``): cycle c trains on ``slots`` windows of ``train_bars`` bars (round-robin
+    over the series active at the cycle's calendar cut) and deploys on the ``deploy_bars`` bars
+    after the cut of the same slots (plus ``window`` bars of history). ``num_cycles``: cycles
+    the source was planned for.
 
-__all__ = ["Markets", "SyntheticMarkets", "WalkForwardMarkets"]
+    ``train_source`` (``market.fit``): ``replay`` trains on the real windows; ``bootstrap``,
+    ``regime_fit``, ``garch_fit`` and ``regime_garch`` train on fresh paths of at most ``n_bars``
+    bars drawn before every PPO update from the window's block bootstrap (mean block
+    ``block_len`` bars) or from the generator fitted to it (``substeps`` intrabar points). The
+    reference rules and ``cycle_markets`` always see the real windows."""
+
+    train_bars: int
+    deploy_bars: int
+    window: int = 16
+    slots: int = 1
+    num_cycles: int = 1
+    train_source_kind: str = "replay"
+    n_bars: int = 300
+    substeps: int = 8
+    block_len: float = 20.0
+    # host tables of the panel (series, windows, coverage, fitted); not part of the identity
+    tables: Any = field(default=None, compare=False, repr=False)
+
+    def cycle_markets(self, arg: PanelSource, key: jax.Array, cycle: jax.Array
+                      ) -> tuple[MarketData, MarketData]:
+        return self.train_market(arg, cycle), self.deploy_market(arg, key, cycle)
+
+    def train_market(self, arg: PanelSource, cycle: Any) -> MarketData:
+        """Cycle ``cycle``'s real training windows ``[slots, train_bars]``."""
+        return gather_windows(arg.market, arg.train_row[cycle], arg.train_start[cycle],
+                              self.train_bars)
+
+    def deploy_market(self, arg: PanelSource, key: jax.Array, cycle: jax.Array) -> MarketData:
+        """Cycle ``cycle``'s held-out windows ``[slots, window + deploy_bars]``."""
+        del key
+        return gather_windows(arg.market, arg.deploy_row[cycle], arg.deploy_start[cycle],
+                              self.deploy_bars + self.window)
+
+    def stream(self, env: Any, num_envs: int, num_steps: int, episode_steps: int
+               ) -> PathStream | None:
+        """Fresh paths of the cycle's fitted source (None for ``replay``)."""
+        if self.train_source_kind == "replay":
+            return None
+        gen = FittedGenerator(self.train_source_kind, self.substeps, self.block_len)
+        return PathStream(env, n_bars=self.n_bars, num_envs=num_envs, num_steps=num_steps,
+                          episode_steps=episode_steps, generator=gen)
+
+    def train_source(self, arg: PanelSource, cycle: Any) -> Any:
+        """The stream's traced source in cycle ``cycle``: the training windows (bootstrap) or
+        ``(fitted params [slots], symbol_id [slots])``, a tuple of those for a mixture
+        (``arg.fitted`` then holds one entry per part); None for ``replay``."""
+        parts = source_parts(self.train_source_kind)
+        if parts == ("replay",):
+            return None
+        fitted = arg.fitted if len(parts) > 1 else (arg.fitted,)
+        out = []
+        for part, f in zip(parts, fitted, strict=True):
+            if part == "bootstrap":
+                out.append(self.train_market(arg, cycle))
+            else:
+                params = jax.tree.map(lambda x: x[cycle], f)
+                out.append((params, arg.market.symbol_id[arg.train_row[cycle]]))
+        return tuple(out) if len(parts) > 1 else out[0]
+
+    def generated(self, arg: PanelSource, key: jax.Array, cycle: Any, n_paths: int
+                  ) -> MarketData:
+        """``n_paths`` training paths of cycle ``cycle``'s source as PPO sees them (path i from
+        slot ``i % slots``; ``replay``: the real windows, whole), e.g. for stylised facts."""
+        if self.train_source_kind == "replay":
+            return self.train_market(arg, cycle)
+        gen = FittedGenerator(self.train_source_kind, self.substeps, self.block_len)
+        return generate(gen, key, self.train_source(arg, cycle), n_paths, self.n_bars)
+
+    def distinct_train_bars(self, arg: PanelSource, window: int) -> float | None:
+        """Real bars a training cycle can visit (cycle 0's distinct windows after ``window``
+        history bars; ``bootstrap`` resamples them); None for fitted generators (unlimited)."""
+        if set(source_parts(self.train_source_kind)) & set(FITTED):
+            return None
+        pairs = {(int(r), int(s)) for r, s in zip(np.asarray(arg.train_row[0]),
+                                                  np.asarray(arg.train_start[0]), strict=True)}
+        return float(len(pairs) * (self.train_bars - window))
+
+    def check(self, arg: PanelSource, num_cycles: int, need_bars: int) -> None:
+        if num_cycles > self.num_cycles:
+            raise ValueError(f"PanelMarkets: the panel was planned for {self.num_cycles} "
+                             f"cycles; {num_cycles} requested")
+        _check_windows("PanelMarkets", self.train_bars, self.deploy_bars, self.window,
+                       need_bars)
+        if self.train_source_kind != "replay" and self.n_bars < need_bars:
+            raise ValueError(f"PanelMarkets: n_bars = {self.n_bars} (fresh path length) must "
+                             f"be >= {need_bars} (env window + max_steps_in_episode + 2)")
+
+
+Markets = SyntheticMarkets | WalkForwardMarkets | PanelMarkets
+
+__all__ = ["Markets", "PanelMarkets", "SyntheticMarkets", "WalkForwardMarkets"]

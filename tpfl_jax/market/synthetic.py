@@ -264,20 +264,7 @@ def _simulate(key, p: MixedParams, symbol_id, *, n_paths: int, n_bars: int, subs
     z_bar = jnp.sum(z, axis=-1) / math.sqrt(m)  # standardised diffusive shock per bar
 
     if chain:
-        # Regime chain and GARCH multiplier: one scan over bars (time-major).
-        s_init = _draw(u[0], jnp.cumsum(_stationary(trans)))
-        cdf = jnp.cumsum(trans, axis=-1)
-
-        def step(carry, x):
-            s, h = carry
-            u_next, z_t = x
-            s_next = _draw(u_next, cdf[s])
-            h_next = (1.0 - a - b) + (a * z_t * z_t + b) * h
-            return (s_next, h_next), (s, h)
-
-        _, (s_tm, h_tm) = jax.lax.scan(step, (s_init, jnp.ones((n_paths,), _F32)),
-                                       (u[1:], z_bar.T))
-        regime, h = s_tm.T, h_tm.T  # [n_paths, n_bars]
+        regime, h = _regime_and_variance(u, z_bar, trans, a, b)
     else:                           # one regime, constant variance: nothing to recurse
         regime = jnp.zeros((n_paths, n_bars), jnp.int32)
         h = jnp.ones((n_paths, n_bars), _F32)
@@ -295,22 +282,8 @@ def _simulate(key, p: MixedParams, symbol_id, *, n_paths: int, n_bars: int, subs
     else:
         n_jumps = jnp.zeros_like(incr)
 
-    gap = p.gap_vol * gap_z
-    gap = gap.at[:, 0].set(0.0)
-
-    path = jnp.cumsum(incr, axis=-1)  # intrabar log move from the open, [.., m]
-    log_s0 = jnp.log(jnp.asarray(p.s0, _F32))
-    log_close = log_s0 + jnp.cumsum(gap + path[..., -1], axis=-1)
-    prev_close = jnp.concatenate([jnp.full((n_paths, 1), log_s0), log_close[:, :-1]], axis=-1)
-    log_open = prev_close + gap
-
-    open_ = jnp.exp(log_open).at[:, 0].set(p.s0)  # exactly s0, not exp(log(s0))
-    close = jnp.exp(log_close)
-    inner = jnp.exp(log_open[..., None] + path[..., :-1])  # intrabar points before the last
-    high = jnp.maximum(jnp.maximum(open_, close), jnp.max(inner, axis=-1, initial=-jnp.inf))
-    low = jnp.minimum(jnp.minimum(open_, close), jnp.min(inner, axis=-1, initial=jnp.inf))
+    open_, high, low, close, intrabar = _ohlc(incr, p.gap_vol * gap_z, p.s0)
     if jumps:
-        intrabar = jnp.concatenate([inner, close[..., None]], axis=-1)  # last point = close
         intrabar_jump = n_jumps > 0
     else:   # every move is continuous: a stop fills at its level, so no path need be kept
         intrabar, intrabar_jump = jnp.zeros((n_paths, n_bars, 0), _F32), None
@@ -324,6 +297,45 @@ def _simulate(key, p: MixedParams, symbol_id, *, n_paths: int, n_bars: int, subs
     return make_market_data(open_, high, low, close, volume=volume, regime=regime, trend=trend,
                             symbol_id=sym, vol_span=vol_span, intrabar=intrabar,
                             intrabar_jump=intrabar_jump)
+
+
+def _regime_and_variance(u: jax.Array, z_bar: jax.Array, trans: jax.Array, a: jax.Array,
+                         b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Regime chain and GARCH multiplier ``[n_paths, n_bars]``: one scan over bars (time-major);
+    ``u`` is ``[n_bars + 1, n_paths]`` uniforms (row 0 draws the first regime)."""
+    s_init = _draw(u[0], jnp.cumsum(_stationary(trans)))
+    cdf = jnp.cumsum(trans, axis=-1)
+
+    def step(carry, x):
+        s, h = carry
+        u_next, z_t = x
+        s_next = _draw(u_next, cdf[s])
+        h_next = (1.0 - a - b) + (a * z_t * z_t + b) * h
+        return (s_next, h_next), (s, h)
+
+    n_paths = z_bar.shape[0]
+    _, (s_tm, h_tm) = jax.lax.scan(step, (s_init, jnp.ones((n_paths,), _F32)), (u[1:], z_bar.T))
+    return s_tm.T, h_tm.T
+
+
+def _ohlc(incr: jax.Array, gap: jax.Array, s0: jax.Array):
+    """(open, high, low, close, intrabar points) from intrabar log increments ``[.., m]`` and
+    log gaps ``[n_paths, n_bars]`` (bar 0 opens at exactly ``s0``, without a gap)."""
+    n_paths = incr.shape[0]
+    gap = gap.at[:, 0].set(0.0)
+    path = jnp.cumsum(incr, axis=-1)  # intrabar log move from the open, [.., m]
+    log_s0 = jnp.log(jnp.asarray(s0, _F32))
+    log_close = log_s0 + jnp.cumsum(gap + path[..., -1], axis=-1)
+    prev_close = jnp.concatenate([jnp.full((n_paths, 1), log_s0), log_close[:, :-1]], axis=-1)
+    log_open = prev_close + gap
+
+    open_ = jnp.exp(log_open).at[:, 0].set(s0)  # exactly s0, not exp(log(s0))
+    close = jnp.exp(log_close)
+    inner = jnp.exp(log_open[..., None] + path[..., :-1])  # intrabar points before the last
+    high = jnp.maximum(jnp.maximum(open_, close), jnp.max(inner, axis=-1, initial=-jnp.inf))
+    low = jnp.minimum(jnp.minimum(open_, close), jnp.min(inner, axis=-1, initial=jnp.inf))
+    intrabar = jnp.concatenate([inner, close[..., None]], axis=-1)  # last point = close
+    return open_, high, low, close, intrabar
 
 
 def gbm(key: jax.Array, n_paths: int, n_bars: int, params: GBMParams | None = None, *,

@@ -5,7 +5,10 @@ nothing), the journal is WAL with ``synchronous=FULL`` by default, so a killed p
 committed trade. Aggregates follow docs/design.md ("Tracker aggregates"):
 
 * attempts = closed trades that had a TP (``tp_price`` recorded); hits = exits by TP;
-* hit rate = hits / attempts; premature exit rate = premature exits / attempts;
+* SQL filters and sums; the rates are ``env.stats.tp_rates`` of those sums (the one definition
+  the device code uses too, here in float64): hit rate = hits / attempts, premature exit rate =
+  premature exits / attempts, PnL per attempt, the no-edge hit rate
+  (``env.stats.no_edge_hit_rate``, registered as an SQL function), 0 without attempts;
 * estimated ``avg_r_multiple`` = ``estimated_r_multiple(hit_rate)`` (the seed's ``1 / hit_rate``,
   capped at ``R_CAP``, so finite at zero hits: the same function the device code uses);
 * actual R = mean realised R over the attempts.
@@ -28,7 +31,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tpfl_jax.env.stats import EXIT_REASONS, R_CAP, TPStats, estimated_r_multiple, make_tp_stats
+from tpfl_jax.env.stats import (
+    EXIT_REASONS,
+    R_CAP,
+    TPStats,
+    estimated_r_multiple,
+    make_tp_stats,
+    no_edge_hit_rate,
+    tp_rates,
+)
 from tpfl_jax.tracking.checks import (
     check_number,
     check_str,
@@ -299,6 +310,25 @@ def _symbols_arg(symbol: str | Sequence[str] | None, where: str) -> list[str] | 
     return syms
 
 
+def _symbol_map_arg(symbol: Any, where: str) -> Mapping[int, str] | None:
+    """``record_trades``' ``symbol`` argument checked: a mapping symbol_id -> name is returned,
+    a name or None gives None (the name is a constant field)."""
+    if isinstance(symbol, Mapping):
+        for k, name in symbol.items():
+            if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+                raise type_error(where, "symbol", symbol, "a symbol name or a mapping "
+                                 f"symbol_id (int) -> name; key {short_repr(k)} is not "
+                                 "an integer")
+            check_str(where, f"symbol[{k!r}]", name)
+        return symbol
+    if symbol is not None:
+        if not isinstance(symbol, str):
+            raise type_error(where, "symbol", symbol, "None, a symbol name (non-empty "
+                             "string) or a mapping symbol_id (int) -> name")
+        check_str(where, "symbol", symbol)
+    return None
+
+
 def _positive_int(name: str, v: Any, where: str) -> int:
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
         raise type_error(where, name, v, "an integer >= 1")
@@ -338,6 +368,10 @@ class TPPerformanceTracker(SqliteStore):
                  synchronous: str = "FULL", timeout: float = 30.0) -> None:
         super().__init__(path, synchronous=synchronous, timeout=timeout)
         self._ensure_schema(SCHEMA_COMPONENT, SCHEMA_VERSION, _SCHEMA)
+        with self._lock:      # the per-trade formula of env.stats, summed by SQL
+            self._conn.create_function(
+                "no_edge_hit_rate", 1, lambda r: None if r is None else float(no_edge_hit_rate(r)),
+                deterministic=True)
 
     @property
     def schema_version(self) -> int:
@@ -389,20 +423,7 @@ class TPPerformanceTracker(SqliteStore):
         for name, t in (("entry_time", entry_time), ("exit_time", exit_time)):
             if not _is_missing(t):
                 _time_ns(name, t, where)
-        symbol_map: Mapping[int, str] | None = None
-        if isinstance(symbol, Mapping):
-            for k, name in symbol.items():
-                if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-                    raise type_error(where, "symbol", symbol, "a symbol name or a mapping "
-                                     f"symbol_id (int) -> name; key {short_repr(k)} is not "
-                                     "an integer")
-                check_str(where, f"symbol[{k!r}]", name)
-            symbol_map = symbol
-        elif symbol is not None:
-            if not isinstance(symbol, str):
-                raise type_error(where, "symbol", symbol, "None, a symbol name (non-empty "
-                                 "string) or a mapping symbol_id (int) -> name")
-            check_str(where, "symbol", symbol)
+        symbol_map = _symbol_map_arg(symbol, where)
         if isinstance(trades, pd.DataFrame):
             # pandas' missing value (NaN / NaT / None) in a cell = the field is absent, as a
             # dict row without that key (a required field still has to be there)
@@ -485,30 +506,25 @@ class TPPerformanceTracker(SqliteStore):
             params.append(_positive_int("last_n", last_n, where))
         return sql, params
 
-    def _aggregate(self, strategy_id, symbol, since, until, window, last_n,
-                   where) -> tuple[int, int, float, int, float]:
-        a, h, sr, p, vol, _, _ = self._aggregate_all(strategy_id, symbol, since, until, window,
-                                                     last_n, where)
-        return a, h, sr, p, vol
-
     def _aggregate_all(self, strategy_id, symbol, since, until, window, last_n, where
                        ) -> tuple[int, int, float, int, float, float, float]:
-        """(attempts, hits, sum R, premature, mean volatility unit, mean PnL per attempt,
-        mean no-edge hit rate ``1 / (1 + r_planned)`` over attempts with a planned R)."""
+        """(attempts, hits, sum R, premature, mean volatility unit, sum of PnL over the
+        attempts, sum over the attempts of the no-edge hit rate: its mean over the attempts
+        with a planned R times the attempts)."""
         sql, params = self._select(strategy_id, symbol, since, until, window, last_n, where)
         agg = f"""SELECT COALESCE(SUM(has_tp), 0), COALESCE(SUM(has_tp * hit), 0),
                          COALESCE(SUM(CASE WHEN has_tp = 1 THEN r_realised END), 0.0),
                          COALESCE(SUM(has_tp * premature), 0),
                          AVG(CASE WHEN has_tp = 1 AND tp_mult IS NOT NULL
                                   THEN ABS(tp_price - entry_price) / (tp_mult * entry_price) END),
-                         AVG(CASE WHEN has_tp = 1 THEN COALESCE(pnl, 0.0) END),
+                         SUM(CASE WHEN has_tp = 1 THEN COALESCE(pnl, 0.0) END),
                          AVG(CASE WHEN has_tp = 1 AND r_planned IS NOT NULL
-                                  THEN 1.0 / (1.0 + r_planned) END)
+                                  THEN no_edge_hit_rate(r_planned) END)
                   FROM ({sql})"""
         with self._lock:
             a, h, sr, p, vol, pnl, ne = self._conn.execute(agg, params).fetchone()
         return (int(a), int(h), float(sr), int(p), float(vol or 0.0), float(pnl or 0.0),
-                float(ne or 0.0))
+                float(ne or 0.0) * int(a))
 
     def get_strategy_tp_feedback(self, strategy_id: str,
                                  symbol: str | Sequence[str] | None = None,
@@ -534,8 +550,9 @@ class TPPerformanceTracker(SqliteStore):
             strategy_id, symbol, since, until, window, last_n, where)
         if attempts < min_attempts:
             return None
-        hit_rate = hits / attempts
-        actual = sum_r / attempts
+        rates = {k: float(v) for k, v in tp_rates(
+            np.float64(attempts), np.float64(hits), sum_r, premature, pnl, no_edge).items()}
+        hit_rate, actual = rates["tp_hit_rate"], rates["actual_r"]
         return {
             "tp_hit_rate": hit_rate,
             "avg_r_multiple": (estimated_r_multiple(hit_rate, R_CAP) if r_source == "estimated"
@@ -543,11 +560,11 @@ class TPPerformanceTracker(SqliteStore):
             "total_attempts": attempts,
             "total_hits": hits,
             "total_misses": attempts - hits,
-            "premature_exit_rate": premature / attempts,
+            "premature_exit_rate": rates["premature_exit_rate"],
             ACTUAL_R_KEY: actual,
-            "pnl_per_trade": pnl,
-            "no_edge_hit_rate": no_edge,
-            "tp_skill": hit_rate - no_edge,
+            "pnl_per_trade": rates["pnl_per_trade"],
+            "no_edge_hit_rate": rates["no_edge_hit_rate"],
+            "tp_skill": hit_rate - rates["no_edge_hit_rate"],
         }
 
     def get_tp_stats(self, strategy_id: str, symbol: str | Sequence[str] | None = None,
@@ -563,7 +580,7 @@ class TPPerformanceTracker(SqliteStore):
         a, h, sr, p, vol, pnl, ne = self._aggregate_all(strategy_id, symbol, since, until,
                                                         window, last_n, where)
         stats = make_tp_stats(a, h, sr, p, min_attempts=min_attempts, volatility=vol,
-                              sum_pnl=pnl * a, sum_no_edge=ne * a)
+                              sum_pnl=pnl, sum_no_edge=ne)
         if r_source == "actual":
             stats = stats.replace(avg_r_multiple=stats.actual_r)
         return stats
@@ -600,7 +617,8 @@ class TPPerformanceTracker(SqliteStore):
         Columns: ``trades`` (in the group), ``share`` (of the strategy x symbol trades),
         ``mean_r`` (mean realised R in the group), ``premature_rate`` (premature / trades in the
         group), and the strategy x symbol aggregates ``attempts``, ``hit_rate``,
-        ``group_premature_rate`` (premature / attempts).
+        ``group_premature_rate`` (premature / attempts; both ``env.stats.tp_rates``, 0 without
+        attempts).
         """
         sql = """SELECT strategy_id, symbol, exit_reason, COUNT(*) AS trades,
                         AVG(r_realised) AS mean_r, AVG(premature) AS premature_rate,
@@ -619,9 +637,11 @@ class TPPerformanceTracker(SqliteStore):
         attempts = g["attempts_part"].transform("sum")
         df["share"] = df["trades"] / total
         df["attempts"] = attempts
-        df["hit_rate"] = (g["hits_part"].transform("sum") / attempts).where(attempts > 0)
-        df["group_premature_rate"] = (g["premature_part"].transform("sum")
-                                      / attempts).where(attempts > 0)
+        rates = tp_rates(attempts.to_numpy(np.float64), g["hits_part"].transform("sum"
+                                                                                 ).to_numpy(),
+                         0.0, g["premature_part"].transform("sum").to_numpy())
+        df["hit_rate"] = rates["tp_hit_rate"]
+        df["group_premature_rate"] = rates["premature_exit_rate"]
         return df[cols].reset_index(drop=True)
 
     def tp_distance_recommendations(self, strategy_id: str,

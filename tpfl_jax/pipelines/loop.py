@@ -1,0 +1,352 @@
+"""``tpfl-loop``: the closed-loop experiment, policies x seeds sharded over ``config.mesh``, with
+the reference rules, the reward audit, the paired statistics, the plots and the report."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from tpfl_jax import report, results, stats
+from tpfl_jax.accounting import seed_keys
+from tpfl_jax.audit import AuditResult
+from tpfl_jax.baselines import make_references, reference_candidates
+from tpfl_jax.config import Config, Objects, to_objects
+from tpfl_jax.distributed import gather
+from tpfl_jax.errors import UserError
+from tpfl_jax.guard import check_divergence
+from tpfl_jax.loop import (
+    Loop,
+    LoopPolicy,
+    LoopResult,
+    check_inputs,
+    make_loop,
+    make_loop_policy,
+    stack_policies,
+)
+from tpfl_jax.pipelines.audit import reward_audit
+from tpfl_jax.pipelines.common import RunPlan, market_line, save_final, setup_jax, user_inputs
+from tpfl_jax.pipelines.markets import build_market, write_market
+from tpfl_jax.replay import all_deploy_trades
+from tpfl_jax.resources import check_run_memory, memory_line, run_footprint, wall_time_estimate
+from tpfl_jax.rundir import write_frame, write_text
+from tpfl_jax.sweeps import make_loop_sweep
+
+
+@dataclass(frozen=True)
+class LoopFrames:
+    """Every table of a loop run (``tpfl_jax.results``), the reference rules included."""
+
+    cycles: pd.DataFrame
+    summary: pd.DataFrame
+    learning_curves: pd.DataFrame
+    ref_cycles: pd.DataFrame
+    ref_summary: pd.DataFrame
+    levels: pd.DataFrame
+    training: pd.DataFrame
+    identical: list[tuple[str, ...]]
+    hindsight: tuple[str, float] | None
+
+
+@dataclass(frozen=True)
+class LoopRun:
+    """A finished ``tpfl-loop`` run: its tables, paired statistics per metric, the answer
+    lines and the timings (seconds)."""
+
+    frames: LoopFrames
+    paired: dict[str, pd.DataFrame]
+    answer: list[str]
+    compile_s: float
+    run_s: float
+
+
+@dataclass(frozen=True)
+class LoopSetup:
+    """A loop run's checked inputs: objects, market spec and source, env params template,
+    the loop and its stacked policies."""
+
+    obj: Objects
+    spec: Any
+    source: Any
+    env_params: Any
+    loop: Loop
+    policies: LoopPolicy
+
+
+def setup(c: Config) -> LoopSetup:
+    """Every input of a loop run built and checked on the host (nothing compiles)."""
+    obj = to_objects(c)
+    with user_inputs():
+        spec, source, env_params = build_market(c, obj.env, obj.env_kwargs)
+        loop = make_loop(obj.loop, obj.ppo, obj.env, spec, env_params, obj.policy_kinds)
+        policies = stack_policies([make_loop_policy(k, w, h, **p) for k, w, p, h in zip(
+            obj.policy_kinds, obj.initial_weights, obj.policy_params, obj.policy_histories,
+            strict=True)])
+        check_inputs(loop, source, obj.env, env_params, policies)
+    return LoopSetup(obj, spec, source, env_params, loop, policies)
+
+
+def _footprint(c: Config, obj: Objects, check: bool) -> dict[str, int]:
+    fn = check_run_memory if check else run_footprint
+    return fn(c, obj.ppo, "loop", len(obj.policy_names) * obj.num_seeds,
+              obs_size=obj.env.obs_size, n_actions=obj.env.num_actions,
+              cycles=obj.loop.num_cycles, deploy_envs=obj.loop.deploy_envs,
+              keep_trades=obj.loop.keep_trades)
+
+
+def plan(c: Config) -> RunPlan:
+    """What ``tpfl-loop`` would run, after every check a run makes before it compiles."""
+    s = setup(c)
+    obj, lc, ppo = s.obj, s.obj.loop, s.obj.ppo
+    n_p, n_s, n_c = len(obj.policy_names), obj.num_seeds, lc.num_cycles
+    steps = ppo.num_updates * ppo.batch_size
+    arms = ", ".join(f"{n} ({k}, start {w:g})" for n, k, w in zip(
+        obj.policy_names, obj.policy_kinds, obj.initial_weights, strict=True))
+    fp = _footprint(c, obj, check=False)
+    lines = (f"tpfl-loop: {n_p} arms x {n_s} seeds x {n_c} cycles = {n_p * n_s} agents",
+             f"arms: {arms}",
+             f"per cycle and agent: {steps:,} env steps, "
+             + (f"up to {ppo.num_updates} PPO updates (converge)" if lc.converge
+                else f"{ppo.num_updates} PPO updates") + f" in chunks of {lc.chunk_updates}; "
+             f"{lc.deploy_envs} deploy episodes per mode",
+             market_line(c, s.spec, s.source, obj.env.lookback),
+             memory_line(fp, n_p * n_s, c.guard),
+             "wall time: " + wall_time_estimate(n_p * n_s * n_c * steps))
+    try:
+        _footprint(c, obj, check=True)
+    except UserError as e:
+        return RunPlan("loop", lines, str(e))
+    return RunPlan("loop", lines)
+
+
+def run(c: Config, out: Path, cache_dir: Path | None = None) -> LoopRun | None:
+    """The closed-loop experiment; process 0 writes every artefact to ``out`` and returns the
+    :class:`LoopRun` (other processes of a multi-host job: None)."""
+    obj = to_objects(c)
+    n_p, n_s, n_c = len(obj.policy_names), obj.num_seeds, obj.loop.num_cycles
+    _footprint(c, obj, check=True)
+    out.mkdir(parents=True, exist_ok=True)
+    setup_jax(cache_dir)
+    bar = tqdm(total=5, desc="tpfl-loop", disable=not c.progress, unit="phase")
+    bar.set_postfix_str("markets")
+    s = setup(c)
+    spec, source, env_params = s.spec, s.source, s.env_params
+    args = (seed_keys(obj.seed, obj.num_seeds), s.policies, source, env_params,
+            obj.ppo.hparams())
+    side = side_work(c, obj, spec, source, env_params, out)     # references + audit
+    bar.update(1)
+    bar.set_postfix_str("compile")
+    t0 = time.perf_counter()
+    go = make_loop_sweep(s.loop, mesh_cfg=obj.mesh).aot(*args)   # policies x seeds, sharded
+    t_compile = time.perf_counter() - t0
+    bar.update(1)
+    bar.set_postfix_str(f"run {n_p} policies x {n_s} seeds x {n_c} cycles")
+    t0 = time.perf_counter()
+    res = gather(jax.block_until_ready(go()))
+    t_run = time.perf_counter() - t0
+    bar.update(1)
+    if jax.process_index() != 0:                 # multi-host: process 0 writes the artefacts
+        bar.close()
+        return None
+    bar.set_postfix_str("references and artefacts")
+    res = jax.device_get(res)
+    check_training(res, obj, c)
+    ref_cycles, audit = side()
+    result = write_run(c, s, res, loop_frames(res, obj, spec, source, c, ref_cycles), audit,
+                       out, t_compile, t_run)
+    bar.update(1)
+    bar.close()
+    print_run(obj, result, out)
+    return result
+
+
+def write_run(c: Config, s: LoopSetup, res: LoopResult, frames: LoopFrames,
+              audit: AuditResult | None, out: Path, t_compile: float, t_run: float) -> LoopRun:
+    """Tables, trades, final networks, the market's files, paired statistics, plots,
+    ``report.md`` and ``timing.json`` of a finished loop."""
+    obj, spec, source = s.obj, s.spec, s.source
+    n_p, n_s, n_c = len(obj.policy_names), obj.num_seeds, obj.loop.num_cycles
+    write_files(out, res, obj, frames)
+    write_market(out, spec, source, c.seed)
+    primary = c.stats.primary_metric
+    paired = paired_stats(c, obj, frames.summary, out)
+    answer = results.answer(frames.summary, paired[primary], frames.ref_summary,
+                            obj.control_names, primary)
+    report.write_loop_report(
+        out, f"tpfl-loop: {c.experiment} ({n_p} arms x {n_s} seeds x {n_c} cycles)",
+        answer=answer, levels=frames.levels, paired=paired, primary=primary,
+        training=frames.training, plots=plots(out, obj, c, frames, paired),
+        notes=notes(obj, c, frames), audit=audit.text() if audit else None)
+    write_text(out / "timing.json", json.dumps({
+        "compile_s": t_compile, "run_s": t_run, "devices": jax.device_count(),
+        "processes": jax.process_count()}))
+    return LoopRun(frames, paired, answer, t_compile, t_run)
+
+
+def side_work(c: Config, obj: Objects, spec: Any, source: Any, env_params: Any, out: Path
+              ) -> Callable[[], tuple[pd.DataFrame, AuditResult | None]]:
+    """The reference rules and the reward audit (independent of the arms' training). On one
+    process they run in a background thread, compiling while the loop compiles (XLA compiles
+    one program per core); the returned ``wait()`` gives ``(references, audit)``. Several
+    processes: process 0 computes them when asked (no program beside the collective one)."""
+    def work() -> tuple[pd.DataFrame, AuditResult | None]:
+        refs = references(obj, spec, source, env_params,
+                          has_labels=c.market.source == "synthetic")
+        return refs, reward_audit(c, obj.env, env_params, spec, source, out, quiet=True)
+
+    if jax.process_count() > 1:
+        return work
+    pool = ThreadPoolExecutor(1, thread_name_prefix="tpfl-side")
+    future = pool.submit(work)
+    pool.shutdown(wait=False)
+    return future.result
+
+
+def check_training(res: LoopResult, obj: Objects, c: Config) -> None:
+    """Non-finite training fails the run naming the arm, seed, cycle and update; then the
+    divergence guard on the updates each cycle ran."""
+    if not np.all(res.train_buffers["finite"]):
+        p, s, cy, u = np.argwhere(~np.asarray(res.train_buffers["finite"]))[0]
+        raise FloatingPointError(f"tpfl-loop: non-finite PPO loss/params (policy "
+                                 f"{obj.policy_names[p]}, seed {s}, cycle {cy}, update {u + 1})")
+    n_cap = np.asarray(res.train_buffers["loss"]).shape[-1]     # updates a cycle may use: the cap
+    ran = np.arange(n_cap) < np.asarray(res.training["updates"])[..., None]
+    check_divergence(res.train_buffers, c.guard, lambda i: (
+        f"tpfl-loop policy {obj.policy_names[i[0]]}, seed {i[1]}, cycle {i[2]}"), ran=ran)
+
+
+def loop_frames(res: LoopResult, obj: Objects, spec: Any, source: Any, c: Config,
+                ref_cycles: pd.DataFrame) -> LoopFrames:
+    """Every table of a loop run, the reference rules included."""
+    names, ppo, lc = obj.policy_names, obj.ppo, obj.loop
+    cycles = results.cycle_frame(res, names, batch_size=ppo.batch_size,
+                                 episode_steps=int(c.env.max_steps_in_episode),
+                                 distinct_bars=spec.distinct_train_bars(source, obj.env.lookback))
+    summary = results.summary_frame(cycles)
+    learning = results.curve_frame(res, names, chunk_updates=lc.chunk_updates,
+                                 cap_updates=ppo.num_updates, batch_size=ppo.batch_size)
+    ref_summary = results.reference_summary(ref_cycles)
+    primary = c.stats.primary_metric
+    return LoopFrames(
+        cycles=cycles, summary=summary, learning_curves=learning, ref_cycles=ref_cycles,
+        ref_summary=ref_summary, levels=results.levels_table(summary, ref_summary, primary),
+        training=report.training_table(cycles),
+        identical=results.identical_arms(summary, primary),
+        hindsight=results.best_fixed_in_hindsight(
+            summary, dict(zip(names, obj.policy_kinds, strict=True)), primary))
+
+
+def references(obj: Objects, spec: Any, source: Any, env_params: Any,
+               has_labels: bool) -> pd.DataFrame:
+    """The reference rules (flat, buy-and-hold, trend, and the hidden-label oracle on synthetic
+    markets) with each family's parameters chosen on the cycle's training market, played on
+    exactly the loop's deployment episodes: one row per rule x seed x cycle."""
+    lc = obj.loop
+    t_dep = int(np.max(np.asarray(env_params.max_steps_in_episode)))
+    run_refs = make_references(obj.env, spec, lc.num_cycles, lc.deploy_envs, t_dep,
+                               select_episodes=max(64, lc.deploy_envs), has_labels=has_labels)
+    out = jax.device_get(run_refs(seed_keys(obj.seed, obj.num_seeds), source, env_params))
+    return results.reference_frame(out, reference_candidates(obj.env, has_labels),
+                                   lc.deploy_envs)
+
+
+def write_files(out: Path, res: LoopResult, obj: Objects, f: LoopFrames) -> None:
+    """The run's tables (CSV, metrics.jsonl), trades (keep_trades) and the final networks."""
+    for frame, name in ((f.cycles, "cycles.csv"), (f.cycles, "metrics.jsonl"),
+                        (f.summary, "summary.csv"), (f.learning_curves, "curves.csv"),
+                        (f.ref_cycles, "references.csv"), (f.levels, "levels.csv"),
+                        (f.training, "training.csv")):
+        write_frame(frame, out / name)
+    if obj.loop.keep_trades:
+        write_frame(all_deploy_trades(res, obj.policy_names), out / "trades.parquet")
+    save_final(out, {"params": res.params, "obs_rms": res.obs_rms})
+
+
+def paired_stats(c: Config, obj: Objects, summary: pd.DataFrame, out: Path
+                 ) -> dict[str, pd.DataFrame]:
+    """Paired tables per declared metric (``paired.csv``)."""
+    st = c.stats
+    metrics = list(dict.fromkeys([st.primary_metric, *st.secondary_metrics]))
+    for i, m in enumerate(metrics):
+        if m not in summary:
+            where = "primary_metric" if i == 0 else "secondary_metrics"
+            raise UserError(f"config.stats.{where}: {m!r} is not a summary.csv column; "
+                             f"expected one of {list(summary.columns[2:])}")
+    paired = {m: stats.paired_table(summary, m, obj.control_names, st.level, st.n_boot, c.seed)
+              for m in metrics}
+    write_frame(pd.concat(paired.values(), ignore_index=True), out / "paired.csv")
+    return paired
+
+
+def plots(out: Path, obj: Objects, c: Config, f: LoopFrames,
+          paired: dict[str, pd.DataFrame]) -> list[Path]:
+    """The loop report's figures."""
+    st = c.stats
+    return [
+        report.plot_levels(out / "levels.png", f.levels, st.primary_metric),
+        report.plot_learning_curves(out / "learning_curves.png", f.learning_curves, f.ref_cycles,
+                                    obj.ppo.num_updates * obj.ppo.batch_size),
+        report.plot_weights(out / "weight_trajectory.png", f.cycles),
+        stats.plot_paired(paired[st.primary_metric], out / "paired_primary.png",
+                          f"{st.primary_metric}: arm - control per seed "
+                          f"({st.level:.0%} simultaneous intervals, Bonferroni; * = Holm "
+                          "rejects)"),
+    ]
+
+
+def notes(obj: Objects, c: Config, f: LoopFrames) -> list[str]:
+    """The report's notes: training criterion and data, deployment, controls, identical arms
+    and the best fixed weight in hindsight."""
+    lc = obj.loop
+    crit = (f"chunks of {lc.chunk_updates} PPO updates until entropy <= {lc.entropy_frac} x "
+            f"log(n_actions) and the mean training return of the last {lc.return_window} "
+            f"chunks exceeds the {lc.return_window} before by <= {lc.return_tol} sd, capped at "
+            f"{obj.ppo.num_updates} updates" if lc.converge
+            else f"a fixed {obj.ppo.num_updates} PPO updates")
+    cyc = f.cycles
+    data = ("fresh synthetic paths every update (no bar seen twice; repetition "
+            f"{cyc.train_repetition.max():.2f})" if c.market.source == "synthetic"
+            and c.market.fresh else
+            f"env steps per distinct training bar {cyc.train_repetition.mean():.1f} (mean over "
+            "cycles)")
+    out = [
+        f"Training per cycle: {crit}; training data: {data}; optimizer "
+        f"{'Adam moments carried across cycles' if lc.carry_optimizer else 'restarted'}, "
+        "LR schedule restarted every cycle.",
+        f"Deploy: sampled (as trained) and greedy (argmax) on {lc.deploy_envs} episodes per "
+        f"cycle; feedback from the {lc.feedback_mode} deployment; history per arm: "
+        f"{dict(zip(obj.policy_names, obj.policy_histories, strict=True))} (window = "
+        f"{lc.history_window} cycles).",
+        f"Controls: {', '.join(obj.control_names)}; seeds are the unit (common random "
+        "numbers); references choose their parameters on each cycle's training market and "
+        "play the arms' deployment episodes.",
+    ]
+    for group in f.identical:
+        out.append(f"Identical on every seed ({c.stats.primary_metric}): "
+                   f"{', '.join(group)}: these arms cannot differ from each other.")
+    if f.hindsight is not None:
+        name, v = f.hindsight
+        out.append(f"Best fixed weight in hindsight: `{name}` ({v:+.1f}); chosen after the "
+                   "fact, the most a weight that never moves could have earned.")
+    return out
+
+
+def print_run(obj: Objects, r: LoopRun, out: Path) -> None:
+    """The console summary of a finished loop."""
+    pd.set_option("display.width", 160)
+    fmt = lambda x: f"{x:.4g}"  # noqa: E731
+    print(f"\ncompile {r.compile_s:.1f}s, run {r.run_s:.1f}s ({len(obj.policy_names)} arms x "
+          f"{obj.num_seeds} seeds x {obj.loop.num_cycles} cycles)")
+    print("\n## Answer\n" + "\n".join(r.answer))
+    print("\n" + r.frames.levels.to_string(index=False, float_format=fmt))
+    print("\n" + r.frames.training.to_string(index=False, float_format=fmt))
+    print(f"report: {out / 'report.md'}")
