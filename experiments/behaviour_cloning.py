@@ -39,8 +39,7 @@ from tpfl_jax.baselines import (
 )
 from tpfl_jax.env.trading import FEATURE_SETS, TradingEnv
 from tpfl_jax.market.specs import SyntheticMarkets
-from tpfl_jax.results import mean_ci
-from tpfl_jax.stats import t_test
+from tpfl_jax.stats import mean_ci, t_test
 
 T_EP = 100
 

@@ -113,7 +113,7 @@ def test_two_runs_started_together_cannot_mix(tmp_path):
     assert (out / "summary.csv").read_text() == f"seed\n{seed}\n"
 
 
-def test_report_lists_failed_and_unfinished_jobs_with_their_overrides(tmp_path):
+def test_report_lists_failed_and_unfinished_jobs_with_their_overrides(tmp_path, monkeypatch):
     from tpfl_jax.report import COLLECTED_REPORT, report_dir
 
     sweep = tmp_path / "multirun"
@@ -133,6 +133,17 @@ def test_report_lists_failed_and_unfinished_jobs_with_their_overrides(tmp_path):
     assert "2 of 3 run(s) did not complete" in text and "market=mixed" in text
     assert "No space left on device" in text and "incomplete (killed or still running)" in text
     assert len(table) == 1                                  # only the complete job's arms
+    # a checked sweep's manifest (written by its first job): a job that never started (the
+    # sweep stopped at job 1's failure) is listed with its overrides too
+    from tpfl_jax.dryrun import SWEEP_JOBS_ENV, write_sweep_manifest
+
+    jobs = [{"job": i, "overrides": [f"market={m}"]}
+            for i, m in enumerate(("regime", "mixed", "gbm", "merton"))]
+    monkeypatch.setenv(SWEEP_JOBS_ENV, json.dumps(jobs))
+    write_sweep_manifest(sweep)
+    text = report_dir(sweep)[1].read_text()
+    assert "3 of 4 run(s) did not complete" in text
+    assert "| 3 |  | not started | market=merton |" in text
 
 
 def test_escaping_names_and_an_unusable_home_stay_confined(tmp_path, monkeypatch):

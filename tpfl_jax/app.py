@@ -29,7 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 from tpfl_jax import explog
 from tpfl_jax.config import to_container, to_mesh_config, to_objects
 from tpfl_jax.distributed import init_distributed, sync_processes
-from tpfl_jax.dryrun import DRY_RUN_ENV, checked_first, dry_run_job, is_config_error
+from tpfl_jax.dryrun import (
+    DRY_RUN_ENV,
+    checked_first,
+    dry_run_job,
+    is_config_error,
+    write_sweep_manifest,
+)
 from tpfl_jax.errors import UserError, one_line, os_error
 from tpfl_jax.pipelines.common import quiet_jax_logs, setup_jax  # noqa: F401  (public API)
 from tpfl_jax.report import format_table, report_dir
@@ -144,7 +150,10 @@ def _hydra_job(fn, command: str, distributed: bool = True):
             to_objects(cfg)                              # every key checked before anything
             out, cache = _out_dir(cfg)
             if jax.process_index() == 0:
-                overrides = list(HydraConfig.get().overrides.task)
+                hc = HydraConfig.get()
+                if hc.mode.name == "MULTIRUN" and int(hc.job.num) == 0:
+                    write_sweep_manifest(Path(hc.sweep.dir))
+                overrides = list(hc.overrides.task)
                 run = RunDir(out, command, config_identity(cfg), overrides).acquire()
                 _write_config(cfg, out)
             try:

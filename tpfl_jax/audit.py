@@ -37,9 +37,9 @@ from tpfl_jax.accounting import episode_keys, finalize
 from tpfl_jax.baselines import reference_set, run_strategies, stack
 from tpfl_jax.env.stats import no_edge_hit_probability
 from tpfl_jax.env.trading import ACCURACY_MODES
-from tpfl_jax.results import mean_ci
 from tpfl_jax.reward import TERM_NAMES
 from tpfl_jax.rundir import save_figure, write_frame, write_text
+from tpfl_jax.stats import mean_ci
 
 SEED_TABLE_MAX_WEIGHT = 2.0  # the largest weight the seed's decision table sets
 NON_REFERENCES = ("random", "churn")  # never "a profitable reference" for the break-even
@@ -82,7 +82,7 @@ class AuditResult:
 
 
 def ci95(x: np.ndarray) -> float:
-    """Half-width of the 95% t-interval of the mean of ``x`` (``results.mean_ci``)."""
+    """Half-width of the 95% t-interval of the mean of ``x`` (``stats.mean_ci``)."""
     return mean_ci(x)[1]
 
 

@@ -5,6 +5,7 @@ launcher, in this process), checked as a run checks it before compiling, and its
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -22,6 +23,7 @@ from tpfl_jax.config import to_container, to_objects
 from tpfl_jax.distributed import is_multi_process
 from tpfl_jax.errors import UserError, one_line
 from tpfl_jax.pipelines.common import RunPlan
+from tpfl_jax.rundir import SWEEP_MANIFEST, write_text
 
 
 def is_config_error(e: BaseException) -> bool:
@@ -32,6 +34,8 @@ def is_config_error(e: BaseException) -> bool:
 DRY_RUN_ENV = "TPFL_DRY_RUN"          # set while a dry run composes the jobs
 DRY_RUN_COMMANDS = ("loop", "train", "audit", "clm")
 _PLANS: list[tuple[str, RunPlan]] = []    # (job label, RunPlan) of the dry run in progress
+_JOBS: list[dict[str, Any]] = []           # {"job": number, "overrides": [...]} of each job
+SWEEP_JOBS_ENV = "TPFL_SWEEP_JOBS"         # the checked sweep's jobs, for its manifest
 
 
 def _is_multirun(argv: list[str]) -> bool:
@@ -48,6 +52,7 @@ def dry_run_job(command: str, cfg: DictConfig) -> None:
     label = " ".join(hc.overrides.task) or "(defaults)"
     if hc.mode.name == "MULTIRUN":
         label = f"job {hc.job.num}: {label}"
+        _JOBS.append({"job": int(hc.job.num), "overrides": list(hc.overrides.task)})
     planners = {"loop": loop.plan, "train": train.plan, "audit": audit.plan,
                 "clm": lambda c: clm.plan(c, Path(hc.runtime.output_dir))}
     try:
@@ -84,6 +89,7 @@ def dry_run(job: Any, command: str, quiet: bool) -> list[tuple[str, RunPlan]]:
                 "hydra/hydra_logging=disabled"]
     os.environ[DRY_RUN_ENV] = "quiet" if quiet else "print"
     _PLANS.clear()
+    _JOBS.clear()
     try:
         job()
     finally:
@@ -112,6 +118,17 @@ def checked_first(job: Any, command: str) -> None:
     bad = [(label, p) for label, p in plans if not p.ok]
     if dry or bad:
         _dry_run_verdict(command, plans, bad, launched=not dry)
+    # the sweep runs: its first job writes every job into the sweep dir's manifest, so a
+    # report lists the jobs that never started when a job fails at run time
+    os.environ[SWEEP_JOBS_ENV] = json.dumps(_JOBS)
+
+
+def write_sweep_manifest(sweep_dir: Path) -> None:
+    """``sweep.json`` (every job of the checked sweep with its overrides) in ``sweep_dir``;
+    nothing when no checked sweep is running."""
+    jobs = os.environ.get(SWEEP_JOBS_ENV)
+    if jobs:
+        write_text(sweep_dir / SWEEP_MANIFEST, json.dumps({"jobs": json.loads(jobs)}, indent=1))
 
 
 def _dry_run_verdict(command: str, plans: list[tuple[str, RunPlan]],
@@ -133,5 +150,5 @@ def _dry_run_verdict(command: str, plans: list[tuple[str, RunPlan]],
 # --------------------------------------------------------------------------- hydra mains
 
 
-__all__ = ["DRY_RUN_COMMANDS", "DRY_RUN_ENV", "checked_first", "dry_run", "dry_run_job",
-           "is_config_error"]
+__all__ = ["DRY_RUN_COMMANDS", "DRY_RUN_ENV", "SWEEP_JOBS_ENV", "SWEEP_MANIFEST", "checked_first",
+           "dry_run", "dry_run_job", "is_config_error", "write_sweep_manifest"]

@@ -19,9 +19,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from tpfl_jax.errors import UserError  # noqa: E402
-from tpfl_jax.results import mean_ci  # noqa: E402
-from tpfl_jax.rundir import RECORD, read_record, save_figure, write_frame, write_text  # noqa: E402,E501
-from tpfl_jax.stats import format_paired  # noqa: E402
+from tpfl_jax.rundir import (  # noqa: E402
+    RECORD,
+    SWEEP_MANIFEST,
+    read_record,
+    save_figure,
+    write_frame,
+    write_text,
+)
+from tpfl_jax.stats import format_paired, mean_ci  # noqa: E402
 
 TABLE_METRICS = ("final_pnl", "oos_pnl", "oos_pnl_greedy", "oos_trade_sharpe", "oos_tp_skill",
                  "oos_hit_rate", "oos_mean_r", "final_weight", "updates", "converged")
@@ -274,7 +280,8 @@ def collect(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every run under ``path`` (a run or a multirun dir): the ``summary.csv`` rows of the
     complete runs with ``run`` and ``overrides`` columns, and one row per run directory
     (``run``, ``command``, ``status``: complete / failed / incomplete, ``overrides``,
-    ``error``) so failed and unfinished jobs are listed, not dropped."""
+    ``error``) so failed and unfinished jobs are listed, not dropped; with the sweep's
+    ``sweep.json`` (a checked ``--multirun``), its jobs that never started too."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path} is not a directory; expected a run or multirun output "
@@ -297,6 +304,13 @@ def collect(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             df.insert(0, "run", name)
             df.insert(1, "overrides", overrides)
             frames.append(df)
+    manifest = path / SWEEP_MANIFEST
+    if manifest.is_file():                  # jobs of the sweep that never started
+        seen = {r["run"] for r in runs}
+        for j in json.loads(manifest.read_text()).get("jobs", []):
+            if str(j["job"]) not in seen:
+                runs.append({"run": str(j["job"]), "command": "", "status": "not started",
+                             "overrides": " ".join(j["overrides"]), "error": ""})
     if not runs:
         raise UserError(f"no run under {path} (no run.json or summary.csv)")
     summary = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

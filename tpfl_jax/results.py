@@ -32,7 +32,7 @@ import pandas as pd
 
 from tpfl_jax.accounting import METRICS, finalize
 from tpfl_jax.clm.policies import REASON_NAMES
-from tpfl_jax.stats import t_test
+from tpfl_jax.stats import mean_ci, t_test
 
 SUMMARY_METRICS = ("pnl", "trade_sharpe", "episode_sharpe", "hit_rate", "mean_r", "tp_skill",
                    "mean_tp_mult", "trades", "max_drawdown")
@@ -191,17 +191,6 @@ def identical_arms(summary: pd.DataFrame, metric: str = "oos_pnl") -> list[tuple
     return [tuple(g) for g in groups.values() if len(g) > 1]
 
 
-def mean_ci(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Mean of the finite values of ``x`` and the half-width of its t-interval
-    (``stats.t_test``; NaN half-width with fewer than 2 values)."""
-    x = np.asarray(x, float)
-    x = x[np.isfinite(x)]
-    if len(x) == 0:
-        return float("nan"), float("nan")
-    mean, lo, hi, _ = t_test(x, level)
-    return float(mean), float((hi - lo) / 2)
-
-
 # how a reference rule is named in tables: the oracle reads hidden labels
 REFERENCE_LABELS = {"oracle": "oracle (hidden labels, not causal)"}
 
@@ -323,5 +312,5 @@ def episode_paired(agent_pnl: np.ndarray, ref_pnl: dict[str, np.ndarray],
 __all__ = ["METRICS", "MODES", "REFERENCE_LABELS", "SUMMARY_METRICS", "answer",
            "best_fixed_in_hindsight",
            "curve_frame", "cycle_frame", "episode_paired", "identical_arms", "levels_table",
-           "mean_ci", "oos_cycles", "read_metrics_rows", "reference_frame", "reference_summary",
+           "oos_cycles", "read_metrics_rows", "reference_frame", "reference_summary",
            "summary_columns", "summary_frame", "train_curves"]

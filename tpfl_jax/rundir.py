@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from tpfl_jax.errors import UserError, os_error
 
 COMPILE_CACHE_ENV = "TPFL_COMPILE_CACHE_DIR"
+SWEEP_MANIFEST = "sweep.json"    # in a checked sweep's dir: every job with its overrides
 # keys that do not change what a run computes (excluded from its identity)
 NON_IDENTITY_KEYS = ("progress", "compile_cache", "compile_cache_dir", "guard", "mesh")
 
@@ -313,5 +314,5 @@ def identity_diff(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 8
 
 __all__ = ["COMPILE_CACHE_ENV", "LOCK", "NON_IDENTITY_KEYS", "RECORD", "AlreadyComplete",
            "RunDir", "atomic", "compile_cache_dir", "confine", "config_identity",
-           "identity_diff", "identity_hash", "read_record", "safe_name",
+           "identity_diff", "identity_hash", "read_record", "safe_name", "SWEEP_MANIFEST",
            "save_figure", "write_frame", "write_text"]

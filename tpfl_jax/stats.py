@@ -108,6 +108,17 @@ def t_test(d: np.ndarray, level: float = 0.95) -> tuple[float, float, float, flo
     return m, m - half, m + half, p
 
 
+def mean_ci(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Mean of the finite values of ``x`` and the half-width of its t-interval
+    (:func:`t_test`; NaN half-width with fewer than 2 values)."""
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    mean, lo, hi, _ = t_test(x, level)
+    return float(mean), float((hi - lo) / 2)
+
+
 def bootstrap_ci(d: np.ndarray, level: float = 0.95, n_boot: int = 2000,
                  seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``d`` at ``level`` (NaN with < 2 values).
@@ -312,6 +323,6 @@ def plot_paired(table: pd.DataFrame, path: Path, title: str = "") -> Path:
     return path
 
 
-__all__ = ["PAIRED_COLUMNS", "bootstrap_ci", "format_paired", "holm", "holm_levels",
+__all__ = ["PAIRED_COLUMNS", "bootstrap_ci", "format_paired", "holm", "holm_levels", "mean_ci",
            "mde_paired", "paired_diffs", "paired_table", "per_seed", "plot_paired",
            "simultaneous_level", "t_test"]
