@@ -55,6 +55,7 @@ class LoopFrames:
     training: pd.DataFrame
     identical: list[tuple[str, ...]]
     hindsight: tuple[str, float] | None
+    fresh_paths: bool = False     # training paths generated every update (no bar reused)
 
 
 @dataclass(frozen=True)
@@ -228,9 +229,10 @@ def loop_frames(res: LoopResult, obj: Objects, spec: Any, source: Any, c: Config
                 ref_cycles: pd.DataFrame) -> LoopFrames:
     """Every table of a loop run, the reference rules included."""
     names, ppo, lc = obj.policy_names, obj.ppo, obj.loop
+    bars = spec.distinct_train_bars(source, obj.env.lookback)
     cycles = results.cycle_frame(res, names, batch_size=ppo.batch_size,
                                  episode_steps=int(c.env.max_steps_in_episode),
-                                 distinct_bars=spec.distinct_train_bars(source, obj.env.lookback))
+                                 distinct_bars=bars)
     summary = results.summary_frame(cycles)
     learning = results.curve_frame(res, names, chunk_updates=lc.chunk_updates,
                                  cap_updates=ppo.num_updates, batch_size=ppo.batch_size)
@@ -242,7 +244,8 @@ def loop_frames(res: LoopResult, obj: Objects, spec: Any, source: Any, c: Config
         training=report.training_table(cycles),
         identical=results.identical_arms(summary, primary),
         hindsight=results.best_fixed_in_hindsight(
-            summary, dict(zip(names, obj.policy_kinds, strict=True)), primary))
+            summary, dict(zip(names, obj.policy_kinds, strict=True)), primary),
+        fresh_paths=bars is None)
 
 
 def references(obj: Objects, spec: Any, source: Any, env_params: Any,
@@ -313,11 +316,13 @@ def notes(obj: Objects, c: Config, f: LoopFrames) -> list[str]:
             f"{obj.ppo.num_updates} updates" if lc.converge
             else f"a fixed {obj.ppo.num_updates} PPO updates")
     cyc = f.cycles
-    data = ("fresh synthetic paths every update (no bar seen twice; repetition "
-            f"{cyc.train_repetition.max():.2f})" if c.market.source == "synthetic"
-            and c.market.fresh else
-            f"env steps per distinct training bar {cyc.train_repetition.mean():.1f} (mean over "
-            "cycles)")
+    if f.fresh_paths:
+        data = ("generated paths drawn fresh every update (no bar seen twice; repetition "
+                f"{cyc.train_repetition.max():.2f})")
+    else:                             # replayed windows, or block-bootstrap paths of them
+        data = (("block-bootstrap paths drawn fresh every update; " if "bootstrap" in
+                 c.market.train_source else "") + "env steps per distinct real training bar "
+                f"{cyc.train_repetition.mean():.1f} (mean over cycles)")
     out = [
         f"Training per cycle: {crit}; training data: {data}; optimizer "
         f"{'Adam moments carried across cycles' if lc.carry_optimizer else 'restarted'}, "

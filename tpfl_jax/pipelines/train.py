@@ -187,9 +187,16 @@ def make_job(c: Config, obj: Objects, spec: Any, source: Any, env_params: Any,
     stream = spec.stream(obj.env, obj.ppo.num_envs, obj.ppo.num_steps, t)
     bars = spec.distinct_train_bars(source, obj.env.lookback)
     steps = obj.ppo.num_updates * obj.ppo.batch_size
-    note = (f"fresh synthetic paths every update ({steps} env steps per agent, no bar seen "
-            "twice)" if stream is not None else f"{steps} env steps per agent over {bars:.0f} "
-            f"distinct training bars (repetition {steps / bars:.1f})")
+    if bars is None:
+        note = (f"generated paths drawn fresh every update ({steps} env steps per agent, no "
+                "bar seen twice)")
+    elif stream is not None:          # a block bootstrap: new paths, reused real bars
+        note = (f"block-bootstrap paths drawn fresh every update from {bars:.0f} distinct real "
+                f"training bars ({steps} env steps per agent: each bar recurs "
+                f"{steps / bars:.1f} times, in new orders)")
+    else:
+        note = (f"{steps} env steps per agent over {bars:.0f} distinct training bars "
+                f"(repetition {steps / bars:.1f})")
     return TrainJob(
         train_params=env_params.replace(market=train_m),
         test_params=env_params.replace(market=test_m),
