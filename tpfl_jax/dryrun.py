@@ -19,7 +19,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from tpfl_jax.config import to_container, to_objects
+from tpfl_jax.config import to_container
 from tpfl_jax.distributed import is_multi_process
 from tpfl_jax.errors import UserError, one_line
 from tpfl_jax.pipelines.common import RunPlan
@@ -56,7 +56,6 @@ def dry_run_job(command: str, cfg: DictConfig) -> None:
     planners = {"loop": loop.plan, "train": train.plan, "audit": audit.plan,
                 "clm": lambda c: clm.plan(c, Path(hc.runtime.output_dir))}
     try:
-        to_objects(cfg)                                  # every key checked first
         plan = planners[command](to_container(cfg))
     except Exception as e:  # noqa: BLE001 - user errors are the plan's verdict; bugs re-raise
         if not is_config_error(e):

@@ -72,9 +72,9 @@ def device_memory_bytes() -> tuple[int, int, str]:
 
 
 def memory_per_device(footprint: Mapping[str, int], n_agents: int,
-                      guard: GuardSection | None) -> tuple[int, int, str, str]:
-    """(estimated bytes per device, the limit in bytes (0: unknown), its text, the platform) of
-    a footprint spread over the local devices."""
+                      guard: GuardSection | None) -> tuple[int, int, str, str, int]:
+    """(estimated bytes per device, the limit in bytes (0: unknown), its text, the platform,
+    the number of devices) of a footprint spread over the local devices."""
     limit, n_dev, plat = device_memory_bytes()
     limit_text = f"{limit / 2**30:.3g} GiB"
     if guard is not None and guard.max_memory_gb is not None:
@@ -83,14 +83,13 @@ def memory_per_device(footprint: Mapping[str, int], n_agents: int,
     total = footprint["total"]
     per_dev = total if n_dev <= 1 else math.ceil(total * math.ceil(n_agents / n_dev)
                                                   / max(n_agents, 1))
-    return per_dev, limit, limit_text, plat
+    return per_dev, limit, limit_text, plat, n_dev
 
 
 def check_memory(footprint: Mapping[str, int], n_agents: int, guard: GuardSection | None,
                  what: str) -> None:
     """Refuse (``ConfigError``) when the estimated footprint cannot fit in memory."""
-    per_dev, limit, limit_text, plat = memory_per_device(footprint, n_agents, guard)
-    _, n_dev, _ = device_memory_bytes()
+    per_dev, limit, limit_text, plat, n_dev = memory_per_device(footprint, n_agents, guard)
     if 0 < limit < per_dev:
         parts = ", ".join(f"{k} {v / 2**30:.3g} GiB" for k, v in footprint.items()
                           if k != "total" and v)
@@ -136,7 +135,7 @@ def check_run_memory(c: Any, ppo: Any, command: str, n_agents: int, **kwargs: An
 def memory_line(footprint: Mapping[str, int], n_agents: int, guard: GuardSection | None
                 ) -> str:
     """The estimated memory per device against the limit, for a run plan."""
-    per_dev, limit, limit_text, plat = memory_per_device(footprint, n_agents, guard)
+    per_dev, limit, limit_text, plat, _ = memory_per_device(footprint, n_agents, guard)
     lim = f"of {limit_text} available" if limit > 0 else "(no limit known)"
     return (f"memory: >= {per_dev / 2**30:.3g} GiB per {plat} device {lim} (lower-bound "
             "estimate)")

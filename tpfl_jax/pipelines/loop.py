@@ -83,9 +83,9 @@ class LoopSetup:
     policies: LoopPolicy
 
 
-def setup(c: Config) -> LoopSetup:
-    """Every input of a loop run built and checked on the host (nothing compiles)."""
-    obj = to_objects(c)
+def setup(c: Config, obj: Objects) -> LoopSetup:
+    """Every input of a loop run (``obj``: ``to_objects(c)``) built and checked on the host
+    (nothing compiles)."""
     with user_inputs():
         spec, source, env_params = build_market(c, obj.env, obj.env_kwargs)
         loop = make_loop(obj.loop, obj.ppo, obj.env, spec, env_params, obj.policy_kinds)
@@ -106,7 +106,7 @@ def _footprint(c: Config, obj: Objects, check: bool) -> dict[str, int]:
 
 def plan(c: Config) -> RunPlan:
     """What ``tpfl-loop`` would run, after every check a run makes before it compiles."""
-    s = setup(c)
+    s = setup(c, to_objects(c))
     obj, lc, ppo = s.obj, s.obj.loop, s.obj.ppo
     n_p, n_s, n_c = len(obj.policy_names), obj.num_seeds, lc.num_cycles
     steps = ppo.num_updates * ppo.batch_size
@@ -139,7 +139,7 @@ def run(c: Config, out: Path, cache_dir: Path | None = None) -> LoopRun | None:
     setup_jax(cache_dir)
     bar = tqdm(total=5, desc="tpfl-loop", disable=not c.progress, unit="phase")
     bar.set_postfix_str("markets")
-    s = setup(c)
+    s = setup(c, obj)
     spec, source, env_params = s.spec, s.source, s.env_params
     args = (seed_keys(obj.seed, obj.num_seeds), s.policies, source, env_params,
             obj.ppo.hparams())
