@@ -3,11 +3,14 @@
 
     python experiments/results_page.py results/study results/real [--out experiments/RESULTS.md]
 
-Per job: the answer (best arm, what differs from each control after Holm, the reference rules on
-the same episodes), the levels table (every arm beside flat / buy-and-hold / trend / oracle), the
-primary metric's paired differences against both controls (simultaneous Bonferroni intervals,
-Holm-adjusted p-values, Holm decisions, MDE at alpha/m), the training table (entropy against its
-maximum, repetition) and the reward audit summary, with the learning-curve and levels figures.
+Per job: the answer (the best arm only where Holm over all pairs separates it, what differs from
+each control after Holm, the reference rules on the same episodes), the levels table with its
+units (every arm beside flat / buy-and-hold / trend / oracle), the primary metric's paired
+differences against both controls (simultaneous Bonferroni intervals, Holm-adjusted p-values,
+Holm decisions, MDE at alpha/m) and against the better of trend and buy-and-hold, the weight
+paths and the regret against the best fixed weight in hindsight, the training table (entropy
+against its maximum, repetition) and the reward audit summary, with the learning-curve, levels,
+paired, weight-path and regret figures.
 Numbers are read from the files each run wrote (``tpfl_jax.results`` only formats them).
 """
 
@@ -46,11 +49,15 @@ def job_section(job: Path, figure: Path | None = None, out: Path | None = None) 
     refs = pd.read_csv(job / "references.csv")
     ref_summary = R.reference_summary(refs)
     controls = list(dict.fromkeys(p.control))
+    env, mode = cfg["env"], cfg["loop"]["feedback_mode"]
+    units = report.units_text(float(env["initial_equity"]), int(env["max_steps_in_episode"]))
+    levels = pd.read_csv(job / "levels.csv")
     lines = [f"### {_job_label(job)}", "", *R.answer(summary, p, ref_summary, controls, primary),
-             "", report.levels_markdown(pd.read_csv(job / "levels.csv"), primary), "",
-             f"{int(p['n'].iloc[0])} seeds; `{primary}` (PnL per deploy episode, mean over "
-             "cycles 1..C-1); arm - control per seed; 95% simultaneous intervals (Bonferroni); "
-             "decisions by Holm.", "",
+             "", *report.levels_legend(levels, primary, mode, units, summary), "",
+             report.levels_markdown(levels, primary, mode, units), "",
+             f"{int(p['n'].iloc[0])} seeds; `{primary}` ({units}, mean over cycles 1..C-1); "
+             "arm - control per seed; 95% simultaneous intervals (Bonferroni); decisions by "
+             "Holm.", "",
              "| arm | vs fixed_1.0 [simult. CI] | p (Holm) | vs fixed_0.0 [simult. CI] | "
              "p (Holm) | MDE |", "|---|---|---|---|---|---|"]
     for arm in dict.fromkeys(summary.policy):
@@ -68,6 +75,29 @@ def job_section(job: Path, figure: Path | None = None, out: Path | None = None) 
         row.append(f"{mde.iloc[0]:.0f}" if len(mde) else "")
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "`**`: rejected at family level 5% (Holm)."]
+    st = cfg["stats"]
+    vs = R.reference_paired(summary, ref_summary, primary, float(st["level"]),
+                            int(st["n_boot"]), int(cfg["seed"]))
+    if vs is not None:
+        rule, t = vs
+        lines += ["", f"Against `{rule}` (the better of trend and buy-and-hold on this run, "
+                  "chosen after the fact), paired per seed over the same deploy episodes of "
+                  "cycles 1..C-1, arm - rule [95% t-interval] (Holm p): " + "; ".join(
+                      f"`{r.arm}` {_fmt(r.mean_diff)} [{_fmt(r.t_lo)}, {_fmt(r.t_hi)}] "
+                      f"({r.p_holm:.3g}){' **' if r.reject else ''}" for r in t.itertuples())
+                  + "."]
+    kinds = {q["name"]: q["kind"] for q in cfg["policy"]["policies"]}
+    kinds |= {a: "fixed" for a in summary.policy.unique()
+              if a not in kinds and str(a).startswith("fixed_")}       # added control arms
+    cycles = pd.read_csv(job / "cycles.csv")
+    regret = R.regret_frame(cycles, kinds)
+    lines += ["", "Weight paths over seeds:", "",
+              report.weight_paths_markdown(R.weight_paths(cycles))]
+    if regret is not None:
+        lines += ["", f"Cumulative regret against the best fixed weight in hindsight "
+                  f"(`{regret[0]}`, pooled over seeds), per cycle, mean [min, max] over seeds "
+                  f"(PnL per episode summed over cycles 1..c):", "",
+                  report.regret_markdown(regret[1])]
     for metric in (m for m in cfg["stats"].get("secondary_metrics", []) if m != primary):
         sec = paired[(paired.metric == metric) & paired.control.isin(["fixed_1.0", "fixed_0.0"])]
         if not len(sec):
@@ -95,7 +125,8 @@ def job_section(job: Path, figure: Path | None = None, out: Path | None = None) 
         t = json.loads(timing.read_text())
         lines += ["", f"Compile {t['compile_s']:.0f} s, run {t['run_s']:.0f} s."]
     lines.append("")
-    for name in ("learning_curves.png", "levels.png", "paired_primary.png"):
+    for name in ("learning_curves.png", "levels.png", "paired_primary.png",
+                 "weight_trajectory.png", "regret.png"):
         src = job / name
         if not src.exists():
             continue

@@ -188,13 +188,31 @@ def test_tiny_loop_end_to_end_produces_every_artefact(tmp_path, tiny_loop):
     assert r["mean_diff"] == pytest.approx((wide["fixed_0.0"] - wide["fixed_1.0"]).mean())
     trades = pd.read_parquet(out / "trades.parquet")
     assert len(trades) == round(sum(r["deploy_trades"] for r in rows) * 8)   # 8 deploy envs
+    # every deploy episode of every arm and rule; they aggregate to cycles / references
+    eps = pd.read_parquet(out / "episodes.parquet")
+    arms = eps[(eps.kind == "policy") & (eps["mode"] == "greedy")]
+    by = arms.groupby(["arm", "seed", "cycle"])["pnl"].mean()
+    cyc = pd.read_csv(out / "cycles.csv").set_index(["policy", "seed", "cycle"])
+    assert by.to_numpy() == pytest.approx(cyc.loc[by.index, "deploy_greedy_pnl"].to_numpy(),
+                                          abs=1e-3)
+    ref = eps[eps.kind == "reference"].groupby(["arm", "seed", "cycle"])["pnl"].mean()
+    assert ref.to_numpy() == pytest.approx(refs.set_index(["rule", "seed", "cycle"]).loc[
+        ref.index, "deploy_pnl"].to_numpy(), abs=1e-3)
+    # each deploy episode its own path (8 episodes on 4 deploy paths: each path twice)
+    assert (arms.groupby(["arm", "seed", "cycle"])["path"].apply(
+        lambda p: sorted(p.value_counts()) == [2, 2, 2, 2])).all()
     # the report answers first, and its answer is summary.csv's
     report = (out / "report.md").read_text()
     assert report.index("## Answer") < report.index("## Levels") < report.index(
         "## Paired differences")
-    means = summary.groupby("policy", sort=False)["oos_pnl"].mean()
-    best = means.idxmax()
-    assert f"Best arm: `{best}` with oos_pnl {means[best]:+.1f}" in report
+    from tpfl_jax import results as R
+
+    answer = R.answer(summary, prim, R.reference_summary(refs), ["fixed_1.0", "fixed_0.0"])
+    assert "## Answer\n\n" + "\n".join(answer) in report
+    # 2 seeds: Holm over all pairs cannot name a best arm (no best by point estimate)
+    assert answer[0].startswith("No arm is distinguishable as best") and "Best arm" not in report
+    assert "PnL in currency per 40-step episode on 10,000 starting equity" in report
+    assert "| greedy_pnl |" not in report and "Bootstrap intervals omitted: n = 2" in report
     assert "References on the same episodes" in report and "simultaneous" in report
     assert "## Reward audit" in report and "learning_curves.png" in report
     assert "## Answer" in proc.stdout and "seed_table" in proc.stdout
@@ -236,11 +254,11 @@ def test_tiny_loop_end_to_end_produces_every_artefact(tmp_path, tiny_loop):
     text = page.main([str(out.parent), "--out", str(md), "--figures",
                       str(tmp_path / "doc" / "fig")])
     figs = list((tmp_path / "doc" / "fig").glob("*.png"))
-    assert len(figs) == 3 and all(f"](fig/{f.name})" in text for f in figs)
+    assert len(figs) == 5 and all(f"](fig/{f.name})" in text for f in figs)   # + weights, regret
     r = prim.set_index(["control", "arm"]).loc[("fixed_0.0", "ema")]
     f = page._fmt
     assert f"{f(r['mean_diff'])} [{f(r['simul_lo'])}, {f(r['simul_hi'])}]" in text
-    assert "Training: entropy / max per cycle" in text and "Best arm" in text
+    assert "Training: entropy / max per cycle" in text and answer[0] in text
 
 
 def test_study_gpu_is_the_study_with_more_training():

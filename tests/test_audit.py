@@ -32,12 +32,15 @@ def test_default_reward_ranks_by_pnl_and_resists_farming_legacy_does_not(kind):
     m = _market(kind)
     cfg = AuditConfig(weights=(0.0, 2.0), episodes=512)
     new = run_audit(ENV, ENV.make_params(m, max_steps_in_episode=100), cfg).summary
-    assert new["tau"] == pytest.approx(1.0)
+    # the reward orders the rules as PnL does wherever PnL separates them (paired over the
+    # episodes); a swap of two rules whose PnL is within noise is reported, not failed
+    assert new["tau_ok"] and new["discordant_separated"] == []
+    assert new["tau"] == pytest.approx(1.0) or new["discordant_within_noise"]
     assert new["break_even_weight"] > 2.0          # churn vs the best profitable reference
     assert new["break_even_causal"] > 2.0          # ... vs rules an agent could run
     assert new["farm_break_even"] > 2.0            # no coin-flip trader at any TP distance
     old = run_audit(ENV, ENV.make_params(m, max_steps_in_episode=100, **LEGACY), cfg).summary
-    assert old["tau"] < 1.0 or old["break_even_weight"] <= 2.0
+    assert not old["tau_ok"] or old["break_even_weight"] <= 2.0
     assert old["break_even_weight"] < 0.5 and old["farm_break_even"] < 0.5
 
 

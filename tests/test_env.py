@@ -521,3 +521,22 @@ def test_gymnax_gymnasium_wrapper():
         total += float(r)
         trades += int(info["trade"]["closed"])
     assert trunc and not term and trades > 0 and np.isfinite(total)
+
+
+def test_rollout_episodes_play_distinct_paths():
+    """Rollout episode e plays path e % n_paths (its start bar from its key): 10 episodes on
+    5 paths visit every path twice; each episode's first observation is that path's reset."""
+    from tpfl_jax.accounting import episode_paths, rollout
+
+    rng = np.random.default_rng(0)
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0, 0.01, (5, 60)), axis=1))
+    market = make_market_data(close, close * 1.005, close * 0.995, close)
+    params = params_for(market, max_steps_in_episode=8)
+    keys = jax.random.split(jax.random.key(3), 10)
+    out = rollout(ENV, lambda obs, st, k: jnp.int32(0), params, keys, 8, keep_steps=True)
+    paths = episode_paths(ENV, params, 10)
+    assert paths.tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]
+    want, _ = jax.vmap(lambda k, p: ENV.reset_env(jax.random.split(k)[0], params,
+                                                  lane_next=p))(keys, jnp.asarray(paths))
+    np.testing.assert_array_equal(np.asarray(out.obs[:, 0]), np.asarray(want))
+    assert episode_paths(object(), params, 10) is None     # an env that draws its own path

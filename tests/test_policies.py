@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -191,8 +192,10 @@ def test_apply_policy_with_a_subset_of_kinds_matches_every_kind():
     state = P.init_policy_state(1.1)
     full = jax.jit(jax.vmap(P.apply_policy, in_axes=(None, None, 0)))(s, state, params)
     sub = jax.jit(jax.vmap(lambda p: P.apply_policy(s, state, p, kinds)))(params)
-    for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(sub), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    data = lambda t: [np.asarray(jax.random.key_data(x) if P._is_key(x) else x)  # noqa: E731
+                      for x in jax.tree.leaves(t)]
+    for x, y in zip(data(full), data(sub), strict=True):
+        np.testing.assert_array_equal(x, y)
     assert len(set(np.asarray(full[0]).tolist())) > 1      # the three policies differ here
 
 
@@ -278,28 +281,77 @@ def test_expectancy_host_decision_reads_tracker_edge_keys():
     assert float(s.tp_skill) == pytest.approx(0.2)
 
 
-def test_bandit_tries_every_weight_then_samples_the_best():
-    """The bandit credits each period's deployed PnL to the weight in force, tries the untried
-    grid weights first (in grid order), then follows its Thompson draws toward the weight that
-    paid most; its memory is PolicyState.arm_*; decisions replay from the same inputs."""
+TOY_MU = (2.0, 5.0, 0.0, -4.0)       # mean PnL per trade of grid weights 0, 0.5, 1, 2
+
+
+@jax.jit
+def _toy_bandit(keys, params, mu_late):
+    """The bandit on a toy problem, per key (a seed): a period under grid weight i pays
+    ``N(mu[i], 8^2)`` PnL per trade, ``mu = TOY_MU`` for the first 40 rounds and ``mu_late``
+    after; returns the grid index in force and its regret, per round ``[S, 80]``."""
+    def one(key):
+        k_pol, k_env = jax.random.split(key)
+
+        def step(st, t):
+            i = jnp.argmin(jnp.abs(params.bandit_grid - st.weight))
+            mu = jnp.where(t < 40, jnp.asarray(TOY_MU), mu_late)
+            r = mu[i] + 8.0 * jax.random.normal(jax.random.fold_in(k_env, t))
+            _, st, _ = P.bandit(stats(0.3, 2.0, pnl=r), st, params)
+            return st, (i, mu.max() - mu[i])
+        return jax.lax.scan(step, P.init_policy_state(1.0, k_pol), jnp.arange(80))[1]
+    return jax.vmap(one)(keys)
+
+
+SEEDS = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(7), i))(jnp.arange(64))
+
+
+def test_bandit_regret_is_sublinear_and_its_choices_differ_across_seeds():
+    """Stationary toy problem (weight 0.5 pays most): the regret of the second half of 80
+    rounds is well below the first half's (averaged over 64 seeds); every seed's choice
+    sequence is its own; one key replays the same choices."""
     params = P.make_policy_params("bandit")
-    grid = [0.0, 0.5, 1.0, 2.0]
-    pay = {0.0: 50.0, 0.5: 10.0, 1.0: -20.0, 2.0: -60.0}     # PnL per trade x 100 trades
-    st = P.init_policy_state(1.0)
-    seen = []
-    for _ in range(12):
-        w = float(st.weight)
-        w_next, st, code = _APPLY(stats(0.3, 2.0, attempts=100.0, pnl=pay[w] / 100.0), st,
-                                  params)
-        seen.append((w, float(w_next), int(code)))
-    assert [n for _, n, _ in seen[:3]] == [0.0, 0.5, 2.0]       # untried weights, in order
-    assert all(c == P.REASON_BANDIT_EXPLORE for *_, c in seen[:3])
-    assert seen[3][2] == P.REASON_BANDIT_SAMPLE
-    np.testing.assert_allclose(np.asarray(st.arm_n).sum(), 12)
-    assert sum(n == 0.0 for _, n, _ in seen[4:]) >= 6             # it settles on the best weight
-    with pytest.raises(ValueError, match="bandit_grid"):
-        P.make_policy_params("bandit", bandit_grid=(0.0, 2.0, 1.0, 3.0))
-    assert grid == [float(x) for x in params.bandit_grid]
+    arms, regret = map(np.asarray, _toy_bandit(SEEDS, params, jnp.asarray(TOY_MU)))
+    first, second = regret[:, :40].sum(1).mean(), regret[:, 40:].sum(1).mean()
+    assert second < 0.6 * first, (first, second)
+    assert (arms[:, 60:] == 1).mean() > 0.6             # it settles on the best weight
+    assert len({tuple(a) for a in arms}) == 64          # per-seed randomness
+    assert len({tuple(a[:3]) for a in arms}) > 10       # no fixed exploration order
+    again = np.asarray(_toy_bandit(SEEDS[:2], params, jnp.asarray(TOY_MU))[0])
+    np.testing.assert_array_equal(again, arms[:2])
+
+
+def test_bandit_discount_tracks_a_change():
+    """The best weight moves from 0.5 to 1 after 40 rounds: the discounted bandit (0.9) has
+    less regret after the change than the stationary one."""
+    late = jnp.asarray(TOY_MU[::-1])
+    reg = {g: np.asarray(_toy_bandit(SEEDS, P.make_policy_params("bandit", bandit_discount=g),
+                                     late)[1])[:, 40:].sum(1).mean() for g in (1.0, 0.9)}
+    assert reg[0.9] < 0.9 * reg[1.0], reg
+
+
+def test_bandit_credits_the_weight_in_force_and_validates():
+    """One decision credits the reward to the grid weight in force (none for invalid stats),
+    after discounting the memory; bad prior, noise or discount values are refused."""
+    params = P.make_policy_params("bandit", bandit_discount=0.5)
+    st = P.init_policy_state(2.0).replace(arm_n=jnp.full(4, 2.0), arm_sum=jnp.full(4, 4.0),
+                                          arm_sq=jnp.full(4, 8.0))
+    _, new, code = _APPLY(stats(0.3, 2.0, pnl=3.0), st, params)
+    np.testing.assert_allclose(new.arm_n, [1, 1, 1, 2])
+    np.testing.assert_allclose(new.arm_sum, [2, 2, 2, 5])
+    np.testing.assert_allclose(new.arm_sq, [4, 4, 4, 13])
+    assert int(code) == P.REASON_BANDIT_SAMPLE and int(new.n_updates) == 1
+    _, new, _ = _APPLY(stats(0.3, 2.0, pnl=3.0, valid=False), st, params)
+    np.testing.assert_allclose(new.arm_n, [1, 1, 1, 1])
+    d = P.decide_weight({"tp_hit_rate": 0.3, "avg_r_multiple": 3.3, "total_attempts": 20,
+                         "pnl_per_trade": 5.0}, "bandit")         # the host (CLM) path
+    assert d.weight in (0.0, 0.5, 1.0, 2.0) and d.reason.startswith("Bandit: TP weight")
+    for bad, text in (({"bandit_prior_sd": 0.0}, "bandit_prior_sd > 0"),
+                      ({"bandit_noise_sd": -1.0}, "bandit_noise_sd > 0"),
+                      ({"bandit_discount": 0.0}, "0 < bandit_discount <= 1"),
+                      ({"bandit_discount": 1.5}, "0 < bandit_discount <= 1"),
+                      ({"bandit_grid": (0.0, 2.0, 1.0, 3.0)}, "bandit_grid")):
+        with pytest.raises(ValueError, match=re.escape(text)):
+            P.make_policy_params("bandit", **bad)
 
 
 def test_gated_holds_when_the_hit_rate_is_what_the_tp_distance_explains():

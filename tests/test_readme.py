@@ -35,12 +35,20 @@ print(json.dumps(out))
 """
 
 
+DOCS = ("README.md", "docs/data.md", "docs/policies.md")
+PLACEHOLDER = "my_policies"     # docs/policies.md's stand-in for the reader's own module
+
+
 def readme_commands() -> list[tuple[str, list[str], bool]]:
-    """(command, arguments, marked for a GPU) of every ``tpfl-*`` call in a code block."""
-    blocks = re.findall(r"```[a-z]*\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    """(command, arguments, marked for a GPU) of every ``tpfl-*`` call in a code block of
+    the README and the docs that show commands (not the placeholder-module examples)."""
+    blocks = [b for doc in DOCS for b in re.findall(r"```[a-z]*\n(.*?)```",
+                                                      (ROOT / doc).read_text(), re.S)]
     out = []
     for block in blocks:
         for line in block.splitlines():
+            if PLACEHOLDER in line or line.startswith("tpfl-loop: error"):
+                continue
             code, _, comment = line.partition("#")
             for m in re.finditer(r"tpfl-(\w+)((?:\s+[^\s&;|]+)*)", code):
                 args = [a for a in shlex.split(m.group(2)) if "$" not in a]

@@ -126,6 +126,8 @@ def test_plot_and_markdown(tmp_path):
     assert path.stat().st_size > 0
     md = S.format_paired(t)
     assert md.count("\n") == 1 + len(t) and "| ctrl | A |" in md
+    # a run whose only arm is the control has no paired rows: the plot still draws
+    assert S.plot_paired(t.iloc[:0], tmp_path / "none.png", "m").stat().st_size > 0
 
 
 def test_holm_matches_statsmodels_and_ties_share_levels(monkeypatch):
@@ -265,7 +267,8 @@ def test_markdown_and_plot_show_the_simultaneous_intervals(tmp_path, monkeypatch
     import matplotlib.figure
 
     t = S.paired_table(summary(), "m", ["ctrl"], level=0.9, n_boot=100)
-    md = S.format_paired(t)
+    assert "bootstrap" not in S.format_paired(t)     # 4 seeds < MIN_BOOT_SEEDS: not shown
+    md = S.format_paired(t, bootstrap=True)
     head = md.splitlines()[0]
     assert "90% simultaneous CI (t, Bonferroni)" in head and "Holm CI" not in head
     assert "90% bootstrap CI (per arm, unadjusted)" in head and "MDE (80% power, α/m)" in head
@@ -275,7 +278,7 @@ def test_markdown_and_plot_show_the_simultaneous_intervals(tmp_path, monkeypatch
     orig = matplotlib.figure.Figure.savefig
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
                         lambda self, *a, **k: (figs.append(self), orig(self, *a, **k))[1])
-    S.plot_paired(t, tmp_path / "p.png")
+    S.plot_paired(t, tmp_path / "p.png", bootstrap=True)
     ax = figs[0].axes[0]
     labels = [x.get_text() for x in ax.get_legend().get_texts()]
     assert labels == ["paired t, 90% simultaneous (Bonferroni, m=3)",

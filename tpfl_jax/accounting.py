@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -173,22 +174,37 @@ class Rollout:
     actions: jax.Array | None = None
 
 
+def episode_paths(env: Any, env_params: Any, n_episodes: int) -> np.ndarray | None:
+    """The path each of ``n_episodes`` rollout episodes plays (``e % n_paths``), or None on an
+    env whose reset draws its own (no ``lane_next`` argument, no ``market``)."""
+    market = getattr(env_params, "market", None)
+    reset = getattr(env, "reset_env", None)
+    if market is None or reset is None or "lane_next" not in inspect.signature(reset).parameters:
+        return None
+    return (np.arange(n_episodes) % market.close.shape[-2]).astype(np.int32)
+
+
 def rollout(env: Any, actor: Actor, env_params: Any, keys: jax.Array, n_steps: int,
             keep_trades: bool = False, keep_steps: bool = False) -> Rollout:
     """Play one episode per key in ``keys`` (``[E]``, see :func:`episode_keys`) for at most
     ``n_steps`` (static) steps with ``actor(obs, state, key) -> action`` (one env's view).
 
     The episode starts where ``env.reset`` starts for its reset key and stops at termination
-    (ruin) or after ``max_steps_in_episode`` steps (truncation); no auto-reset. Any gymnax env
-    works: trade and equity sums stay 0 for an env without ``info["trade"]`` / ``equity``.
+    (ruin) or after ``max_steps_in_episode`` steps (truncation); no auto-reset. On an env whose
+    reset takes a path (``reset_env(..., lane_next=)``, the trading env) episode ``e`` plays
+    path ``e % n_paths`` of the market (its start bar from its key): E episodes on E paths
+    visit E distinct paths, and :func:`episode_paths` says which. Any gymnax env works: trade
+    and equity sums stay 0 for an env without ``info["trade"]`` / ``equity``.
     """
 
     sl_mult = getattr(env_params, "sl_mult", 1.0)
     n_stop = env_params.max_steps_in_episode
+    paths = episode_paths(env, env_params, keys.shape[0])
 
-    def episode(key: jax.Array):
+    def episode(key: jax.Array, path: Any):
         k_reset, k_run = jax.random.split(key)
-        obs, st0 = env.reset_env(k_reset, env_params)
+        obs, st0 = (env.reset_env(k_reset, env_params) if paths is None
+                    else env.reset_env(k_reset, env_params, lane_next=path))
 
         def step(carry, k):
             obs, st, active, sums = carry
@@ -221,7 +237,7 @@ def rollout(env: Any, actor: Actor, env_params: Any, keys: jax.Array, n_steps: i
                                 max_drawdown=st.max_drawdown)
         return sums.replace(episodes=jnp.float32(1.0)), out
 
-    sums, out = jax.vmap(episode)(keys)
+    sums, out = jax.vmap(episode)(keys, paths)
     if not (keep_trades or keep_steps):
         return Rollout(sums)
     return Rollout(sums, out.get("trades"), out["active"], out.get("obs"), out.get("actions"))

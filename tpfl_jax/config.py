@@ -21,6 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from tpfl_jax.agents.ppo import PPOConfig
+from tpfl_jax.clm.policies import is_user_kind, load_policy
 from tpfl_jax.config_checks import check_config, check_known_keys
 from tpfl_jax.distributed import MeshConfig
 from tpfl_jax.errors import UserError
@@ -181,13 +182,17 @@ PPOSection = _schema(PPOConfig, "PPOSection")
 
 @dataclass
 class PolicySpec:
-    """One weight policy of the comparison: ``kind`` in ``loop.LOOP_POLICY_KINDS``;
-    ``history`` (``loop.HISTORY_MODES``) overrides ``loop.history`` for this policy."""
+    """One weight policy of the comparison: ``kind`` in ``loop.LOOP_POLICY_KINDS`` or a user
+    policy ``"package.module:function"`` (``docs/policies.md``; imported and checked before
+    anything compiles); ``params``: overrides of ``clm.policies.PolicyParams`` fields (numbers;
+    ``bandit_grid`` a list) and, for a user policy, ``user``: up to ``USER_PARAMS`` numbers, its
+    ``params.user``; ``history`` (``loop.HISTORY_MODES``) overrides ``loop.history`` for this
+    policy."""
 
     name: str = MISSING
     kind: str = MISSING
     initial_weight: float = 1.0
-    params: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
     history: str | None = None
 
 
@@ -405,9 +410,14 @@ def to_objects(cfg: DictConfig | Config) -> Objects:
     if len(set(names)) != len(names):
         raise UserError(f"config.policy.policies: duplicate names {names}")
     for i, s in enumerate(specs):
-        if s.kind not in LOOP_POLICY_KINDS:
+        if s.kind not in LOOP_POLICY_KINDS and not is_user_kind(s.kind):
             raise UserError(f"config.policy.policies[{i}].kind = {s.kind!r}; expected one of "
-                             f"{LOOP_POLICY_KINDS}")
+                             f"{LOOP_POLICY_KINDS} or a user policy 'package.module:function'")
+        if is_user_kind(s.kind):           # imported and traced (abstractly) before any compile
+            try:
+                load_policy(s.kind)
+            except ValueError as err:
+                raise UserError(f"config.policy.policies[{i}] ({s.name}): {err}") from None
         hist = lp.history if s.history is None else s.history
         if hist not in HISTORY_MODES:
             where = "config.loop.history" if s.history is None else \

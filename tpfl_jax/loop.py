@@ -60,12 +60,17 @@ from tpfl_jax.clm.policies import (
     PolicyState,
     apply_policy,
     init_policy_state,
+    is_user_kind,
+    load_policy,
     make_policy_params,
+    policy_id,
+    policy_name,
 )
 from tpfl_jax.env.stats import TPStats
 from tpfl_jax.market.specs import Markets, SyntheticMarkets, WalkForwardMarkets
 
-LOOP_POLICY_KINDS = POLICY_NAMES
+LOOP_POLICY_KINDS = POLICY_NAMES   # the built-ins; user policies: "package.module:function"
+POLICY_KEY_TAG = 0x706F6C   # folded into a seed's key: the policy's PRNG key (PolicyState.key)
 TRAIN_CURVE_KEYS = ("finite", "episode_return", "loss", "entropy", "approx_kl", "trade/trades",
                     "trade/hit_rate", "trade/mean_r", "trade/mean_tp_mult", "trade/pnl",
                     "reused_paths")
@@ -132,8 +137,9 @@ class LoopConfig:
 # --------------------------------------------------------------------------- policies
 @struct.dataclass
 class LoopPolicy:
-    """A weight policy of the loop: ``kind`` indexes ``clm.policies.POLICY_NAMES``;
-    ``history`` indexes ``HISTORY_MODES`` (the feedback aggregate over cycles)."""
+    """A weight policy of the loop: ``kind`` is its ``clm.policies.policy_id`` (an index of
+    ``POLICY_NAMES``, or a loaded user policy's id); ``history`` indexes ``HISTORY_MODES``
+    (the feedback aggregate over cycles)."""
 
     kind: jax.Array
     initial_weight: jax.Array
@@ -143,11 +149,12 @@ class LoopPolicy:
 
 def make_loop_policy(kind: str, initial_weight: float = 1.0, history: str = "cycle",
                      **overrides: float) -> LoopPolicy:
-    """A :class:`LoopPolicy` of ``kind`` with its feedback ``history`` (``HISTORY_MODES``) and
-    param overrides."""
-    if kind not in LOOP_POLICY_KINDS:
+    """A :class:`LoopPolicy` of ``kind`` (a name of ``LOOP_POLICY_KINDS`` or a user policy's
+    ``"package.module:function"``, loaded and checked) with its feedback ``history``
+    (``HISTORY_MODES``) and param overrides (``user``: a user policy's values)."""
+    if kind not in LOOP_POLICY_KINDS and not is_user_kind(kind):
         raise ValueError(f"make_loop_policy: kind = {kind!r}; expected one of "
-                         f"{LOOP_POLICY_KINDS}")
+                         f"{LOOP_POLICY_KINDS} or a user policy 'package.module:function'")
     if history not in HISTORY_MODES:
         raise ValueError(f"make_loop_policy: history = {history!r}; expected one of "
                          f"{HISTORY_MODES}")
@@ -158,7 +165,7 @@ def make_loop_policy(kind: str, initial_weight: float = 1.0, history: str = "cyc
     if kind == "fixed" and overrides:
         raise ValueError(f"make_loop_policy: the fixed policy takes no parameters; got "
                          f"{sorted(overrides)}")
-    return LoopPolicy(kind=jnp.int32(LOOP_POLICY_KINDS.index(kind)),
+    return LoopPolicy(kind=jnp.int32(policy_id(kind)),
                       initial_weight=jnp.float32(w),
                       params=make_policy_params(kind, **overrides),
                       history=jnp.int32(HISTORY_MODES.index(history)))
@@ -189,6 +196,7 @@ class CycleOutput:
     learning_curves: dict[str, jax.Array]
     trades: dict[str, jax.Array] | None = None
     trade_active: jax.Array | None = None
+    episodes: dict[str, jax.Array] | None = None
 
 
 @struct.dataclass
@@ -204,7 +212,9 @@ class LoopResult(CycleOutput):
     updates used); training: ``TRAIN_SUMMARY_KEYS`` per cycle; learning_curves: ``CURVE_KEYS``
     (held-out PnL per episode after each chunk, ``[..., K]``, NaN after the chunks used);
     trades: the feedback-mode deploy steps' trade records ``[..., deploy_envs, T]``
-    (``keep_trades``) and ``trade_active``.
+    (``keep_trades``) and ``trade_active``; episodes: each deploy episode's ``pnl`` and
+    ``return`` in both modes ``[..., 2, deploy_envs]`` and the ``path`` each played
+    ``[..., deploy_envs]``.
     """
 
     params: Any = None
@@ -216,7 +226,8 @@ class Loop(NamedTuple):
 
     run_one(key, policy, source, env_params, hparams) -> LoopResult ``[C]`` (one policy/seed;
     ``sweeps.make_loop_sweep`` batches it over policies x seeds on a mesh, the one batching
-    path); kinds: the policy kinds the program runs (:func:`check_inputs` refuses others).
+    path); kinds: the policy kinds the program runs, user policies included
+    (:func:`check_inputs` refuses others).
     """
 
     config: LoopConfig
@@ -336,6 +347,13 @@ class LoopProgram:
             return None, self.markets.deploy_market(source, key, c)
         return self.markets.cycle_markets(source, key, c)
 
+    def deploy_paths(self, ep_dep: Any) -> jax.Array:
+        """The path each deploy episode plays (``accounting.episode_paths``; -1: drawn by the
+        env's reset)."""
+        paths = accounting.episode_paths(self.env, ep_dep, self.config.deploy_envs)
+        return jnp.asarray(paths if paths is not None
+                           else np.full(self.config.deploy_envs, -1), jnp.int32)
+
     def both_modes(self, rs: RunnerState, ep: Any, keys: jax.Array) -> accounting.Rollout:
         """Sampled and greedy deployments on the same episodes (leading axis [2])."""
         obs_rms = rs.obs_rms if self.ppo_config.normalize_obs else None
@@ -420,7 +438,9 @@ class LoopProgram:
             weight=w, next_weight=w_next, reason=code, stats=stats, deploy=deploy,
             train_buffers=buffers, training=summary, learning_curves=learning,
             trades=jax.tree.map(lambda x: x[fb], out.trades) if cfg.keep_trades else None,
-            trade_active=out.active[fb] if cfg.keep_trades else None)
+            trade_active=out.active[fb] if cfg.keep_trades else None,
+            episodes={"pnl": out.sums.pnl, "return": out.sums.ret,
+                      "path": self.deploy_paths(ep_dep)})
 
     def run_one(self, key: jax.Array, policy: LoopPolicy, source: Any, env_params: Any,
                 hparams: PPOHParams) -> LoopResult:
@@ -432,7 +452,9 @@ class LoopProgram:
         zero = accounting.zero_sums()
         ring = jax.tree.map(lambda x: jnp.zeros((self.config.history_window, *x.shape),
                                                 x.dtype), zero)
-        pstate = init_policy_state(1.0).replace(weight=policy.initial_weight)
+        # the policy's own PRNG key: per seed, the same for every arm (common random numbers)
+        pstate = init_policy_state(1.0, jax.random.fold_in(key, POLICY_KEY_TAG)).replace(
+            weight=policy.initial_weight)
         carry0 = CycleCarry(rs0.params, rs0.obs_rms, rs0.ret_rms, rs0.opt_state, pstate,
                             History(zero, ring))
         body = lambda carry, c: self.cycle(key, policy, source, env_params, hparams,  # noqa
@@ -447,7 +469,8 @@ def make_loop(config: LoopConfig, ppo_config: PPOConfig, env: Any, markets: Mark
               env_params: Any, kinds: tuple[str, ...] | None = None) -> Loop:
     """Build the closed loop. ``env_params`` (a ``TradingEnv`` params template; its market is
     replaced every cycle) fixes the deploy episode length; ``kinds``: the policy kinds the
-    program must run (default every ``LOOP_POLICY_KINDS``; fewer compile faster)."""
+    program must run (default every ``LOOP_POLICY_KINDS``; fewer compile faster; user
+    policies by ``"package.module:function"``, each one more branch of the same switch)."""
     n_cap = ppo_config.num_updates
     chunk = config.chunk_updates
     if n_cap < 1 or n_cap % chunk:
@@ -459,10 +482,15 @@ def make_loop(config: LoopConfig, ppo_config: PPOConfig, env: Any, markets: Mark
     ppo = make_ppo(ppo_config, env, env_params, info_metrics=accounting.train_info_metrics,
                    stream=stream)
     if kinds is not None:
-        bad = sorted(set(kinds) - set(LOOP_POLICY_KINDS))
+        bad = sorted(set(kinds) - set(LOOP_POLICY_KINDS) - {k for k in kinds
+                                                            if is_user_kind(k)})
         if bad:
-            raise ValueError(f"make_loop: kinds {bad}; expected kinds of {LOOP_POLICY_KINDS}")
-        kinds = tuple(k for k in LOOP_POLICY_KINDS if k in set(kinds))
+            raise ValueError(f"make_loop: kinds {bad}; expected kinds of {LOOP_POLICY_KINDS} "
+                             "or user policies 'package.module:function'")
+        users = tuple(dict.fromkeys(k for k in kinds if is_user_kind(k)))
+        for k in users:
+            load_policy(k)                 # imported and checked before anything compiles
+        kinds = tuple(k for k in LOOP_POLICY_KINDS if k in set(kinds)) + users
     prog = LoopProgram(config, ppo_config, markets, env, t_dep, ppo, kinds, stream is not None)
     return Loop(config, ppo_config, markets, prog.run_one,
                 LOOP_POLICY_KINDS if kinds is None else kinds)
@@ -476,7 +504,7 @@ def check_inputs(loop: Loop, source: Any, env: Any, env_params: Any,
     need = env.lookback + int(np.max(np.asarray(env_params.max_steps_in_episode))) + 2
     loop.markets.check(source, loop.config.num_cycles, need)
     if policies is not None:
-        used = [LOOP_POLICY_KINDS[int(i)] for i in np.asarray(policies.kind).ravel()]
+        used = [policy_name(int(i)) for i in np.asarray(policies.kind).ravel()]
         bad = sorted(set(used) - set(loop.kinds))
         if bad:
             raise ValueError(f"check_inputs: policy kinds {bad} are not among the kinds the loop "
@@ -484,6 +512,7 @@ def check_inputs(loop: Loop, source: Any, env: Any, env_params: Any,
 
 
 __all__ = ["CURVE_KEYS", "DEPLOY_KEYS", "DEPLOY_MODES", "HISTORY_MODES", "LOOP_POLICY_KINDS",
+           "POLICY_KEY_TAG",
            "TRAIN_CURVE_KEYS", "TRAIN_SUMMARY_KEYS", "ChunkCarry", "CycleCarry", "CycleKeys",
            "CycleOutput",
            "History", "Loop", "LoopConfig", "LoopPolicy", "LoopProgram", "LoopResult",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -17,8 +18,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from tpfl_jax.errors import UserError  # noqa: E402
+from tpfl_jax.results import MODES, band, duplicate_mode_column  # noqa: E402
 from tpfl_jax.rundir import (  # noqa: E402
     RECORD,
     SWEEP_MANIFEST,
@@ -27,58 +31,141 @@ from tpfl_jax.rundir import (  # noqa: E402
     write_frame,
     write_text,
 )
-from tpfl_jax.stats import format_paired, mean_ci  # noqa: E402
+from tpfl_jax.stats import bootstrap_note, format_paired, mean_ci  # noqa: E402
 
-TABLE_METRICS = ("final_pnl", "oos_pnl", "oos_pnl_greedy", "oos_trade_sharpe", "oos_tp_skill",
-                 "oos_hit_rate", "oos_mean_r", "final_weight", "updates", "converged")
+TABLE_METRICS = ("final_pnl", "oos_pnl", "oos_pnl_greedy", "oos_pnl_sampled", "oos_trade_sharpe",
+                 "oos_tp_skill", "oos_hit_rate", "oos_mean_r", "final_weight", "updates",
+                 "converged")
 SUMMARY_COLUMNS = ("policy", "final_pnl", "oos_pnl")
 COLLECTED_REPORT = "tpfl-report.md"   # tpfl-report's own file (never a run's report.md)
 
 
+def _same(a: pd.Series, b: pd.Series) -> bool:
+    return bool(np.array_equal(a.to_numpy(float), b.to_numpy(float), equal_nan=True))
+
+
 def policy_table(summary: pd.DataFrame, by: tuple[str, ...] = ("policy",),
                  rank: bool = True) -> pd.DataFrame:
-    """Mean and 95% CI half-width across seeds per policy, ranked by final OOS PnL (``rank``;
-    else in the summary's policy order)."""
+    """Mean and 95% CI half-width across seeds per policy (``final_weight``: mean, min and
+    max), ranked by final OOS PnL (``rank``; else in the summary's policy order). A metric
+    with the same numbers as ``oos_pnl`` on every summary row (the feedback mode's
+    ``oos_pnl_<mode>``; ``final_pnl`` of a one-cycle run) is left out and listed in
+    ``table.attrs["same_as_oos_pnl"]``."""
+    same = [m for m in ("final_pnl", "oos_pnl_greedy", "oos_pnl_sampled")
+            if m in summary and "oos_pnl" in summary and _same(summary[m], summary["oos_pnl"])]
     rows = []
     for key, g in summary.groupby(list(by), sort=False):
         key = key if isinstance(key, tuple) else (key,)
         row = dict(zip(by, key, strict=True))
         for m in TABLE_METRICS:
-            if m in g:
+            if m in g and m not in same:
                 row[m], row[f"{m}_ci95"] = mean_ci(g[m].to_numpy())
+        if "final_weight" in g:
+            row["final_weight_min"] = float(g["final_weight"].min())
+            row["final_weight_max"] = float(g["final_weight"].max())
         row["seeds"] = len(g)
         rows.append(row)
     table = pd.DataFrame(rows)
     if rank:
-        table = table.sort_values(["oos_pnl", "final_pnl"], ascending=False)
-    return table.reset_index(drop=True)
+        table = table.sort_values(["oos_pnl", "final_pnl"] if "final_pnl" in table
+                                  else ["oos_pnl"], ascending=False)
+    table = table.reset_index(drop=True)
+    table.attrs["same_as_oos_pnl"] = same
+    return table
 
 
 def format_table(table: pd.DataFrame, first: str = "rank") -> str:
-    """Markdown table with ``mean ± ci`` cells (``first``: the index column's title)."""
-    keys = [c for c in table.columns if not c.endswith("_ci95") and c not in TABLE_METRICS]
+    """Markdown table with ``mean ± ci`` cells, ``final_weight`` as ``mean [min, max]`` over
+    seeds (``first``: the index column's title)."""
+    extra = ("final_weight_min", "final_weight_max")
+    keys = [c for c in table.columns if not c.endswith("_ci95") and c not in TABLE_METRICS
+            and c not in extra]
     cols = keys + [m for m in TABLE_METRICS if m in table]
     lines = [f"| {first} | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for i, r in table.iterrows():
         cells = [str(r[k]) for k in keys]
         for m in TABLE_METRICS:
-            if m in table:
-                ci = r[f"{m}_ci95"]
-                cells.append(f"{r[m]:.4g} ± {ci:.2g}" if np.isfinite(ci) else f"{r[m]:.4g}")
+            if m not in table:
+                continue
+            if m == "final_weight" and "final_weight_min" in table:
+                cells.append(f"{r[m]:.3g} [{r['final_weight_min']:.3g}, "
+                             f"{r['final_weight_max']:.3g}]")
+                continue
+            ci = r[f"{m}_ci95"]
+            cells.append(f"{r[m]:.4g} ± {ci:.2g}" if np.isfinite(ci) else f"{r[m]:.4g}")
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def units_text(initial_equity: float, episode_steps: int) -> str:
+    """What one PnL number is: currency per ``episode_steps``-step deploy episode on
+    ``initial_equity`` starting equity."""
+    return (f"PnL in currency per {int(episode_steps)}-step episode on "
+            f"{initial_equity:,.0f} starting equity")
+
+
 def plot_weights(path: Path, cycles: pd.DataFrame) -> Path:
-    """The weight each arm trained with per cycle (mean over seeds, band = min..max)."""
+    """Each arm's weight path per cycle as a band over seeds, one panel per arm: median, IQR
+    (dark) and min..max (light) of the weight each cycle trained with, and every seed's path
+    (thin)."""
+    names = list(dict.fromkeys(cycles["policy"]))
+    n = max(len(names), 1)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows + 0.4), squeeze=False,
+                             sharex=True, sharey=True, layout="constrained")
+    for ax, name in zip(axes.ravel(), names, strict=False):
+        g = cycles[cycles["policy"] == name]
+        for _, s in g.groupby("seed"):
+            s = s.sort_values("cycle")
+            ax.plot(s["cycle"], s["weight"], color="grey", lw=0.5, alpha=0.5)
+        q = g.groupby("cycle")["weight"]
+        x = q.median().index
+        ax.fill_between(x, q.min().values, q.max().values, alpha=0.15, color="tab:blue",
+                        label="min..max")
+        ax.fill_between(x, q.quantile(0.25).values, q.quantile(0.75).values, alpha=0.35,
+                        color="tab:blue", label="IQR")
+        ax.plot(x, q.median().values, color="tab:blue", marker="o", ms=3, label="median")
+        paths = len({tuple(np.round(s.sort_values("cycle")["weight"].to_numpy(float), 9))
+                     for _, s in g.groupby("seed")})
+        ax.set_title(f"{name} ({paths} distinct path{'s' if paths > 1 else ''} over "
+                     f"{g['seed'].nunique()} seeds)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    axes[0, 0].legend(fontsize=6)
+    for ax in axes[-1]:
+        ax.set_xlabel("cycle", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("tp_reward_weight", fontsize=8)
+    fig.suptitle("Weight each cycle trained with, over seeds: median, IQR (dark), min..max "
+                 "(light), each seed (grey)", fontsize=9)
+    save_figure(fig, path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_regret(path: Path, regret: pd.DataFrame, best_fixed: str) -> Path:
+    """Each adaptive arm's cumulative regret per cycle against ``best_fixed`` (a
+    ``results.regret_frame``): mean over seeds, band min..max over seeds."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    for n in dict.fromkeys(cycles["policy"]):
-        g = cycles[cycles["policy"] == n].groupby("cycle")["weight"]
-        line, = ax.plot(g.mean().index, g.mean().values, marker="o", label=n)
-        ax.fill_between(g.mean().index, g.min().values, g.max().values, alpha=0.12,
-                        color=line.get_color())
-    ax.set(xlabel="cycle", ylabel="tp_reward_weight", title="Weight in force per cycle "
-           "(mean over seeds; band: min..max)")
+    for name in dict.fromkeys(regret["policy"]):
+        g = regret[regret["policy"] == name].groupby("cycle")["cum_regret"]
+        x, m = g.mean().index.to_numpy(), g.mean().to_numpy()
+        line, = ax.plot(x, m, marker="o", ms=3, label=name)
+        if len(x) > 1:
+            ax.fill_between(x, g.min().values, g.max().values, alpha=0.12,
+                            color=line.get_color())
+        else:                                    # one cycle: the band as an error bar
+            ax.errorbar(x, m, yerr=[m - g.min().to_numpy(), g.max().to_numpy() - m],
+                        fmt="none", capsize=4, color=line.get_color(), alpha=0.6)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="cycle", ylabel="cumulative regret\n(PnL per episode, summed over cycles)",
+           title=f"Regret against the best fixed weight in hindsight (`{best_fixed}`, pooled "
+           "over seeds)\nmean over seeds; band: min..max over seeds")
+    ax.title.set_fontsize(9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
@@ -86,9 +173,10 @@ def plot_weights(path: Path, cycles: pd.DataFrame) -> Path:
     return path
 
 
-def plot_levels(path: Path, levels: pd.DataFrame, primary: str = "oos_pnl") -> Path:
+def plot_levels(path: Path, levels: pd.DataFrame, primary: str = "oos_pnl",
+                units: str | None = None) -> Path:
     """Every arm's ``primary`` (mean and 95% t-interval over seeds) beside the reference
-    rules as horizontal lines."""
+    rules as horizontal lines (``units``: what one value is, on the y label)."""
     arms = levels[levels["kind"] == "arm"]
     refs = levels[levels["kind"] == "reference"]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(arms) + 3), 4.2))
@@ -103,8 +191,9 @@ def plot_levels(path: Path, levels: pd.DataFrame, primary: str = "oos_pnl") -> P
         ax.annotate(f"{r['name']} {r[primary]:+.0f}", (len(arms) - 0.5, r[primary]),
                     fontsize=7, va="bottom", ha="right", color="dimgrey")
     ax.set_xticks(x, arms["name"], rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel=f"{primary} (PnL per episode)",
+    ax.set(ylabel=f"{primary}\n({units})" if units else primary,
            title="Arms beside the reference rules (same episodes)")
+    ax.yaxis.label.set_fontsize(8)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
@@ -169,15 +258,24 @@ def plot_learning_curves(path: Path, curves: pd.DataFrame, ref_cycles: pd.DataFr
 
 def write_report(run_dir: Path, table: pd.DataFrame, header: str, plots: list[Path],
                  name: str = "report.md", lines: list[str] | None = None,
-                 audit: str | None = None) -> Path:
+                 audit: str | None = None, units: str | None = None,
+                 audit_note: str | None = None) -> Path:
     """A report of a per-arm table: header, ``lines``, the table (mean ± 95% t half-width
-    over seeds), the reward audit's summary, plots."""
+    over seeds; ``units``: what a PnL number is), the reward audit's summary and
+    ``audit_note``, plots."""
+    same = table.attrs.get("same_as_oos_pnl", [])
     text = [f"# {header}", "", *(lines or []), "",
-            "Per-arm means ± 95% t-interval half-width across seeds. PnL in currency per deploy "
-            "episode; trade Sharpe per trade in R (not annualised); oos_* average cycles 1..C-1 "
-            "(the one evaluation of a tpfl-train run).", "", format_table(table), ""]
+            "Per-arm means ± 95% t-interval half-width across seeds; final_weight: the weight "
+            "the last cycle trained with, mean [min, max] over seeds. "
+            + (f"{units}. " if units else "PnL in currency per deploy episode. ")
+            + "oos_* average cycles 1..C-1 (the one evaluation of a tpfl-train run); trade "
+            "Sharpe per trade in R (not annualised); oos_hit_rate: the mean over those cycles "
+            "of each cycle's TP exits / closed trades."
+            + (f" Not shown, the same numbers as oos_pnl on every row: {', '.join(same)}."
+               if same else ""), "", format_table(table), ""]
     if audit:
         text += ["## Reward audit (this env and market)", "", "```", audit, "```", ""]
+        text += [audit_note, ""] if audit_note else []
     text += [f"![{p.stem}]({p.name})" for p in plots]
     path = run_dir / name
     write_text(path, "\n".join(text) + "\n")
@@ -226,49 +324,196 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def levels_markdown(levels: pd.DataFrame, primary: str = "oos_pnl") -> str:
+def _mode_short(primary: str, mode: str | None) -> str | None:
+    dup = duplicate_mode_column(primary, mode)
+    return dup.removeprefix("oos_pnl_") + "_pnl" if dup else None
+
+
+def levels_markdown(levels: pd.DataFrame, primary: str = "oos_pnl", mode: str | None = None,
+                    units: str | None = None) -> str:
     """The levels table: arms, then reference rules, ``primary`` as mean ± 95% half-width
-    (``frac_bayes``: ``primary`` as a fraction of the Bayes filter's, where there is one)."""
-    cols = [c for c in ("frac_bayes", "greedy_pnl", "sampled_pnl", "final_weight", "hit_rate",
-                        "tp_mult", "trades") if c in levels]
-    lines = [f"| | {primary} | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    (``units`` in its header), the other deploy mode's PnL (the column that holds
+    ``primary``'s numbers, by ``mode`` = the feedback mode, is left out), ``final_weight``
+    as mean [min, max] over seeds, the hit rate (pooled over trades where ``levels`` has it)
+    and ``frac_bayes`` where there is a Bayes filter."""
+    drop = _mode_short(primary, mode)
+    hit = "hit_rate_pooled" if "hit_rate_pooled" in levels else "hit_rate"
+    cols = [c for c in ("frac_bayes", "greedy_pnl", "sampled_pnl", "final_weight", hit,
+                        "tp_mult", "trades") if c in levels and c != drop]
+    names = {"hit_rate_pooled": "hit rate (pooled over trades)",
+             "hit_rate": "hit rate (mean of per-cycle ratios)",
+             "final_weight": "final_weight mean [min, max]" if "final_weight_min" in levels
+             else "final_weight (mean over seeds)"}
+    head = f"{primary} ({units})" if units else primary
+    lines = [f"| | {head} | " + " | ".join(names.get(c, c) for c in cols) + " |",
+             "|---" * (len(cols) + 2) + "|"]
     for _, r in levels.iterrows():
         name = f"`{r['name']}`" if r["kind"] == "arm" else f"*{r['name']}* (reference)"
         half = r[f"{primary}_ci95"]
         cell = f"{r[primary]:+.1f} ± {half:.1f}" if np.isfinite(half) else f"{r[primary]:+.1f}"
-        vals = ["" if not np.isfinite(r[c]) else f"{r[c]:.3g}" for c in cols]
+        vals = []
+        for c in cols:
+            if not np.isfinite(r[c]):
+                vals.append("")
+            elif c == "final_weight" and "final_weight_min" in levels:
+                vals.append(f"{r[c]:.3g} [{r['final_weight_min']:.3g}, "
+                            f"{r['final_weight_max']:.3g}]")
+            else:
+                vals.append(f"{r[c]:.3g}")
         lines.append(f"| {name} | {cell} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
+
+
+def levels_legend(levels: pd.DataFrame, primary: str, mode: str | None, units: str | None,
+                  summary: pd.DataFrame | None = None, over: str | None = None
+                  ) -> list[str]:
+    """What the levels table's columns are, one sentence each: ``primary`` with its units and
+    deploy mode, greedy against sampled (with the numbers of ``summary`` where it has both
+    modes), ``final_weight``, the hit rate's pooling, TP distance and trades (``over``: the
+    deploy episodes the table averages; default: those of cycles 1..C-1)."""
+    which = (f"the {mode} deployment (the feedback mode)" if mode in MODES
+             and duplicate_mode_column(primary, mode) else "")
+    out = [f"`{primary}`: {units or 'PnL per deploy episode'}"
+           + (f", {which}" if which else "") + "; mean over "
+           + (over or "cycles 1..C-1 of the mean over each cycle's deploy episodes")
+           + ", ± 95% t-interval over seeds."]
+    line = greedy_sampled_line(summary) if summary is not None else None
+    if line:
+        out.append(line)
+    if "final_weight" in levels:
+        out.append("final_weight: the weight the last cycle trained with, "
+                   + ("mean [min, max] over seeds." if "final_weight_min" in levels
+                      else "mean over seeds (no seed need have trained with it)."))
+    if "hit_rate_pooled" in levels:
+        out.append(f"Hit rate: TP exits / closed trades, pooled over every deploy trade of "
+                   f"{over or 'cycles 1..C-1'} and every seed (feedback mode).")
+    elif "hit_rate" in levels:
+        out.append(f"Hit rate: the mean over seeds of the mean over {over or 'cycles 1..C-1'}"
+                   " of each cycle's TP exits / closed trades (not pooled over trades).")
+    out.append("TP distance in volatility units per closed trade, trades per episode; means "
+               "over seeds.")
+    return out
+
+
+def greedy_sampled_line(summary: pd.DataFrame) -> str | None:
+    """One line on greedy against sampled deployment with this run's numbers (means over arms
+    and seeds); the cost explanation only where sampled trades more and earns less."""
+    need = ("oos_pnl_greedy", "oos_pnl_sampled", "oos_trades_greedy", "oos_trades_sampled")
+    if not all(c in summary for c in need):
+        return None
+    pg, ps = summary["oos_pnl_greedy"].mean(), summary["oos_pnl_sampled"].mean()
+    tg, ts = summary["oos_trades_greedy"].mean(), summary["oos_trades_sampled"].mean()
+    nums = (f"{ts:.1f} closed trades per episode against greedy's {tg:.1f}, PnL {ps:+.1f} "
+            f"against {pg:+.1f} (means over arms and seeds)")
+    if ts > tg and ps < pg:
+        return ("Greedy deploys each step's most probable action; sampled draws it from the "
+                "policy as in training, so it also trades at random and every extra round "
+                f"trip pays the fee and half-spread: {nums}.")
+    return ("Greedy deploys each step's most probable action; sampled draws it from the policy "
+            f"as in training: {nums}.")
+
+
+def reference_markdown(rule: str, table: pd.DataFrame, metric: str,
+                       units: str | None = None) -> list[str]:
+    """The section on every arm against the best reference rule (``results.reference_paired``):
+    what is paired, the table, the bootstrap note."""
+    lv = f"{100 * float(table['family_level'].iloc[0]):.4g}%" if len(table) else "95%"
+    n = int(table["n"].min()) if len(table) else 0
+    return [f"`{rule}` is the better of trend and buy-and-hold on this run's mean `{metric}` "
+            "(chosen after the fact on the deploy episodes, which favours the reference). "
+            f"Paired per seed: arm - `{rule}` on `{metric}`"
+            + (f" ({units})" if units else "") + f"; both are means over the same deploy "
+            "episodes (same market paths and episode keys) of cycles 1..C-1, so each seed "
+            f"gives one difference; t-intervals over the {n} seeds; {lv} simultaneous "
+            "(Bonferroni) intervals and Holm decisions over the arms.", "",
+            format_paired(table), "", bootstrap_note(table)]
+
+
+def regret_markdown(regret: pd.DataFrame, max_cols: int = 6) -> str:
+    """Cumulative regret per adaptive arm (rows) at up to ``max_cols`` cycles spread over the
+    run, the last included (columns): mean [min, max] over seeds."""
+    cyc = sorted(regret["cycle"].unique())
+    pick = sorted({cyc[int(round(i))] for i in np.linspace(0, len(cyc) - 1,
+                                                           min(max_cols, len(cyc)))})
+    b = band(regret, "cum_regret")
+    lines = ["| arm | " + " | ".join(f"cycle {c}" for c in pick) + " | per cycle (last / "
+             "cycles) |", "|---" * (len(pick) + 2) + "|"]
+    for name in dict.fromkeys(regret["policy"]):
+        g = b[b["policy"] == name].set_index("cycle")
+        cells = [f"{g.loc[c, 'mean']:+.1f} [{g.loc[c, 'min']:+.1f}, {g.loc[c, 'max']:+.1f}]"
+                 for c in pick]
+        lines.append(f"| `{name}` | " + " | ".join(cells)
+                     + f" | {g.loc[pick[-1], 'mean'] / len(cyc):+.1f} |")
+    return "\n".join(lines)
+
+
+def weight_paths_markdown(paths: pd.DataFrame) -> str:
+    """``results.weight_paths`` as markdown: distinct weight paths over seeds and the last
+    cycle's weight, median [min, max] over seeds."""
+    lines = ["| arm | seeds | distinct weight paths | last cycle's weight median [min, max] |",
+             "|---|---|---|---|"]
+    for r in paths.itertuples():
+        lines.append(f"| `{r.policy}` | {r.seeds} | {r.distinct_paths} | {r.final_median:.3g} "
+                     f"[{r.final_min:.3g}, {r.final_max:.3g}] |")
+    return "\n".join(lines)
+
+
+def audit_note(summary: dict[str, Any], lookback: int, levels_where: str = "the arms' deploy "
+               "episodes of cycles 1..C-1, parameters chosen on each cycle's training market, "
+               "mean over seeds") -> str:
+    """One sentence on why the audit's reference PnLs differ from the levels table's: other
+    episodes and other parameter choices (``summary``: ``AuditResult.summary``;
+    ``lookback``: the audit's trend lookback)."""
+    trend = summary.get("rank_set", {}).get("trend", "trend")
+    return (f"The audit's PnLs are means over its own {summary.get('episodes')} episodes of "
+            f"{summary.get('episode_steps')} steps ({summary.get('label') or 'its market'}), "
+            "not the arms' deploy episodes, with buy_and_hold at the widest TP and trend at "
+            f"lookback {lookback} with the TP best on those same episodes in hindsight "
+            f"(`{trend}`); the levels table's references are played on {levels_where}. "
+            "Different episodes and parameter choices, so the two need not agree; the levels "
+            "table is the one to compare the arms with.")
 
 
 def write_loop_report(run_dir: Path, header: str, *, answer: list[str], levels: pd.DataFrame,
                       paired: dict[str, pd.DataFrame], primary: str, training: pd.DataFrame,
                       plots: list[Path], notes: list[str] | None = None,
-                      audit: str | None = None) -> Path:
+                      audit: str | None = None, legend: list[str] | None = None,
+                      mode: str | None = None, units: str | None = None,
+                      reference: list[str] | None = None, horizon: list[str] | None = None,
+                      audit_note: str | None = None, series: list[str] | None = None) -> Path:
     """``report.md`` of a loop run, answer first: the answer in three lines, the absolute
-    levels of every arm beside the reference rules, the primary metric's paired tables, the
-    secondary metrics', the training per cycle, notes, the reward audit, the plots."""
+    levels of every arm beside the reference rules (``legend``: what its columns are;
+    ``mode``: the feedback mode, whose PnL column is ``primary`` and not repeated; ``units``),
+    the primary metric's paired tables, every arm against the best reference rule
+    (``reference``), per series on a panel (``series``), the secondary metrics', the weight
+    paths and regret (``horizon``), the training per cycle, notes, the reward audit with
+    ``audit_note``, the plots."""
+    pt = paired[primary]
     text = [f"# {header}", "", "## Answer", "", *answer, "",
-            "## Levels (out of sample, same episodes)", "",
-            f"`{primary}`: PnL per deploy episode, mean over cycles 1..C-1 (± 95% t-interval "
-            "over seeds); greedy / sampled: each deploy mode; final_weight: the weight in "
-            "force in the last cycle; hit rate and TP distance (volatility units) per trade.",
-            "", levels_markdown(levels, primary), "", *[f"- {n}" for n in notes or []], "",
+            "## Levels (out of sample, same episodes)", "", *(legend or []), "",
+            levels_markdown(levels, primary, mode, units), "",
+            *[f"- {n}" for n in notes or []], "",
             f"## Paired differences: `{primary}` (declared in config.stats before the run)", "",
             "Per-seed paired differences arm - control (common random numbers), mean; "
             "simultaneous paired t-intervals (Bonferroni over the arms of each control: all "
-            "intervals of a control cover jointly with the stated confidence); percentile "
-            "bootstrap intervals per arm, unadjusted, descriptive only; p-values Holm-adjusted "
-            "over the arms of each control; decision = Holm rejection (family-wise error 1 - "
-            "level); MDE = the smallest true difference a paired t-test at alpha/m detects with "
-            "80% power at this seed count (Holm detects it with at least that power).", "",
-            format_paired(paired[primary]), ""]
+            "intervals of a control cover jointly with the stated confidence); p-values "
+            "Holm-adjusted over the arms of each control; decision = Holm rejection "
+            "(family-wise error 1 - level); MDE = the smallest true difference a paired t-test "
+            "at alpha/m detects with 80% power at this seed count (Holm detects it with at "
+            "least that power). " + bootstrap_note(pt), "", format_paired(pt), ""]
+    if reference:
+        text += ["## Arms against the best reference rule", "", *reference, ""]
+    if series:
+        text += ["## Per series (out of sample, same episodes)", "", *series]
     for m, t in paired.items():
         if m != primary:
             text += [f"### Secondary: `{m}`", "", format_paired(t), ""]
+    if horizon:
+        text += ["## Weight paths and regret", "", *horizon, ""]
     text += ["## Training per cycle (all arms x seeds)", "", _markdown(training), ""]
     if audit:
         text += ["## Reward audit (this env and market)", "", "```", audit, "```", "",
+                 *([audit_note, ""] if audit_note else []),
                  "Full table: `audit_table.csv`, `audit.md`; plot: `audit_reward_pnl.png`.", ""]
     text += [f"![{p.stem}]({p.name})" for p in plots]
     path = run_dir / "report.md"
@@ -337,8 +582,28 @@ def report_dir(path: str | Path) -> tuple[pd.DataFrame, Path]:
         table = pd.DataFrame()
     write_frame(table, path / "tpfl-report.csv")
     out = write_report(path, table, f"tpfl report: {path}", [], name=COLLECTED_REPORT,
-                       lines=lines)
+                       lines=lines, units=_collected_units(path, summary))
     return table, out
+
+
+def _collected_units(path: Path, summary: pd.DataFrame) -> str | None:
+    """The units of the collected runs' PnL when every run's ``config_resolved.yaml`` gives
+    the same ``env.initial_equity`` and ``env.max_steps_in_episode``; else a sentence saying
+    they differ (or None without a readable config)."""
+    seen = set()
+    for run in summary.get("run", pd.Series(dtype=str)).unique():
+        f = path / str(run) / "config_resolved.yaml"
+        try:
+            env = yaml.safe_load(f.read_text())["env"]
+            seen.add((float(env["initial_equity"]), int(env["max_steps_in_episode"])))
+        except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+            return None
+    if len(seen) == 1:
+        return units_text(*seen.pop())
+    if len(seen) > 1:
+        return ("PnL in currency per deploy episode; the runs differ in starting equity or "
+                "episode length (see each run's config_resolved.yaml)")
+    return None
 
 
 def read_jsonl(path: Path) -> pd.DataFrame:

@@ -16,7 +16,13 @@ only arranges them:
 * :func:`reference_frame` / :func:`reference_summary`: the reference rules on the same
   episodes, summarised with the same ``final_`` / ``oos_`` definitions;
 * :func:`identical_arms`: arms that gave the same primary metric on every seed;
-* :func:`levels_table` and :func:`answer`: what a report says first.
+  :func:`identical_pairs`: pairs of arms identical on some seeds;
+* :func:`levels_table` and :func:`answer`: what a report says first (the best arm only where
+  Holm over all pairs of arms, :func:`tpfl_jax.stats.pairwise_table`, separates it);
+* :func:`reference_paired`: every arm against the better of trend and buy-and-hold, paired per
+  seed over the same deploy episodes;
+* :func:`weight_paths` and :func:`regret_frame`: each arm's weight path over seeds and each
+  adaptive arm's cumulative regret against the best fixed arm in hindsight.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import jax
 import numpy as np
 import pandas as pd
 
+from tpfl_jax import stats
 from tpfl_jax.accounting import METRICS, finalize
 from tpfl_jax.clm.policies import REASON_NAMES
 from tpfl_jax.stats import mean_ci, t_test
@@ -103,13 +110,18 @@ def summary_columns() -> tuple[str, ...]:
     cols = []
     for m in SUMMARY_METRICS:
         cols += [f"final_{m}", f"oos_{m}", *(f"oos_{m}_{mode}" for mode in MODES)]
+        if m == "hit_rate":
+            cols.append("oos_hit_rate_pooled")
     return (*cols, "final_weight", "updates", "converged")
 
 
 def summary_frame(cycles: pd.DataFrame, by: str = "policy") -> pd.DataFrame:
     """One row per ``by`` x seed: ``final_<m>`` (last cycle) and ``oos_<m>`` (mean over cycles
     1..C-1) for ``SUMMARY_METRICS`` of the feedback mode, ``oos_<m>_<mode>`` of each mode,
-    ``final_weight``, ``updates`` and ``converged`` (means over cycles)."""
+    ``oos_hit_rate_pooled`` (the feedback mode's TP exits / closed trades pooled over every
+    deploy trade of cycles 1..C-1; ``oos_hit_rate`` is the mean of the per-cycle ratios; 0
+    without trades, as ``accounting``), ``final_weight``, ``updates`` and ``converged`` (means
+    over cycles)."""
     n_c = int(cycles["cycle"].max()) + 1
     last = cycles[cycles["cycle"] == n_c - 1].set_index([by, "seed"])
     g = cycles[cycles["cycle"].isin(oos_cycles(n_c))].groupby([by, "seed"], sort=False)
@@ -122,6 +134,15 @@ def summary_frame(cycles: pd.DataFrame, by: str = "policy") -> pd.DataFrame:
         for mode in MODES:
             if f"deploy_{mode}_{m}" in cycles:
                 out[f"oos_{m}_{mode}"] = g[f"deploy_{mode}_{m}"].mean()
+        if m == "hit_rate" and "deploy_trades" in cycles:   # every cycle: deploy_envs episodes
+            oc = cycles[cycles["cycle"].isin(oos_cycles(n_c))]
+            keys = [oc[by], oc["seed"]]
+            total = lambda v: float(np.sum(v.to_numpy(float)))  # noqa: E731  (NaN stays NaN)
+            hits = (oc["deploy_hit_rate"] * oc["deploy_trades"]).groupby(keys, sort=False).agg(
+                total)
+            trades = oc["deploy_trades"].groupby(keys, sort=False).agg(total)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out["oos_hit_rate_pooled"] = (hits / trades).mask(trades == 0, 0.0)
     if "weight" in cycles:
         out["final_weight"] = last["weight"]
     allc = cycles.groupby([by, "seed"], sort=False)
@@ -195,23 +216,65 @@ def identical_arms(summary: pd.DataFrame, metric: str = "oos_pnl") -> list[tuple
 REFERENCE_LABELS = {"oracle": "oracle (hidden labels, not causal)"}
 
 
+def feedback_mode(summary: pd.DataFrame) -> str | None:
+    """The deploy mode the plain ``oos_<m>`` columns hold (the loop's ``feedback_mode``),
+    read from the data: the one mode whose ``oos_<m>_<mode>`` equal ``oos_<m>`` on every row
+    for every metric present; None when neither or both modes do."""
+    same = []
+    for mode in MODES:
+        pairs = [(f"oos_{m}", f"oos_{m}_{mode}") for m in SUMMARY_METRICS
+                 if f"oos_{m}" in summary and f"oos_{m}_{mode}" in summary]
+        if pairs and all(np.array_equal(summary[a].to_numpy(float), summary[b].to_numpy(float),
+                                        equal_nan=True) for a, b in pairs):
+            same.append(mode)
+    return same[0] if len(same) == 1 else None
+
+
+def duplicate_mode_column(primary: str, mode: str | None) -> str | None:
+    """The per-mode PnL column (``oos_pnl_<mode>``) that holds the same numbers as
+    ``primary``: ``primary`` itself when it is one, ``oos_pnl_<mode>`` when ``primary`` is
+    ``oos_pnl`` and ``mode`` is the feedback mode; else None."""
+    if primary in {f"oos_pnl_{m}" for m in MODES}:
+        return primary
+    if primary == "oos_pnl" and mode in MODES:
+        return f"oos_pnl_{mode}"
+    return None
+
+
 def levels_table(summary: pd.DataFrame, ref_summary: pd.DataFrame | None,
-                 primary: str = "oos_pnl") -> pd.DataFrame:
+                 primary: str = "oos_pnl", mode: str | None = None) -> pd.DataFrame:
     """Absolute levels side by side: every arm and every reference rule with ``primary`` (mean
-    and 95% t half-width over seeds), greedy and sampled PnL, the arm's final weight, hit rate
-    and mean TP distance (out of sample). With a ``bayes`` reference (the Bayes filter, near
-    the causal limit), ``frac_bayes`` is each row's mean ``primary`` over the filter's (same
-    episodes). The oracle reads hidden labels: its name says it is not causal."""
+    and 95% t half-width over seeds), the PnL of each deploy mode except the one that is
+    ``primary`` (``mode``: the feedback mode; None: :func:`feedback_mode` of the data),
+    ``final_weight`` (mean over seeds, with ``final_weight_min`` / ``_max``), ``hit_rate``
+    (mean over seeds of the mean of per-cycle ratios), ``hit_rate_pooled`` (TP exits / closed
+    trades over every deploy trade of cycles 1..C-1 and every seed), mean TP distance and
+    trades per episode. With a ``bayes`` reference (the Bayes filter, near the causal limit),
+    ``frac_bayes`` is each row's mean ``primary`` over the filter's (same episodes). The
+    oracle reads hidden labels: its name says it is not causal."""
     rows = []
-    cols = {"oos_pnl_greedy": "greedy_pnl", "oos_pnl_sampled": "sampled_pnl",
-            "oos_hit_rate": "hit_rate", "oos_mean_tp_mult": "tp_mult",
-            "oos_trades": "trades", "final_weight": "final_weight"}
+    mode = feedback_mode(summary) if mode is None else mode
+    dup = duplicate_mode_column(primary, mode)
+    cols = {c: short for c, short in (("oos_pnl_greedy", "greedy_pnl"),
+                                      ("oos_pnl_sampled", "sampled_pnl"),
+                                      ("oos_hit_rate", "hit_rate"),
+                                      ("oos_mean_tp_mult", "tp_mult"), ("oos_trades", "trades"),
+                                      ("final_weight", "final_weight")) if c != dup}
     labels = REFERENCE_LABELS
 
     def row(kind: str, name: str, g: pd.DataFrame) -> dict[str, Any]:
         mean, half = mean_ci(g[primary].to_numpy())
-        r = {"kind": kind, "name": name, primary: mean, f"{primary}_ci95": half}
+        r = {"kind": kind, "name": name, primary: mean, f"{primary}_ci95": half,
+             "seeds": len(g)}
         r |= {short: float(g[c].mean()) for c, short in cols.items() if c in g}
+        if "final_weight" in g:
+            r |= {"final_weight_min": float(g["final_weight"].min()),
+                  "final_weight_max": float(g["final_weight"].max())}
+        if {"oos_hit_rate_pooled", "oos_trades"} <= set(g):  # trades per episode, E per cycle
+            tr = g["oos_trades"].to_numpy(float)
+            hits = float(np.sum(g["oos_hit_rate_pooled"].to_numpy(float) * tr))
+            r["hit_rate_pooled"] = hits / float(np.sum(tr)) if np.sum(tr) > 0 else (
+                0.0 if np.isfinite(hits) else float("nan"))
         return r
 
     for name, g in summary.groupby("policy", sort=False):
@@ -228,10 +291,27 @@ def levels_table(summary: pd.DataFrame, ref_summary: pd.DataFrame | None,
     return out
 
 
+def identical_pairs(summary: pd.DataFrame, metric: str = "oos_pnl") -> pd.DataFrame:
+    """Every pair of arms with an identical ``metric`` (to 9 decimals) on at least one seed:
+    ``arm_a``, ``arm_b``, ``seeds`` (those seeds), ``n_identical`` and ``n_seeds`` (a paired
+    difference is exactly 0 on those seeds: they carry no information about the pair)."""
+    wide = summary.pivot(index="seed", columns="policy", values=metric).round(9)
+    arms = list(dict.fromkeys(summary["policy"]))
+    rows = []
+    for i, a in enumerate(arms):
+        for b in arms[i + 1:]:
+            same = wide.index[(wide[a] == wide[b]).to_numpy()].tolist()
+            if same:
+                rows.append({"arm_a": a, "arm_b": b, "seeds": same, "n_identical": len(same),
+                             "n_seeds": len(wide)})
+    return pd.DataFrame(rows, columns=["arm_a", "arm_b", "seeds", "n_identical", "n_seeds"])
+
+
 def best_fixed_in_hindsight(summary: pd.DataFrame, kinds: dict[str, str],
                             primary: str = "oos_pnl") -> tuple[str, float] | None:
-    """The fixed-weight arm with the best mean ``primary`` (chosen after the fact: the most a
-    weight schedule that never moves could have earned)."""
+    """The fixed-weight arm (kind ``fixed``) of this run with the best mean ``primary`` over
+    seeds, and that mean: one arm for every seed (pooled), chosen after the fact; only the
+    run's fixed arms compete (not every weight that never moves). None without a fixed arm."""
     fixed = [a for a, k in kinds.items() if k == "fixed" and a in set(summary["policy"])]
     if not fixed:
         return None
@@ -239,16 +319,65 @@ def best_fixed_in_hindsight(summary: pd.DataFrame, kinds: dict[str, str],
     return str(means.idxmax()), float(means.max())
 
 
+def best_arms(summary: pd.DataFrame, pairwise: pd.DataFrame, metric: str = "oos_pnl"
+              ) -> dict[str, Any]:
+    """Which arm is best by ``pairwise`` (:func:`tpfl_jax.stats.pairwise_table`, Holm over
+    all pairs): ``top`` (highest mean ``metric``), ``group`` (``top`` and the arms identical to
+    it on every seed), ``best`` (``group`` when Holm finds ``top`` higher than every arm outside
+    it, else an empty list) and ``tied`` (the arms outside ``group`` not separated from
+    ``top``, in mean order)."""
+    means = summary.groupby("policy", sort=False)[metric].mean()
+    top = str(means.idxmax()) if means.notna().any() else str(means.index[0])
+    wide = summary.pivot(index="seed", columns="policy", values=metric).round(9)
+    group = [a for a in means.index if a == top or bool((wide[a] == wide[top]).all())]
+    tied = []
+    for a in means.sort_values(ascending=False).index:
+        if a in group:
+            continue
+        r = pairwise[((pairwise.arm_a == top) & (pairwise.arm_b == a))
+                     | ((pairwise.arm_a == a) & (pairwise.arm_b == top))]
+        higher = len(r) and bool(r.reject.iloc[0]) and (
+            r.mean_diff.iloc[0] > 0 if r.arm_a.iloc[0] == top else r.mean_diff.iloc[0] < 0)
+        if not higher:
+            tied.append(str(a))
+    return {"top": top, "group": [str(a) for a in group], "tied": tied,
+            "best": [str(a) for a in group] if not tied else []}
+
+
 def answer(summary: pd.DataFrame, paired: pd.DataFrame, ref_summary: pd.DataFrame | None,
-           controls: Sequence[str], primary: str = "oos_pnl") -> list[str]:
-    """Three lines: the best arm and its level; what differs from each control after Holm (or
-    "nothing differs" with the smallest detectable effect); the references on the same
-    episodes."""
-    means = summary.groupby("policy", sort=False)[primary].mean()
-    best = str(means.idxmax())
-    m, h = mean_ci(summary[summary.policy == best][primary].to_numpy())
-    lines = [f"Best arm: `{best}` with {primary} {m:+.1f} ± {h:.1f} per episode "
-             f"({summary.seed.nunique()} seeds, 95% t-interval)."]
+           controls: Sequence[str], primary: str = "oos_pnl", units: str | None = None
+           ) -> list[str]:
+    """Three lines: the best arm and its level only when Holm over all pairs of arms finds it
+    higher than every other (else "no arm is distinguishable"); what differs from each control
+    after Holm (or "nothing differs" with the smallest detectable effect); the references on
+    the same episodes. ``units``: what follows a value of ``primary`` (default: "per
+    episode" for a PnL metric, nothing otherwise)."""
+    if units is None:
+        units = "per episode" if primary.startswith(("oos_pnl", "final_pnl")) else ""
+    level = float(paired["family_level"].iloc[0]) if len(paired) else 0.95
+    n = summary.seed.nunique()
+    pw = stats.pairwise_table(summary, primary, level)
+    b = best_arms(summary, pw, primary)
+    how = (f"paired t over {n} seeds, Holm over all {int(pw.m.max()) if len(pw) else 0} pairs "
+           f"of arms, family-wise error {1 - level:.0%}")
+    if summary.policy.nunique() < 2:
+        first = "One arm: nothing to compare."
+    elif len(b["group"]) == summary.policy.nunique():
+        first = f"Every arm has the same {primary} on every seed: nothing to compare."
+    elif b["best"]:
+        m, h = mean_ci(summary[summary.policy == b["top"]][primary].to_numpy())
+        arms = ", ".join(f"`{a}`" for a in b["best"])
+        same = " (identical on every seed)" if len(b["best"]) > 1 else ""
+        first = (f"Best arm{'s' if same else ''}: {arms}{same} with {primary} {m:+.1f} ± "
+                 f"{h:.1f}{' ' + units if units else ''} ({n} seeds, 95% t-interval); higher "
+                 f"than every other arm ({how}).")
+    else:
+        others = [a for a in b["group"] if a != b["top"]] + b["tied"]
+        first = (f"No arm is distinguishable as best on {primary}: Holm does not separate the "
+                 f"highest mean from {len(others)} of the other "
+                 f"{summary.policy.nunique() - 1} arms ("
+                 + ", ".join(f"`{a}`" for a in others) + f"; {how}).")
+    lines = [first]
     parts = []
     for ctl in controls:
         t = paired[paired.control == ctl]
@@ -257,16 +386,107 @@ def answer(summary: pd.DataFrame, paired: pd.DataFrame, ref_summary: pd.DataFram
             parts.append(f"vs `{ctl}`: " + ", ".join(
                 f"`{r.arm}` {r.mean_diff:+.1f}" for r in rej.itertuples()) + " (Holm)")
         elif len(t):
-            parts.append(f"vs `{ctl}`: nothing differs (smallest detectable effect "
-                         f"{t.mde.min():.1f})")
+            same = (t.sd_diff == 0) & (t.mean_diff == 0)       # identical to the control
+            mde = t[~same].mde.min() if (~same).any() else float("nan")
+            parts.append(f"vs `{ctl}`: nothing differs (smallest detectable effect {mde:.1f}"
+                         + ("; identical to it on every seed: " + ", ".join(
+                             f"`{a}`" for a in t[same].arm) if same.any() else "") + ")")
     lines.append("; ".join(parts) + "." if parts else "No control arm to compare with.")
-    if ref_summary is not None and len(ref_summary):
+    if ref_summary is not None and len(ref_summary) and primary in ref_summary:
         refs = ref_summary.groupby("rule", sort=False)[primary].mean()
         lines.append("References on the same episodes: " + ", ".join(
             f"{r} {v:+.1f}" for r, v in refs.items()) + " (parameters chosen on training data).")
     else:
         lines.append("References: not computed.")
     return lines
+
+
+def best_reference(ref_summary: pd.DataFrame | None, metric: str = "oos_pnl",
+                   rules: Sequence[str] = ("trend", "buy_and_hold")) -> str | None:
+    """The rule of ``rules`` with the higher mean ``metric`` over seeds on this run (chosen
+    after the fact on the deploy episodes, which favours the reference); None if none ran."""
+    if ref_summary is None or not len(ref_summary) or metric not in ref_summary:
+        return None
+    means = ref_summary[ref_summary.rule.isin(rules)].groupby("rule")[metric].mean()
+    return str(means.idxmax()) if means.notna().any() else None
+
+
+def reference_paired(summary: pd.DataFrame, ref_summary: pd.DataFrame | None,
+                     metric: str = "oos_pnl", level: float = 0.95, n_boot: int = 2000,
+                     seed: int = 0) -> tuple[str, pd.DataFrame] | None:
+    """Every arm against the :func:`best_reference` rule on ``metric``, paired per seed (the
+    rule plays the arms' deploy episodes of every cycle, so both values of a seed are means
+    over the same episodes of cycles 1..C-1): ``(rule, stats.paired_table)`` with the rule as
+    the control, named ``"<rule> (reference)"``; None without a reference or the metric."""
+    rule = best_reference(ref_summary, metric)
+    if rule is None or metric not in summary:
+        return None
+    name = f"{rule} (reference)"
+    ref = ref_summary[ref_summary.rule == rule]
+    both = pd.concat([summary[["policy", "seed", metric]],
+                      pd.DataFrame({"policy": name, "seed": ref["seed"].to_numpy(),
+                                    metric: ref[metric].to_numpy()})], ignore_index=True)
+    return rule, stats.paired_table(both, metric, [name], level, n_boot, seed)
+
+
+def regret_frame(cycles: pd.DataFrame, kinds: dict[str, str], metric: str = "pnl"
+                 ) -> tuple[str, pd.DataFrame] | None:
+    """Cumulative regret of every adaptive arm (kind not ``fixed``) against the best fixed
+    arm in hindsight, per seed and cycle c of cycles 1..C-1 (cycle 0 is excluded: every arm
+    deploys its start weight before any feedback; with one cycle, cycle 0): the sum over
+    cycles 1..c of (best fixed arm's ``deploy_<metric>`` - the arm's), same seed. The best
+    fixed arm is pooled over seeds: the fixed arm with the highest mean over seeds of its
+    summed ``deploy_<metric>`` over those cycles (:func:`best_fixed_in_hindsight` on
+    ``oos_<metric>``). Returns ``(best fixed arm, frame)`` with one row per arm x seed x cycle
+    (``policy``, ``seed``, ``cycle``, ``value``, ``best_fixed_value``, ``regret``,
+    ``cum_regret``); None without a fixed and an adaptive arm."""
+    col = f"deploy_{metric}"
+    fixed = [a for a, k in kinds.items() if k == "fixed" and a in set(cycles.policy)]
+    adaptive = [a for a, k in kinds.items() if k != "fixed" and a in set(cycles.policy)]
+    if not fixed or not adaptive:
+        return None
+    oc = cycles[cycles.cycle.isin(oos_cycles(int(cycles.cycle.max()) + 1))]
+    total = oc[oc.policy.isin(fixed)].groupby(["policy", "seed"])[col].agg(
+        lambda v: float(np.sum(v.to_numpy(float)))).groupby("policy").mean()
+    best = str(total.idxmax())
+    ref = oc[oc.policy == best].set_index(["seed", "cycle"])[col]
+    out = oc[oc.policy.isin(adaptive)][["policy", "seed", "cycle", col]].rename(
+        columns={col: "value"}).sort_values(["policy", "seed", "cycle"], kind="stable")
+    out["best_fixed_value"] = ref.reindex(
+        pd.MultiIndex.from_frame(out[["seed", "cycle"]])).to_numpy()
+    out["regret"] = out["best_fixed_value"] - out["value"]
+    out["cum_regret"] = out.groupby(["policy", "seed"], sort=False)["regret"].transform(
+        lambda v: np.cumsum(v.to_numpy(float)))          # NaN stays NaN from there on
+    order = {a: i for i, a in enumerate(adaptive)}
+    out = out.sort_values(["policy", "seed", "cycle"], key=lambda c: c.map(order)
+                          if c.name == "policy" else c, kind="stable")
+    return best, out.reset_index(drop=True)
+
+
+def band(frame: pd.DataFrame, value: str, by: Sequence[str] = ("policy", "cycle")
+         ) -> pd.DataFrame:
+    """``value`` over seeds per ``by``: ``mean``, ``median``, ``q25``, ``q75``, ``min``,
+    ``max`` and ``seeds`` (in first-seen order of ``by``)."""
+    g = frame.groupby(list(by), sort=False)[value]
+    return pd.DataFrame({"mean": g.mean(), "median": g.median(), "q25": g.quantile(0.25),
+                         "q75": g.quantile(0.75), "min": g.min(), "max": g.max(),
+                         "seeds": g.size()}).reset_index()
+
+
+def weight_paths(cycles: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: ``seeds``, ``distinct_paths`` (different weight sequences over cycles among
+    the seeds, to 9 decimals) and the last cycle's weight over seeds (``final_median``,
+    ``final_min``, ``final_max``)."""
+    rows = []
+    last = int(cycles.cycle.max())
+    for name, g in cycles.groupby("policy", sort=False):
+        paths = {tuple(np.round(s.sort_values("cycle")["weight"].to_numpy(float), 9))
+                 for _, s in g.groupby("seed")}
+        fin = g[g.cycle == last]["weight"]
+        rows.append({"policy": str(name), "seeds": g.seed.nunique(), "distinct_paths": len(paths),
+                     "final_median": float(fin.median()), "final_min": float(fin.min()),
+                     "final_max": float(fin.max())})
+    return pd.DataFrame(rows)
 
 
 def read_metrics_rows(path: Any) -> pd.DataFrame:
@@ -309,8 +529,33 @@ def episode_paired(agent_pnl: np.ndarray, ref_pnl: dict[str, np.ndarray],
     return pd.DataFrame(rows)
 
 
-__all__ = ["METRICS", "MODES", "REFERENCE_LABELS", "SUMMARY_METRICS", "answer",
-           "best_fixed_in_hindsight",
-           "curve_frame", "cycle_frame", "episode_paired", "identical_arms", "levels_table",
-           "oos_cycles", "read_metrics_rows", "reference_frame", "reference_summary",
-           "summary_columns", "summary_frame", "train_curves"]
+__all__ = ["METRICS", "MODES", "REFERENCE_LABELS", "SUMMARY_METRICS", "answer", "band",
+           "best_arms", "best_fixed_in_hindsight", "best_reference", "curve_frame",
+           "cycle_frame", "duplicate_mode_column", "episode_paired", "feedback_mode",
+           "identical_arms", "identical_pairs", "levels_table", "oos_cycles",
+           "read_metrics_rows", "reference_frame", "reference_paired", "reference_summary",
+           "regret_frame", "summary_columns", "summary_frame", "train_curves", "weight_paths"]
+
+
+def _episode_sharpe(r: pd.Series) -> float:
+    sd = r.std(ddof=1)
+    return float(r.mean() / sd) if sd > 0 else 0.0
+
+
+def episode_table(episodes: pd.DataFrame, cycles: Sequence[int],
+                  by: Sequence[str] = ()) -> pd.DataFrame:
+    """Per arm or reference rule (and ``by``, e.g. ``symbol``) over the deploy episodes of
+    ``cycles`` (``episodes.parquet``): the mean over seeds of each seed's PnL per episode and
+    episode Sharpe (mean / sd of its episodes' returns; not annualised), per deploy mode
+    (``greedy_*``, ``sampled_*``; the rules play greedy only), and the episodes per seed."""
+    e = episodes[episodes["cycle"].isin(list(cycles))]
+    keys = ["kind", "arm", *by]
+    per = e.groupby([*keys, "mode", "seed"], sort=False).agg(
+        pnl=("pnl", "mean"), sharpe=("return", _episode_sharpe), n=("pnl", "size"))
+    wide = per.groupby(level=[*keys, "mode"], sort=False).mean().unstack("mode")
+    out = pd.DataFrame(index=wide.index)
+    for mode in ("greedy", "sampled"):
+        for m in ("pnl", "sharpe"):
+            out[f"{mode}_{m}"] = wide[(m, mode)] if (m, mode) in wide.columns else np.nan
+    out["episodes_per_seed"] = wide[("n", "greedy")]
+    return out.reset_index()

@@ -28,13 +28,15 @@ episode scored below staying flat. The calibrated default:
   of 2.2-3.6 growing with tightness (``mfe_ratio``).
 
 Audit of this default (``tpfl-audit``, 512 episodes of 100 bars per rule, ``regime`` / ``mixed``):
-Kendall tau between reward at weight 0 and PnL over {flat, buy-and-hold, trend, churn, oracle} =
-1.0 on both; churn reaches the best profitable reference at weight 9.3 / 10.1 (4.2 / 4.7 against
-causal rules only) and no coin-flip rule at any TP reaches the best causal rule below weight
-2.4 / 3.4. Scanned and rejected: PnL 10-15 (a coin-flip trader at TP 1.0-1.5 reached the trend
-rule at weights 1.8-2.2 on some market samples), drawdown 1.5 (a buy-and-hold with +104 PnL
-scored below flat), per-bar vol scaling (a trend rule earning +168 scored below flat: it earns in
-volatile bars), and the ``mfe_ratio`` / ``hit`` accuracies at PnL 10 (churn break-even 1.1).
+no pair of {flat, buy-and-hold, trend, churn, oracle} whose PnL differs beyond noise is ranked
+otherwise by the reward at weight 0 (Kendall tau 0.8 / 1.0: on regime buy-and-hold and trend,
+equal within noise, swap); churn reaches the best profitable reference at weight 11.2 / 11.5
+and no coin-flip rule at any TP reaches the best causal rule below weight 2.4 / 3.4
+(2026-11-30). Scanned and rejected: PnL 10-15 (a coin-flip trader at TP 1.0-1.5 reached the
+trend rule at weights 1.8-2.2 on some market samples), drawdown 1.5 (a buy-and-hold with +104
+PnL scored below flat), per-bar vol scaling (a trend rule earning +168 scored below flat: it
+earns in volatile bars), and the ``mfe_ratio`` / ``hit`` accuracies at PnL 10 (churn
+break-even 1.1).
 """
 
 from __future__ import annotations

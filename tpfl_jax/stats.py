@@ -40,7 +40,8 @@ simultaneous intervals. ``paired_table`` has one row per (control, arm) with the
 - ``boot_lo``, ``boot_hi``: the percentile bootstrap interval of the mean difference at
   ``level`` for this arm alone (unadjusted, per comparison; ``n_boot`` resamples of the seeds,
   same ``seed`` for every arm). Descriptive only, not used for decisions: it can exclude 0 for
-  a non-rejected arm.
+  a non-rejected arm. With fewer than ``MIN_BOOT_SEEDS`` (10) seeds it is anti-conservative
+  (too narrow), so :func:`format_paired` and :func:`plot_paired` leave it out there.
 - ``mde``: the minimum detectable effect: the smallest true mean difference that the
   two-sided paired t-test at ``mde_alpha`` detects with 80% power at this ``n``, from
   ``sd_diff`` (noncentral t, as ``statsmodels``' ``TTestPower``).
@@ -48,6 +49,9 @@ simultaneous intervals. ``paired_table`` has one row per (control, arm) with the
   the Bonferroni level. Holm rejects every arm with ``p <= alpha / m``, so a true difference of
   size ``mde`` is rejected by Holm with >= 80% power whatever the other arms do (and makes the
   simultaneous interval exclude 0 with 80% power).
+
+:func:`pairwise_table` compares every pair of arms (Holm over all pairs): the report names a
+best arm only when it is higher than every other arm there.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ import pandas as pd
 from scipy import optimize
 from scipy import stats as st
 
+MIN_BOOT_SEEDS = 10     # fewer seeds: the percentile bootstrap is not shown (anti-conservative)
 PAIRED_COLUMNS = ("control", "arm", "metric", "n", "mean_diff", "sd_diff", "t_lo", "t_hi", "p",
                   "p_holm", "reject", "m", "family_level", "simul_level", "simul_lo", "simul_hi",
                   "holm_level", "holm_lo", "holm_hi", "boot_lo", "boot_hi", "mde", "mde_alpha")
@@ -254,6 +259,37 @@ def paired_table(summary: pd.DataFrame, metric: str, controls: Sequence[str],
     return pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))
 
 
+PAIRWISE_COLUMNS = ("arm_a", "arm_b", "metric", "n", "mean_diff", "t_lo", "t_hi", "p",
+                    "p_holm", "reject", "m", "family_level")
+
+
+def pairwise_table(summary: pd.DataFrame, metric: str, level: float = 0.95,
+                   arm: str = "policy", seed_col: str = "seed") -> pd.DataFrame:
+    """Every unordered pair of arms ``(a, b)`` (in the summary's arm order) compared on
+    ``metric``: per-seed paired differences ``a - b`` (seeds where both are finite), mean,
+    unadjusted t-interval at ``level``, two-sided p, and Holm over all ``m`` pairs with a
+    finite p (``reject``: ``p_holm <= 1 - level``; family-wise error ``1 - level`` over
+    every pair, so it holds for any arm picked after the fact, e.g. the highest mean)."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"pairwise_table: level = {level!r}; expected in (0, 1)")
+    wide = per_seed(summary, metric, arm, seed_col)
+    arms = list(dict.fromkeys(summary[arm]))
+    rows = []
+    for i, a in enumerate(arms):
+        for b in arms[i + 1:]:
+            d = paired_diffs(wide, a, b)
+            mean, lo, hi, p = t_test(d, level)
+            rows.append({"arm_a": a, "arm_b": b, "metric": metric, "n": len(d),
+                         "mean_diff": mean, "t_lo": lo, "t_hi": hi, "p": p})
+    p = np.array([r["p"] for r in rows], float)
+    adj = holm(p)
+    m = int(np.isfinite(p).sum())
+    for r, pa in zip(rows, adj, strict=True):
+        r |= {"p_holm": pa, "reject": bool(np.isfinite(pa) and pa <= 1.0 - level), "m": m,
+              "family_level": level}
+    return pd.DataFrame(rows, columns=list(PAIRWISE_COLUMNS))
+
+
 def _pct(level: float) -> str:
     return f"{100 * level:.4g}%"
 
@@ -262,28 +298,49 @@ def _family_level(table: pd.DataFrame) -> float:
     return float(table["family_level"].iloc[0]) if len(table) else 0.95
 
 
-def format_paired(table: pd.DataFrame) -> str:
+def show_bootstrap(table: pd.DataFrame) -> bool:
+    """Whether a table's bootstrap intervals are shown: every row has ``n >= MIN_BOOT_SEEDS``."""
+    return bool(len(table)) and int(table["n"].min()) >= MIN_BOOT_SEEDS
+
+
+def bootstrap_note(table: pd.DataFrame) -> str:
+    """One sentence: whether the bootstrap intervals are shown, and why not when they are not."""
+    if show_bootstrap(table):
+        return ("Percentile bootstrap intervals: per arm, unadjusted, descriptive only (not "
+                "used for decisions).")
+    n = int(table["n"].min()) if len(table) else 0
+    return (f"Bootstrap intervals omitted: n = {n} seeds < {MIN_BOOT_SEEDS}, where the "
+            "percentile bootstrap is anti-conservative (too narrow); they stay in "
+            "`paired.csv` (boot_lo, boot_hi) as descriptive numbers only.")
+
+
+def format_paired(table: pd.DataFrame, bootstrap: bool | None = None) -> str:
     """Markdown table of a ``paired_table``: the simultaneous (family-level, Bonferroni) t
-    interval, the unadjusted per-arm bootstrap interval, p, Holm-adjusted p, the MDE at
-    ``alpha / m`` and the Holm decision."""
+    interval, p, Holm-adjusted p, the MDE at ``alpha / m``, the Holm decision and, with
+    ``bootstrap`` (default: :func:`show_bootstrap`), the unadjusted per-arm bootstrap
+    interval."""
+    boot = show_bootstrap(table) if bootstrap is None else bootstrap
     lv = _pct(_family_level(table))
-    lines = [f"| control | arm | n | mean diff | {lv} simultaneous CI (t, Bonferroni) | "
-             f"{lv} bootstrap CI (per arm, unadjusted) | p | p (Holm) | "
-             "MDE (80% power, α/m) | decision (Holm) |", "|" + "---|" * 10]
+    cols = ["control", "arm", "n", "mean diff", f"{lv} simultaneous CI (t, Bonferroni)"]
+    cols += [f"{lv} bootstrap CI (per arm, unadjusted)"] if boot else []
+    cols += ["p", "p (Holm)", "MDE (80% power, α/m)", "decision (Holm)"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in table.iterrows():
         dec = ("**higher**" if r["mean_diff"] > 0 else "**lower**") if r["reject"] else "no diff."
-        lines.append(
-            f"| {r['control']} | {r['arm']} | {r['n']} | {r['mean_diff']:.4g} | "
-            f"[{r['simul_lo']:.4g}, {r['simul_hi']:.4g}] | [{r['boot_lo']:.4g}, "
-            f"{r['boot_hi']:.4g}] | {r['p']:.3g} | {r['p_holm']:.3g} | {r['mde']:.3g} | "
-            f"{dec} |")
+        cells = [str(r["control"]), str(r["arm"]), str(r["n"]), f"{r['mean_diff']:.4g}",
+                 f"[{r['simul_lo']:.4g}, {r['simul_hi']:.4g}]"]
+        cells += [f"[{r['boot_lo']:.4g}, {r['boot_hi']:.4g}]"] if boot else []
+        cells += [f"{r['p']:.3g}", f"{r['p_holm']:.3g}", f"{r['mde']:.3g}", dec]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot_paired(table: pd.DataFrame, path: Path, title: str = "") -> Path:
+def plot_paired(table: pd.DataFrame, path: Path, title: str = "",
+                bootstrap: bool | None = None) -> Path:
     """Paired differences per control: mean, simultaneous (family-level, Bonferroni) t
-    interval and unadjusted per-arm percentile bootstrap interval; ``*`` marks Holm
-    rejections."""
+    interval and, with ``bootstrap`` (default: :func:`show_bootstrap`), the unadjusted per-arm
+    percentile bootstrap interval; ``*`` marks Holm rejections."""
+    boot = show_bootstrap(table) if bootstrap is None else bootstrap
     import matplotlib
 
     matplotlib.use("Agg")
@@ -291,9 +348,9 @@ def plot_paired(table: pd.DataFrame, path: Path, title: str = "") -> Path:
 
     lv = _pct(_family_level(table))
     ctrls = list(dict.fromkeys(table["control"]))
+    rows = table.groupby("control").size().max() if len(table) else 1   # one arm: no rows
     fig, axes = plt.subplots(1, max(len(ctrls), 1), figsize=(6 * max(len(ctrls), 1), 0.9 +
-                             0.35 * max(table.groupby("control").size().max(), 1)),
-                             squeeze=False)
+                             0.35 * max(rows, 1)), squeeze=False)
     for ax, ctrl in zip(axes[0], ctrls, strict=False):
         g = table[table["control"] == ctrl].reset_index(drop=True)
         y = np.arange(len(g))
@@ -303,9 +360,10 @@ def plot_paired(table: pd.DataFrame, path: Path, title: str = "") -> Path:
         ax.errorbar(m, y, xerr=np.nan_to_num([m - lo, hi - m]), fmt="o", capsize=4,
                     label=f"paired t, {lv} simultaneous (Bonferroni, m={int(g['m'].iloc[0])})",
                     color="tab:blue")
-        ax.errorbar(m, y + 0.2, xerr=np.nan_to_num([m - blo, bhi - m]), fmt="none",
-                    capsize=2, label=f"percentile bootstrap, {lv} per arm (unadjusted)",
-                    color="tab:orange")
+        if boot:
+            ax.errorbar(m, y + 0.2, xerr=np.nan_to_num([m - blo, bhi - m]), fmt="none",
+                        capsize=2, label=f"percentile bootstrap, {lv} per arm (unadjusted)",
+                        color="tab:orange")
         ax.axvline(0, color="k", lw=0.8)
         ax.set_yticks(y, [f"{a} *" if rej else str(a) for a, rej in zip(g["arm"], g["reject"],
                                                                         strict=True)],
@@ -323,6 +381,7 @@ def plot_paired(table: pd.DataFrame, path: Path, title: str = "") -> Path:
     return path
 
 
-__all__ = ["PAIRED_COLUMNS", "bootstrap_ci", "format_paired", "holm", "holm_levels", "mean_ci",
-           "mde_paired", "paired_diffs", "paired_table", "per_seed", "plot_paired",
-           "simultaneous_level", "t_test"]
+__all__ = ["MIN_BOOT_SEEDS", "PAIRED_COLUMNS", "PAIRWISE_COLUMNS", "bootstrap_ci",
+           "bootstrap_note", "format_paired", "holm", "holm_levels", "mean_ci", "mde_paired",
+           "paired_diffs", "paired_table", "pairwise_table", "per_seed", "plot_paired",
+           "show_bootstrap", "simultaneous_level", "t_test"]

@@ -15,6 +15,7 @@ _EXPORTS = {
     "POLICIES": "policies", "POLICY_NAMES": "policies", "PolicyParams": "policies",
     "PolicyState": "policies", "apply_policy": "policies", "decide_weight": "policies",
     "make_policy_params": "policies", "init_policy_state": "policies",
+    "load_policy": "policies", "finish": "policies",
     "ModelRegistry": "registry",
     "ClmOrchestrator": "orchestrator", "JobResult": "orchestrator",
     "TrainingAdapter": "adapters", "BacktestAdapter": "adapters", "TrainedModel": "adapters",

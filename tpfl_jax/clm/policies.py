@@ -29,14 +29,23 @@ Policies (``POLICY_NAMES``; the seed's table is ``seed_table``):
   ``w + exp_step``; negative expectancy (mean realised R < 0 and PnL per trade < 0) ->
   ``w - exp_step``; otherwise (mixed evidence) and for invalid stats the weight is held.
   Clipped to [w_min, w_max].
-* ``bandit``: learns which weight pays. Gaussian Thompson sampling over the ``bandit_grid``
-  weights, driven by the deployed PnL of the feedback period (``pnl_per_trade x total_attempts``:
-  use it with a per-period history). Each decision credits the period's PnL to the grid weight in
-  force, tries every untried grid weight first (in grid order), then draws each weight's mean PnL
-  from ``N(mean_k, sd^2 / n_k)`` (``sd``: the spread of every PnL observed so far) and moves to
-  the best draw. Its memory is ``PolicyState.arm_*``; draws are keyed by ``bandit_seed`` and the
-  update count (reproducible).
+* ``bandit``: learns which weight pays: discounted Gaussian Thompson sampling over the
+  ``bandit_grid`` weights (see :func:`bandit` for its model and assumptions). Reward: PnL per
+  attempt (``pnl_per_trade``, currency per closed trade after costs) of the feedback period.
+  Each arm's mean reward has a prior ``N(bandit_prior_mean, bandit_prior_sd^2)`` (no forced
+  exploration: an untried weight is chosen when its prior draw beats the others' posterior
+  draws); the draws are keyed by ``PolicyState.key`` (per seed in the loop), ``bandit_seed``
+  and the update count; ``bandit_discount`` in (0, 1] ages old rewards (1: none).
 * ``fixed``: keeps the weight it starts with (a control arm).
+
+User policies (``docs/policies.md``): a kind ``"package.module:function"`` names a pure
+``(stats, state, params) -> (weight, state, code)`` function. :func:`load_policy` imports it and
+checks it (3 positional parameters; under ``jax.jit`` and ``jax.vmap`` with abstract inputs it
+returns a float32 scalar weight, a state of the input's structure, shapes and dtypes and an int32
+scalar code) before anything compiles; it then runs as one more ``lax.switch`` branch of
+:func:`apply_policy`, beside the built-ins. Its own values are ``PolicyParams.user``
+(``USER_PARAMS`` float32 slots, zeros unless given; the built-in fields are readable too). A code
+outside ``REASON_NAMES`` is recorded as ``user_bad_code``.
 
 On device (the closed loop) comparisons run in float32, the dtype of ``TPStats``. The host
 decision (``decide_weight``, the CLM) runs the same functions in float64 on the CPU, with the
@@ -47,7 +56,9 @@ on its own inputs (a tracker mean R of 1.1999999999999997 is below r_good = 1.2)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import importlib
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -60,6 +71,8 @@ from tpfl_jax.env.stats import TPStats, make_tp_stats
 POLICY_NAMES = ("seed_table", "ema", "vol_scaled", "gated", "continuous", "expectancy", "bandit",
                 "fixed")
 BANDIT_ARMS = 4  # static size of ``PolicyParams.bandit_grid``
+USER_PARAMS = 8  # static size of ``PolicyParams.user`` (a user policy's own values)
+USER_ID_BASE = 100  # policy_id of the first user policy loaded in this process
 
 # reason codes
 REASON_NO_DATA = 0          # invalid stats (no feedback)
@@ -73,12 +86,15 @@ REASON_CONTINUOUS = 7       # continuous mapping
 REASON_EXP_UP = 8           # expectancy: positive expectancy and TP skill -> raise
 REASON_EXP_DOWN = 9         # expectancy: negative expectancy -> lower
 REASON_EXP_HOLD = 10        # expectancy: mixed evidence -> hold
-REASON_BANDIT_EXPLORE = 11  # bandit: an untried grid weight
-REASON_BANDIT_SAMPLE = 12   # bandit: the best Thompson draw
+REASON_BANDIT_EXPLORE = 11  # bandit: the best draw is a weight with < 1 (discounted) reward
+REASON_BANDIT_SAMPLE = 12   # bandit: the best Thompson draw (a weight with >= 1 reward)
 REASON_FIXED = 13           # fixed: the weight it started with
+REASON_USER = 14            # a user policy's decision (for user policies without own codes)
+REASON_USER_BAD_CODE = 15   # a user policy returned a code outside REASON_NAMES
 REASON_NAMES = ("no_data", "low_hit_good_r", "high_hit_low_r", "ok_hit_low_r", "optimal",
                 "no_rule", "inconclusive", "continuous", "expectancy_up", "expectancy_down",
-                "expectancy_hold", "bandit_explore", "bandit_sample", "fixed")
+                "expectancy_hold", "bandit_explore", "bandit_sample", "fixed", "user",
+                "user_bad_code")
 
 
 @struct.dataclass
@@ -107,16 +123,24 @@ class PolicyParams:
     bandit_grid: Any = struct.field(default_factory=lambda: jnp.asarray(
         (0.0, 0.5, 1.0, 2.0), jnp.float32))
     bandit_seed: Any = 0.0
+    bandit_prior_mean: Any = 0.0
+    bandit_prior_sd: Any = 10.0
+    bandit_noise_sd: Any = 10.0
+    bandit_noise_df: Any = 2.0
+    bandit_discount: Any = 1.0
+    user: Any = struct.field(default_factory=lambda: jnp.zeros(USER_PARAMS, jnp.float32))
 
 
 PARAM_FIELDS = tuple(f.name for f in dataclasses.fields(PolicyParams) if f.name != "policy_id")
-_ARRAY_FIELDS = ("bandit_grid",)
+_ARRAY_FIELDS = ("bandit_grid", "user")
 
 
 @struct.dataclass
 class PolicyState:
-    """Policy memory: the weight in force, the number of updates and the bandit's per-grid-weight
-    count, sum and sum of squares of the PnL it observed (zeros for the other policies)."""
+    """Policy memory: the weight in force, the number of updates, the bandit's per-grid-weight
+    (discounted) count, sum and sum of squares of the rewards it observed (zeros for the other
+    policies) and ``key``, the policy's typed PRNG key (the loop sets one per seed; policies
+    fold the update count into it and never replace it)."""
 
     weight: jax.Array
     n_updates: jax.Array
@@ -124,19 +148,31 @@ class PolicyState:
     arm_sum: jax.Array = struct.field(
         default_factory=lambda: jnp.zeros(BANDIT_ARMS, jnp.float32))
     arm_sq: jax.Array = struct.field(default_factory=lambda: jnp.zeros(BANDIT_ARMS, jnp.float32))
+    key: jax.Array = struct.field(default_factory=lambda: jax.random.key(0))
 
 
-def init_policy_state(weight: float = 1.0) -> PolicyState:
-    """Initial state holding ``weight``."""
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def init_policy_state(weight: float = 1.0, key: jax.Array | None = None) -> PolicyState:
+    """Initial state holding ``weight`` and ``key`` (a scalar typed key, ``jax.random.key``;
+    default ``key(0)``)."""
     if not (isinstance(weight, (int, float)) and np.isfinite(weight) and weight >= 0):
         raise ValueError(f"init_policy_state: weight = {weight!r}; expected a finite number >= 0")
-    return PolicyState(weight=jnp.float32(weight), n_updates=jnp.int32(0))
+    if key is None:
+        key = jax.random.key(0)
+    elif not (_is_key(key) and key.shape == ()):
+        raise ValueError(f"init_policy_state: key = {key!r}; expected a scalar typed key "
+                         "(jax.random.key)")
+    return PolicyState(weight=jnp.float32(weight), n_updates=jnp.int32(0), key=key)
 
 
-def make_policy_params(policy: str = "seed_table", **overrides: float) -> PolicyParams:
-    """``PolicyParams`` for ``policy`` with float32 leaves; validates names and values."""
-    if policy not in POLICY_NAMES:
-        raise ValueError(f"make_policy_params: policy = {policy!r}; expected one of {POLICY_NAMES}")
+def make_policy_params(policy: str = "seed_table", **overrides: Any) -> PolicyParams:
+    """``PolicyParams`` for ``policy`` (a name of ``POLICY_NAMES`` or a user policy's
+    ``"module:function"``, loaded and checked by :func:`load_policy`) with float32 leaves;
+    validates names and values. ``user`` (user policies only): up to ``USER_PARAMS`` numbers."""
+    pid = policy_id(policy)            # unknown name or bad user policy: ValueError
     unknown = set(overrides) - set(PARAM_FIELDS)
     if unknown:
         raise ValueError(f"make_policy_params: unknown parameter(s) {sorted(unknown)}; "
@@ -152,6 +188,19 @@ def make_policy_params(policy: str = "seed_table", **overrides: float) -> Policy
             or np.any(np.diff(grid) <= 0):
         raise ValueError(f"make_policy_params: bandit_grid = {overrides.get('bandit_grid')!r}; "
                          f"expected {BANDIT_ARMS} increasing finite weights >= 0")
+    user = np.zeros(USER_PARAMS)
+    if "user" in overrides:
+        u = overrides["user"]
+        if not is_user_kind(policy):
+            raise ValueError(f"make_policy_params: user = {u!r}; only a user policy "
+                             "('module:function') takes user values")
+        ok = isinstance(u, Sequence) and not isinstance(u, str) and len(u) <= USER_PARAMS \
+            and all(not isinstance(x, bool) and isinstance(x, (int, float)) and np.isfinite(x)
+                    for x in u)
+        if not ok:
+            raise ValueError(f"make_policy_params: user = {u!r}; expected a list of at most "
+                             f"{USER_PARAMS} finite numbers")
+        user[:len(u)] = u
     checks = [
         (0.0 <= vals["hit_low"] < vals["hit_high"] <= 1.0, "0 <= hit_low < hit_high <= 1"),
         (vals["r_good"] > 0, "r_good > 0"),
@@ -165,12 +214,19 @@ def make_policy_params(policy: str = "seed_table", **overrides: float) -> Policy
         (0.0 <= vals["w_min"] <= vals["w_max"], "0 <= w_min <= w_max"),
         (vals["exp_step"] > 0, "exp_step > 0"),
         (-1.0 < vals["skill_margin"] < 1.0, "-1 < skill_margin < 1"),
+        (float(vals["bandit_seed"]).is_integer() and 0 <= vals["bandit_seed"] <= 2**24,
+         "bandit_seed an integer in [0, 2**24]"),
+        (vals["bandit_prior_sd"] > 0, "bandit_prior_sd > 0"),
+        (vals["bandit_noise_sd"] > 0, "bandit_noise_sd > 0"),
+        (vals["bandit_noise_df"] > 0, "bandit_noise_df > 0"),
+        (0.0 < vals["bandit_discount"] <= 1.0, "0 < bandit_discount <= 1"),
     ]
     for ok, text in checks:
         if not ok:
             raise ValueError(f"make_policy_params: expected {text}; got {overrides}")
-    return PolicyParams(policy_id=jnp.int32(POLICY_NAMES.index(policy)),
+    return PolicyParams(policy_id=jnp.int32(pid),
                         bandit_grid=jnp.asarray(grid, jnp.float32),
+                        user=jnp.asarray(user, jnp.float32),
                         **{k: jnp.float32(v) for k, v in vals.items()})
 
 
@@ -284,28 +340,51 @@ def expectancy(stats: TPStats, state: PolicyState, params: PolicyParams):
 
 
 def bandit(stats: TPStats, state: PolicyState, params: PolicyParams):
-    """Thompson sampling over ``bandit_grid``, rewarded by the period's deployed PnL."""
+    """Discounted Gaussian Thompson sampling over ``bandit_grid``, rewarded by PnL per attempt.
+
+    Model: a feedback period's reward under grid weight k is ``N(mu_k, sigma^2)``, independent
+    across periods given mu; ``mu_k ~ N(bandit_prior_mean, bandit_prior_sd^2)`` independently;
+    sigma (one for every weight) is the within-weight spread pooled with ``bandit_noise_df``
+    pseudo-observations at ``bandit_noise_sd`` (which alone sets it before any weight has two
+    rewards). A decision multiplies every weight's count, sum and sum of squares by
+    ``bandit_discount`` (old rewards age; 1: a stationary bandit), credits the period's reward
+    to the grid weight nearest the weight in force (valid stats only: too few trades credit
+    nothing), draws each ``mu_k`` from its posterior ``N(m_k, v_k)`` with ``1/v_k =
+    1/prior_sd^2 + n_k/sigma^2`` and ``m_k = v_k (prior_mean/prior_sd^2 + sum_k/sigma^2)``, and
+    moves to the best draw (code ``bandit_explore`` when that weight holds less than one
+    discounted reward, else ``bandit_sample``). Draws: ``state.key`` folded with
+    ``bandit_seed`` and the update count.
+
+    Reward: PnL per attempt (currency per closed trade, after costs). Unlike a period's total
+    PnL it does not grow with the deploy episodes or the feedback history (``cycle``,
+    ``cumulative``, ``window``), so rewards of different cycles are comparable; it does not
+    see how often a weight makes the agent trade. Assumptions: a period's reward depends on
+    the weight in force in that period only (a warm-started agent carries earlier weights'
+    training: discounting is the hedge against that drift); the prior and noise scales are
+    currency per trade (the defaults suit the default env: 10,000 equity, position size 1).
+    """
     grid = _f32(params.bandit_grid)
     cur = jnp.argmin(jnp.abs(grid - _f32(state.weight)))
-    reward = _f32(stats.pnl_per_trade) * _f32(stats.total_attempts)
-    one = jax.nn.one_hot(cur, grid.shape[0], dtype=grid.dtype)
-    n = _f32(state.arm_n) + one
-    tot = _f32(state.arm_sum) + one * reward
-    sq = _f32(state.arm_sq) + one * reward * reward
-    mean = tot / jnp.maximum(n, 1.0)
-    n_all = jnp.sum(n)
-    mu_all = jnp.sum(tot) / n_all
-    var = (jnp.sum(sq) - n_all * mu_all * mu_all) / jnp.maximum(n_all - 1.0, 1.0)
-    sd = jnp.sqrt(jnp.maximum(var, 0.0))
-    key = jax.random.fold_in(jax.random.key(0), (_f32(params.bandit_seed) * 1009.0
-                                                 + _f32(state.n_updates)).astype(jnp.int32))
-    draw = mean + sd / jnp.sqrt(jnp.maximum(n, 1.0)) * jax.random.normal(key, grid.shape,
-                                                                          grid.dtype)
-    untried = n == 0
-    explore = jnp.any(untried)
-    pick = jnp.where(explore, jnp.argmax(untried), jnp.argmax(draw))
+    reward = _f32(stats.pnl_per_trade)
+    g = _f32(params.bandit_discount)
+    one = jax.nn.one_hot(cur, grid.shape[0], dtype=grid.dtype) * _f32(stats.valid)
+    n = g * _f32(state.arm_n) + one
+    tot = g * _f32(state.arm_sum) + one * reward
+    sq = g * _f32(state.arm_sq) + one * reward * reward
+    sse = jnp.sum(jnp.where(n > 0, jnp.maximum(sq - tot * tot / jnp.where(n > 0, n, 1.0), 0.0),
+                            0.0))
+    df = jnp.sum(jnp.maximum(n - 1.0, 0.0))
+    nu0 = _f32(params.bandit_noise_df)
+    sigma2 = (nu0 * _f32(params.bandit_noise_sd) ** 2 + sse) / (nu0 + df)
+    prior_prec = 1.0 / _f32(params.bandit_prior_sd) ** 2
+    prec = prior_prec + n / sigma2
+    mean = (_f32(params.bandit_prior_mean) * prior_prec + tot / sigma2) / prec
+    key = jax.random.fold_in(jax.random.fold_in(
+        state.key, _f32(params.bandit_seed).astype(jnp.uint32)), state.n_updates)
+    draw = mean + jax.random.normal(key, grid.shape, grid.dtype) / jnp.sqrt(prec)
+    pick = jnp.argmax(draw)
     w = grid[pick]
-    code = jnp.where(explore, REASON_BANDIT_EXPLORE, REASON_BANDIT_SAMPLE)
+    code = jnp.where(n[pick] < 1.0, REASON_BANDIT_EXPLORE, REASON_BANDIT_SAMPLE)
     new = state.replace(arm_n=n, arm_sum=tot, arm_sq=sq)
     return _out(True, w, code, w, new)
 
@@ -325,17 +404,162 @@ POLICIES: dict[str, PolicyFn] = {
 assert tuple(POLICIES) == POLICY_NAMES
 
 
+def finish(weight: Any, code: Any, state: PolicyState) -> tuple[jax.Array, PolicyState,
+                                                                  jax.Array]:
+    """A policy's return value: ``weight`` as float32, ``state`` holding it with one more
+    update, ``code`` as int32 (for user policies)."""
+    w = jnp.asarray(weight, jnp.float32)
+    return w, state.replace(weight=w, n_updates=state.n_updates + 1), jnp.asarray(code,
+                                                                                  jnp.int32)
+
+
+# -- user policies ----------------------------------------------------------------------------
+_USER: dict[str, PolicyFn] = {}   # loaded and checked user policies, in load order (host only)
+
+
+def is_user_kind(kind: Any) -> bool:
+    """Whether ``kind`` names a user policy (``"module:function"``)."""
+    return isinstance(kind, str) and ":" in kind
+
+
+def _abstract(tree: Any, batch: int | None = None) -> Any:
+    """``ShapeDtypeStruct`` leaves of ``tree`` (with a leading ``batch`` axis)."""
+    lead = () if batch is None else (batch,)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(lead + tuple(np.shape(x)), x.dtype), tree)
+
+
+def _first_line(err: BaseException) -> str:
+    text = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
+    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+def check_policy_fn(fn: Any, kind: str = "policy") -> None:
+    """Raise a one-line ``ValueError`` unless ``fn`` is a policy: callable with 3 positional
+    parameters ``(stats, state, params)`` that traces under ``jax.jit`` and under ``jax.vmap``
+    with abstract inputs (``jax.eval_shape``) and returns a float32 scalar weight, a
+    ``PolicyState`` of the input's structure, shapes and dtypes, and an int32 scalar code."""
+    if not callable(fn):
+        raise ValueError(f"{kind}: {fn!r} is not callable; expected a function "
+                         "(stats, state, params) -> (weight, state, code)")
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        try:
+            sig.bind(None, None, None)
+        except TypeError:
+            raise ValueError(f"{kind}: signature {fn.__name__}{sig}; expected 3 positional "
+                             "parameters (stats, state, params)") from None
+    stats = TPStats(**{f.name: jnp.float32(0) for f in dataclasses.fields(TPStats)
+                       if f.name != "valid"}, valid=jnp.bool_(False))   # the loop's dtypes
+    state, params = init_policy_state(), PolicyParams(
+        policy_id=jnp.int32(0), **{k: jnp.float32(getattr(PolicyParams(), k))
+                                   for k in PARAM_FIELDS if k not in _ARRAY_FIELDS})
+    for batch, how in ((None, "jax.jit"), (3, "jax.vmap")):
+        args = [_abstract(t, batch) for t in (stats, state, params)]
+        f = jax.jit(fn) if batch is None else jax.jit(jax.vmap(fn))
+        try:
+            out = jax.eval_shape(f, *args)
+        except Exception as err:  # noqa: BLE001 - any failure to trace is the user's to fix
+            raise ValueError(f"{kind}: does not trace under {how} with abstract inputs "
+                             f"({_first_line(err)}); a policy must be pure jnp: no Python "
+                             "if/float()/int() on traced values") from None
+        lead = () if batch is None else (batch,)
+        if not (isinstance(out, tuple) and len(out) == 3):
+            raise ValueError(f"{kind}: returns {type(out).__name__}"
+                             f"{f' of {len(out)}' if isinstance(out, (tuple, list)) else ''}"
+                             f" under {how}; expected a tuple (weight, state, code)")
+        w, st, code = out
+        for name, x, dtype in (("weight", w, jnp.float32), ("code", code, jnp.int32)):
+            if not (hasattr(x, "shape") and tuple(x.shape) == lead and x.dtype == dtype):
+                got = (f"shape {tuple(x.shape)} {x.dtype}" if hasattr(x, "shape")
+                       else type(x).__name__)
+                raise ValueError(f"{kind}: {name} is {got} under {how}; expected a scalar "
+                                 f"{np.dtype(dtype).name}")
+        want = args[1]
+        if jax.tree.structure(st) != jax.tree.structure(want):
+            raise ValueError(f"{kind}: the returned state is {type(st).__name__} of another "
+                             f"structure under {how}; expected the PolicyState it was given "
+                             "(state.replace(...))")
+        for path, x, y in zip(jax.tree_util.tree_flatten_with_path(st)[0],
+                              jax.tree.leaves(st), jax.tree.leaves(want), strict=True):
+            if x.shape != y.shape or x.dtype != y.dtype:
+                field = jax.tree_util.keystr(path[0])
+                raise ValueError(f"{kind}: state{field} is shape {tuple(x.shape)} {x.dtype} "
+                                 f"under {how}; expected shape {tuple(y.shape)} {y.dtype}")
+
+
+def load_policy(kind: str) -> PolicyFn:
+    """The user policy ``"package.module:function"``, imported and checked
+    (:func:`check_policy_fn`) on first use, then remembered (its ``policy_id``:
+    ``USER_ID_BASE`` + load order). Errors are one-line ``ValueError``."""
+    if kind in _USER:
+        return _USER[kind]
+    mod_name, _, attr = kind.partition(":") if isinstance(kind, str) else ("", "", "")
+    if not (mod_name and attr and all(p.isidentifier() for p in mod_name.split("."))
+            and all(p.isidentifier() for p in attr.split("."))):
+        raise ValueError(f"policy kind {kind!r}: expected one of {POLICY_NAMES} or a user "
+                         "policy 'package.module:function'")
+    try:
+        obj: Any = importlib.import_module(mod_name)
+    except Exception as err:  # noqa: BLE001 - a failing import is the user's to fix
+        raise ValueError(f"{kind}: cannot import module {mod_name!r} ({_first_line(err)})"
+                         ) from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"{kind}: module {mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    check_policy_fn(obj, kind)
+    _USER[kind] = obj
+    return obj
+
+
+def policy_id(kind: str) -> int:
+    """The ``policy_id`` of a built-in name or a user policy (loaded and checked)."""
+    if kind in POLICY_NAMES:
+        return POLICY_NAMES.index(kind)
+    if not is_user_kind(kind):
+        raise ValueError(f"policy kind {kind!r}: expected one of {POLICY_NAMES} or a user "
+                         "policy 'package.module:function'")
+    load_policy(kind)
+    return USER_ID_BASE + list(_USER).index(kind)
+
+
+def policy_name(pid: int) -> str:
+    """The kind of a ``policy_id`` (a built-in name or a loaded user policy's path)."""
+    users = list(_USER)
+    if 0 <= pid < len(POLICY_NAMES):
+        return POLICY_NAMES[pid]
+    if 0 <= pid - USER_ID_BASE < len(users):
+        return users[pid - USER_ID_BASE]
+    raise ValueError(f"policy_name: policy_id = {pid}; no such built-in or loaded user policy")
+
+
+def _user_branch(fn: PolicyFn) -> PolicyFn:
+    """A user policy as a switch branch: its code recorded as ``user_bad_code`` when it is not
+    an index of ``REASON_NAMES``."""
+    def branch(stats: TPStats, state: PolicyState, params: PolicyParams):
+        w, new, code = fn(stats, state, params)
+        code = jnp.asarray(code, jnp.int32)
+        code = jnp.where((code >= 0) & (code < len(REASON_NAMES)), code, REASON_USER_BAD_CODE)
+        return jnp.asarray(w, jnp.float32), new, code
+    return branch
+
+
 def apply_policy(stats: TPStats, state: PolicyState, params: PolicyParams,
                  kinds: tuple[str, ...] | None = None):
     """Run the policy selected by ``params.policy_id`` (``lax.switch``; vmap over any leaf).
 
     ``kinds`` (static): the policies that can be selected (default every one of
-    ``POLICY_NAMES``); only their branches are built, which matters under ``vmap``, where a
-    batched switch runs every branch. A ``policy_id`` outside ``kinds`` runs the first branch:
-    callers check it on the host (``loop.check_inputs``)."""
+    ``POLICY_NAMES``; user policies by their ``"module:function"``, see :func:`load_policy`);
+    only their branches are built, which matters under ``vmap``, where a batched switch runs
+    every branch. A ``policy_id`` outside ``kinds`` runs the first branch: callers check it on
+    the host (``loop.check_inputs``)."""
     kinds = POLICY_NAMES if kinds is None else tuple(dict.fromkeys(kinds))
-    branches = [POLICIES[name] for name in kinds]
-    ids = jnp.asarray([POLICY_NAMES.index(k) for k in kinds], jnp.int32)
+    branches = [POLICIES[k] if k in POLICIES else _user_branch(load_policy(k)) for k in kinds]
+    ids = jnp.asarray([policy_id(k) for k in kinds], jnp.int32)
     idx = jnp.argmax(ids == jnp.asarray(params.policy_id, jnp.int32)).astype(jnp.int32)
     return jax.lax.switch(idx, branches, stats, state, params)
 
@@ -421,10 +645,14 @@ def reason_text(code: int, hit: float | None, r: float | None, weight: float,
                          "{w:.2f}",
         REASON_EXP_HOLD: "Mixed expectancy evidence (hit rate {hit:.1%}) - holding TP weight "
                          "{w:.2f}",
-        REASON_BANDIT_EXPLORE: "Bandit: trying the untried TP weight {w:.2f}",
-        REASON_BANDIT_SAMPLE: "Bandit: TP weight {w:.2f} has the best Thompson draw of deployed "
-                              "PnL",
+        REASON_BANDIT_EXPLORE: "Bandit: TP weight {w:.2f}, with less than one reward so far, "
+                               "has the best Thompson draw of PnL per trade",
+        REASON_BANDIT_SAMPLE: "Bandit: TP weight {w:.2f} has the best Thompson draw of PnL per "
+                              "trade",
         REASON_FIXED: "Fixed policy: TP weight {w:.2f}",
+        REASON_USER: "User policy: TP weight {w:.2f}",
+        REASON_USER_BAD_CODE: "User policy: TP weight {w:.2f} (its reason code is not one of "
+                              "REASON_NAMES)",
     }
     if code not in texts:
         raise ValueError(f"reason_text: code = {code!r}; expected one of {sorted(texts)}")
@@ -448,6 +676,8 @@ def decide_weight(feedback: Mapping[str, Any] | None, policy: str = "seed_table"
     with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
         # float64 on the host: float32 leaves back at their decimals (host_float: 1.2f -> 1.2)
         def f64(x):
+            if _is_key(x):
+                return x
             x = np.asarray(x)
             if not np.issubdtype(x.dtype, np.floating):
                 return jnp.asarray(x)
@@ -458,7 +688,8 @@ def decide_weight(feedback: Mapping[str, Any] | None, policy: str = "seed_table"
                                         jax.tree.map(f64, params))
         w = np.float32(w)
         new_state = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32)
-                                 if jnp.issubdtype(x.dtype, jnp.floating) else x, new_state)
+                                 if not _is_key(x) and jnp.issubdtype(x.dtype, jnp.floating)
+                                 else x, new_state)
         new_state = new_state.replace(weight=jnp.float32(w),
                                       n_updates=jnp.int32(new_state.n_updates))
     weight, code = host_float(w), int(code)

@@ -351,9 +351,9 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
         bar) or the one carried over."""
         want, k = decode_action(action, self.n_tp)
         k = jnp.clip(k, 0, self.n_tp - 1)
-        held = state.side != 0
+        held = _once(state.side != 0)
         o, vu = bar.open, bar.vol_unit
-        opens = ~held & (want != 0)
+        opens = _once(~held & (want != 0))
         s_new = want.astype(jnp.float32)
         tp_mult = params.tp_mults[k]
         units_new = state.equity * params.position_size / o
@@ -383,8 +383,8 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
                           intrabar_jump=ib_jump)
         # resting TP/SL orders fill first on a gap; otherwise flat / opposite side closes
         # the carried trade at the open
-        manual = pos.held & ~res.gap & (pos.want != state.side)
-        live = (pos.held & ~manual) | pos.opens
+        manual = _once(pos.held & ~res.gap & (pos.want != state.side))
+        live = _once((pos.held & ~manual) | pos.opens)
         mfe = jnp.where(pos.opens, 0.0, state.mfe)
         mae = jnp.where(pos.opens, 0.0, state.mae)
         mfe = jnp.where(live, jnp.maximum(mfe, res.fav), mfe)
@@ -401,7 +401,8 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
         reason = jnp.where(manual, EXIT_MANUAL, jnp.where(
             bar_exit, res.reason, jnp.where(time_exit, EXIT_TIME,
                                             jnp.where(end_exit, EXIT_END, EXIT_NONE))))
-        return Outcome(manual=manual, live=live, closes=manual | bar_exit | time_exit | end_exit,
+        closes = _once(manual | bar_exit | time_exit | end_exit)
+        return Outcome(manual=manual, live=live, closes=closes,
                        exit_price=jnp.where(manual, o, jnp.where(bar_exit, res.price,
                                                                  bar.close)),
                        reason=reason.astype(jnp.int32), mfe=mfe, mae=mae, bars_held=bars_held)
@@ -725,6 +726,13 @@ def encode_action(side: int, tp_index: int, n_tp: int) -> int:
     return 1 + tp_index if side > 0 else 1 + n_tp + tp_index
 
 
+def _once(flag: jax.Array) -> jax.Array:
+    """``flag`` (bool) unchanged, computed once. XLA copies chains of cheap elementwise ops into
+    every fusion that reads them (here: every state field), never an "expensive" op such as
+    ``sqrt``; ``sqrt(0 or 1) > 0.5`` is exact and makes XLA keep the flag in memory."""
+    return jnp.sqrt(flag.astype(jnp.float32)) > 0.5
+
+
 def _auto_reset(env: TradingEnv, key, state_st, obs_st, done, params):
     """The state and observation after a step: a new episode where ``done`` (gymnax's
     auto-reset), the stepped one elsewhere."""
@@ -744,7 +752,7 @@ def _info(info, state_st, obs_st, terminated, truncated, done):
 def _step(env: TradingEnv, key, state, action, params):
     obs_st, state_st, reward, terminated, info = env.step_env(key, state, action, params)
     truncated = env.is_truncated(state_st, params)
-    done = jnp.logical_or(terminated, truncated)
+    done = _once(jnp.logical_or(terminated, truncated))
     obs, state = _auto_reset(env, key, state_st, obs_st, done, params)
     return obs, state, reward, terminated, truncated, _info(info, state_st, obs_st, terminated,
                                                               truncated, done)
@@ -758,7 +766,7 @@ def step_batch(env: TradingEnv, keys, states, actions, params):
     obs_st, state_st, reward, terminated, info = jax.vmap(env.step_env, (0, 0, 0, None))(
         keys, states, actions, params)
     truncated = jax.vmap(env.is_truncated, (0, None))(state_st, params)
-    done = jnp.logical_or(terminated, truncated)
+    done = _once(jnp.logical_or(terminated, truncated))
     reset = jax.vmap(lambda k, s, o, d: _auto_reset(env, k, s, o, d, params))
     obs, state = jax.lax.cond(jnp.any(done), lambda: reset(keys, state_st, obs_st, done),
                               lambda: (obs_st, state_st))

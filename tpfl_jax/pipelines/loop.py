@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from tpfl_jax import report, results, stats
-from tpfl_jax.accounting import seed_keys
+from tpfl_jax.accounting import DEPLOY_MODES, seed_keys
 from tpfl_jax.audit import AuditResult
 from tpfl_jax.baselines import make_references, reference_candidates
 from tpfl_jax.config import Config, Objects, to_objects
@@ -35,7 +35,7 @@ from tpfl_jax.loop import (
 )
 from tpfl_jax.pipelines.audit import reward_audit
 from tpfl_jax.pipelines.common import RunPlan, market_line, save_final, setup_jax, user_inputs
-from tpfl_jax.pipelines.markets import build_market, write_market
+from tpfl_jax.pipelines.markets import build_market, deploy_symbols, write_market
 from tpfl_jax.replay import all_deploy_trades
 from tpfl_jax.resources import check_run_memory, memory_line, run_footprint, wall_time_estimate
 from tpfl_jax.rundir import write_frame, write_text
@@ -56,6 +56,7 @@ class LoopFrames:
     identical: list[tuple[str, ...]]
     hindsight: tuple[str, float] | None
     fresh_paths: bool = False     # training paths generated every update (no bar reused)
+    episodes: pd.DataFrame | None = None   # every deploy episode of every arm and rule
 
 
 @dataclass(frozen=True)
@@ -161,9 +162,9 @@ def run(c: Config, out: Path, cache_dir: Path | None = None) -> LoopRun | None:
     bar.set_postfix_str("references and artefacts")
     res = jax.device_get(res)
     check_training(res, obj, c)
-    ref_cycles, audit = side()
-    result = write_run(c, s, res, loop_frames(res, obj, spec, source, c, ref_cycles), audit,
-                       out, t_compile, t_run)
+    (ref_cycles, ref_episodes), audit = side()
+    frames = loop_frames(res, obj, spec, source, c, ref_cycles, ref_episodes)
+    result = write_run(c, s, res, frames, audit, out, t_compile, t_run)
     bar.update(1)
     bar.close()
     print_run(obj, result, out)
@@ -182,11 +183,19 @@ def write_run(c: Config, s: LoopSetup, res: LoopResult, frames: LoopFrames,
     paired = paired_stats(c, obj, frames.summary, out)
     answer = results.answer(frames.summary, paired[primary], frames.ref_summary,
                             obj.control_names, primary)
+    units = report.units_text(c.env.initial_equity, c.env.max_steps_in_episode)
+    sec = report_sections(c, obj, frames, out, units)
     report.write_loop_report(
         out, f"tpfl-loop: {c.experiment} ({n_p} arms x {n_s} seeds x {n_c} cycles)",
         answer=answer, levels=frames.levels, paired=paired, primary=primary,
-        training=frames.training, plots=plots(out, obj, c, frames, paired),
-        notes=notes(obj, c, frames), audit=audit.text() if audit else None)
+        training=frames.training, plots=plots(out, obj, c, frames, paired, sec.regret),
+        notes=notes(obj, c, frames), audit=audit.text() if audit else None,
+        legend=report.levels_legend(frames.levels, primary, c.loop.feedback_mode, units,
+                                    frames.summary),
+        mode=c.loop.feedback_mode, units=units, reference=sec.reference, horizon=sec.horizon,
+        series=sec.series,
+        audit_note=report.audit_note(audit.summary, c.audit.lookback or obj.env.window)
+        if audit else None)
     write_text(out / "timing.json", json.dumps({
         "compile_s": t_compile, "run_s": t_run, "devices": jax.device_count(),
         "processes": jax.process_count()}))
@@ -199,7 +208,7 @@ def side_work(c: Config, obj: Objects, spec: Any, source: Any, env_params: Any, 
     process they run in a background thread, compiling while the loop compiles (XLA compiles
     one program per core); the returned ``wait()`` gives ``(references, audit)``. Several
     processes: process 0 computes them when asked (no program beside the collective one)."""
-    def work() -> tuple[pd.DataFrame, AuditResult | None]:
+    def work() -> tuple[tuple[pd.DataFrame, Any], AuditResult | None]:
         refs = references(obj, spec, source, env_params,
                           has_labels=c.market.source == "synthetic")
         return refs, reward_audit(c, obj.env, env_params, spec, source, out, quiet=True)
@@ -226,8 +235,11 @@ def check_training(res: LoopResult, obj: Objects, c: Config) -> None:
 
 
 def loop_frames(res: LoopResult, obj: Objects, spec: Any, source: Any, c: Config,
-                ref_cycles: pd.DataFrame) -> LoopFrames:
-    """Every table of a loop run, the reference rules included."""
+                ref_cycles: pd.DataFrame,
+                ref_episodes: Callable[[np.ndarray], pd.DataFrame] | None = None
+                ) -> LoopFrames:
+    """Every table of a loop run, the reference rules included (``ref_episodes``: the rules'
+    per-episode frame from :func:`references`, joined to the arms' in ``episodes``)."""
     names, ppo, lc = obj.policy_names, obj.ppo, obj.loop
     bars = spec.distinct_train_bars(source, obj.env.lookback)
     cycles = results.cycle_frame(res, names, batch_size=ppo.batch_size,
@@ -245,21 +257,80 @@ def loop_frames(res: LoopResult, obj: Objects, spec: Any, source: Any, c: Config
         identical=results.identical_arms(summary, primary),
         hindsight=results.best_fixed_in_hindsight(
             summary, dict(zip(names, obj.policy_kinds, strict=True)), primary),
-        fresh_paths=bars is None)
+        fresh_paths=bars is None,
+        episodes=episode_frame(res, names, ref_episodes, deploy_symbols(spec, source)))
+
+
+def _episode_rows(pnl: np.ndarray, ret: np.ndarray, lead: dict[str, np.ndarray],
+                  paths: np.ndarray, symbols: np.ndarray | None) -> pd.DataFrame:
+    """Long rows of per-episode ``pnl``/``return`` ``[..., C, E]`` with index columns ``lead``
+    (each of the leading axes' shape), ``cycle``, ``episode``, the ``path`` it played
+    (``paths [C, E]``) and, on a panel, that path's ``symbol`` (``symbols [C, paths]``)."""
+    shape = pnl.shape
+    idx = np.indices(shape).reshape(len(shape), -1)
+    frame = {k: np.asarray(v)[tuple(idx[:-2])] for k, v in lead.items()}
+    cyc, ep = idx[-2], idx[-1]
+    path = np.asarray(paths)[cyc, ep]
+    frame |= {"cycle": cyc, "episode": ep, "path": path}
+    if symbols is not None:
+        frame["symbol"] = symbols[cyc, path]
+    return pd.DataFrame(frame | {"pnl": pnl.ravel(), "return": ret.ravel()})
+
+
+def episode_frame(res: LoopResult, names: list[str],
+                  ref_episodes: Callable[[np.ndarray], pd.DataFrame] | None,
+                  symbols: np.ndarray | None) -> pd.DataFrame | None:
+    """Every deploy episode (``episodes.parquet``): one row per arm x seed x cycle x mode x
+    episode (``kind`` policy) and per reference rule x seed x cycle x episode (``kind``
+    reference, mode greedy: the rules are deterministic), with its path, its symbol on a panel,
+    PnL and return. Arms and rules play the same episodes (same keys and paths)."""
+    if res.episodes is None:
+        return None
+    pnl = np.asarray(res.episodes["pnl"])                       # [P, S, C, 2, E]
+    ret = np.asarray(res.episodes["return"])
+    n_p, n_s, n_c, n_m, n_e = pnl.shape
+    move = lambda x: np.moveaxis(x, 3, 2)                       # noqa: E731  [P, S, 2, C, E]
+    lead = {"kind": np.full((n_p, n_s, n_m), "policy", dtype=object),
+            "arm": np.broadcast_to(np.asarray(names, dtype=object)[:, None, None],
+                                   (n_p, n_s, n_m)),
+            "seed": np.broadcast_to(np.arange(n_s)[None, :, None], (n_p, n_s, n_m)),
+            "mode": np.broadcast_to(np.asarray(DEPLOY_MODES, dtype=object)[None, None, :],
+                                    (n_p, n_s, n_m))}
+    paths = np.asarray(res.episodes["path"])[0, 0]             # [C, E], the same for all
+    arms = _episode_rows(move(pnl), move(ret), lead, paths, symbols)
+    refs = [] if ref_episodes is None else [ref_episodes(paths)]
+    return pd.concat([arms, *refs], ignore_index=True)
 
 
 def references(obj: Objects, spec: Any, source: Any, env_params: Any,
-               has_labels: bool) -> pd.DataFrame:
+               has_labels: bool
+               ) -> tuple[pd.DataFrame, Callable[[np.ndarray], pd.DataFrame]]:
     """The reference rules (flat, buy-and-hold, trend, and the hidden-label oracle on synthetic
     markets) with each family's parameters chosen on the cycle's training market, played on
-    exactly the loop's deployment episodes: one row per rule x seed x cycle."""
+    exactly the loop's deployment episodes: one row per rule x seed x cycle, and a function of
+    the episodes' paths ``[C, E]`` giving one row per rule x seed x cycle x episode
+    (:func:`episode_frame`)."""
     lc = obj.loop
     t_dep = int(np.max(np.asarray(env_params.max_steps_in_episode)))
     run_refs = make_references(obj.env, spec, lc.num_cycles, lc.deploy_envs, t_dep,
                                select_episodes=max(64, lc.deploy_envs), has_labels=has_labels)
     out = jax.device_get(run_refs(seed_keys(obj.seed, obj.num_seeds), source, env_params))
-    return results.reference_frame(out, reference_candidates(obj.env, has_labels),
-                                   lc.deploy_envs)
+    frame = results.reference_frame(out, reference_candidates(obj.env, has_labels),
+                                    lc.deploy_envs)
+    symbols = deploy_symbols(spec, source)
+
+    def episodes(paths: np.ndarray) -> pd.DataFrame:
+        eps = []
+        for fam, (sums, _) in out.items():
+            pnl, ret = np.asarray(sums.pnl), np.asarray(sums.ret)      # [S, C, E]
+            lead = {"kind": np.full(pnl.shape[:1], "reference", dtype=object),
+                    "arm": np.full(pnl.shape[:1], fam, dtype=object),
+                    "seed": np.arange(len(pnl)),
+                    "mode": np.full(pnl.shape[:1], "greedy", dtype=object)}
+            eps.append(_episode_rows(pnl, ret, lead, paths, symbols))
+        return pd.concat(eps, ignore_index=True)
+
+    return frame, episodes
 
 
 def write_files(out: Path, res: LoopResult, obj: Objects, f: LoopFrames) -> None:
@@ -271,6 +342,8 @@ def write_files(out: Path, res: LoopResult, obj: Objects, f: LoopFrames) -> None
         write_frame(frame, out / name)
     if obj.loop.keep_trades:
         write_frame(all_deploy_trades(res, obj.policy_names), out / "trades.parquet")
+    if f.episodes is not None:
+        write_frame(f.episodes, out / "episodes.parquet")
     save_final(out, {"params": res.params, "obs_rms": res.obs_rms})
 
 
@@ -291,11 +364,14 @@ def paired_stats(c: Config, obj: Objects, summary: pd.DataFrame, out: Path
 
 
 def plots(out: Path, obj: Objects, c: Config, f: LoopFrames,
-          paired: dict[str, pd.DataFrame]) -> list[Path]:
-    """The loop report's figures."""
+          paired: dict[str, pd.DataFrame],
+          regret: tuple[str, pd.DataFrame] | None = None) -> list[Path]:
+    """The loop report's figures (``regret``: ``results.regret_frame``, plotted when given)."""
     st = c.stats
-    return [
-        report.plot_levels(out / "levels.png", f.levels, st.primary_metric),
+    units = report.units_text(c.env.initial_equity, c.env.max_steps_in_episode)
+    figs = [
+        report.plot_levels(out / "levels.png", f.levels, st.primary_metric,
+                           units if st.primary_metric.startswith("oos_pnl") else None),
         report.plot_learning_curves(out / "learning_curves.png", f.learning_curves, f.ref_cycles,
                                     obj.ppo.num_updates * obj.ppo.batch_size),
         report.plot_weights(out / "weight_trajectory.png", f.cycles),
@@ -304,6 +380,88 @@ def plots(out: Path, obj: Objects, c: Config, f: LoopFrames,
                           f"({st.level:.0%} simultaneous intervals, Bonferroni; * = Holm "
                           "rejects)"),
     ]
+    if regret is not None:
+        figs.append(report.plot_regret(out / "regret.png", regret[1], regret[0]))
+    return figs
+
+
+@dataclass(frozen=True)
+class ReportSections:
+    """The loop report's computed sections: every arm against the best reference rule, the
+    weight paths and regret (markdown lines, None when not applicable) and the regret frame."""
+
+    reference: list[str] | None
+    horizon: list[str] | None
+    regret: tuple[str, pd.DataFrame] | None
+    series: list[str] | None = None
+
+
+def report_sections(c: Config, obj: Objects, f: LoopFrames, out: Path, units: str
+                    ) -> ReportSections:
+    """Every arm against the best reference rule (``paired_reference.csv``), and each arm's
+    weight path over seeds with each adaptive arm's cumulative regret against the best fixed
+    weight in hindsight (``weight_paths.csv``, ``regret.csv``; regret only with fixed and
+    adaptive arms)."""
+    st, primary = c.stats, c.stats.primary_metric
+    vs = results.reference_paired(f.summary, f.ref_summary, primary, st.level, st.n_boot,
+                                  c.seed)
+    reference = None
+    if vs is not None:
+        write_frame(vs[1], out / "paired_reference.csv")
+        reference = report.reference_markdown(
+            vs[0], vs[1], primary, units if primary.startswith("oos_pnl") else None)
+    paths = results.weight_paths(f.cycles)
+    write_frame(paths, out / "weight_paths.csv")
+    horizon = ["Each arm's weight per cycle over seeds (`weight_trajectory.png`: median, IQR, "
+               "min..max and every seed's path); distinct paths: how many different weight "
+               "sequences the seeds followed.", "", report.weight_paths_markdown(paths)]
+    regret = results.regret_frame(f.cycles, dict(zip(obj.policy_names, obj.policy_kinds,
+                                                      strict=True)))
+    if regret is not None:
+        best, frame = regret
+        write_frame(frame, out / "regret.csv")
+        n_oos = len(results.oos_cycles(obj.loop.num_cycles))
+        span, first = (("cycles 1..C-1", "1") if obj.loop.num_cycles > 1
+                       else ("cycle 0, the only one", "0"))
+        horizon += ["", f"Cumulative regret of each adaptive arm against the best fixed weight "
+                    f"in hindsight, `{best}`: the fixed arm with the highest mean over seeds of "
+                    f"its deployed PnL summed over {span} (pooled over seeds: one "
+                    "comparator for every seed). Per seed and cycle c: the sum over cycles "
+                    f"{first}..c of (`{best}`'s deployed PnL per episode - the arm's), same "
+                    "seed and episodes (feedback mode"
+                    + ("; cycle 0 left out: every arm deploys its start weight before any "
+                       "feedback" if obj.loop.num_cycles > 1 else "")
+                    + "). Cells: mean [min, max] over "
+                    f"seeds; {units}, summed over cycles; last column: the last cycle's mean "
+                    f"/ {n_oos} cycle(s), the mean regret per cycle. Negative: the arm earned "
+                    f"more than `{best}`. "
+                    "Figure: `regret.png`.", "", report.regret_markdown(frame)]
+    return ReportSections(reference, horizon, regret, series_section(obj, f, out, units))
+
+
+def series_section(obj: Objects, f: LoopFrames, out: Path, units: str) -> list[str] | None:
+    """A panel run's arms and rules per series and pooled over the out-of-sample cycles
+    (``per_series.csv``); None on markets without symbols."""
+    eps = f.episodes
+    if eps is None or "symbol" not in eps:
+        return None
+    cyc = results.oos_cycles(obj.loop.num_cycles)
+    table = pd.concat([results.episode_table(eps, cyc, ["symbol"]),
+                       results.episode_table(eps, cyc).assign(symbol="all")],
+                      ignore_index=True)
+    write_frame(table, out / "per_series.csv")
+    lines = []
+    for m, what in (("greedy_pnl", f"greedy PnL ({units})"),
+                    ("sampled_pnl", "sampled PnL (same units)"),
+                    ("greedy_sharpe", "greedy episode Sharpe (mean / sd of the episodes' "
+                     "returns per seed, not annualised)")):
+        wide = table.pivot_table(index=["kind", "arm"], columns="symbol", values=m,
+                                 sort=False).reset_index(level="kind", drop=True)
+        if wide.isna().all().all():
+            continue
+        lines += [f"{what}, mean over seeds, cycles {cyc[0]}..{cyc[-1]}; `all`: pooled over "
+                  "series:", "", report.df_markdown(wide.round(3).reset_index()), ""]
+    return lines
 
 
 def notes(obj: Objects, c: Config, f: LoopFrames) -> list[str]:
@@ -335,13 +493,23 @@ def notes(obj: Objects, c: Config, f: LoopFrames) -> list[str]:
         "numbers); references choose their parameters on each cycle's training market and "
         "play the arms' deployment episodes.",
     ]
+    primary = c.stats.primary_metric
     for group in f.identical:
-        out.append(f"Identical on every seed ({c.stats.primary_metric}): "
-                   f"{', '.join(group)}: these arms cannot differ from each other.")
+        out.append(f"Identical `{primary}` on every seed: "
+                   + ", ".join(f"`{a}`" for a in group) + " (their paired differences are 0 on "
+                   "every seed: a comparison among them carries no information).")
+    pairs = results.identical_pairs(f.summary, primary)
+    some = pairs[pairs.n_identical < pairs.n_seeds]
+    if len(some):
+        out.append(f"Identical `{primary}` on some seeds (the paired difference is exactly 0 "
+                   "there): " + "; ".join(
+                       f"`{r.arm_a}` = `{r.arm_b}` on seed{'s' if r.n_identical > 1 else ''} "
+                       f"{', '.join(map(str, r.seeds))} ({r.n_identical} of {r.n_seeds})"
+                       for r in some.itertuples()) + ".")
     if f.hindsight is not None:
         name, v = f.hindsight
-        out.append(f"Best fixed weight in hindsight: `{name}` ({v:+.1f}); chosen after the "
-                   "fact, the most a weight that never moves could have earned.")
+        out.append(f"Best fixed weight in hindsight: `{name}` ({primary} {v:+.1f}, mean over "
+                   "seeds): the best of this run's fixed arms, chosen after the fact.")
     return out
 
 

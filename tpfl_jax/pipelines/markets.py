@@ -224,6 +224,15 @@ def market_tables(spec: Any) -> dict[str, pd.DataFrame]:
     return dict(getattr(spec, "tables", None) or {})
 
 
+def deploy_symbols(spec: Any, source: Any) -> np.ndarray | None:
+    """The symbol each deploy path (slot) of each cycle plays, ``[C, slots]`` (panel only;
+    None for other specs)."""
+    if not isinstance(spec, PanelMarkets) or not spec.tables:
+        return None
+    symbols = np.asarray(spec.tables["series"]["symbol"], dtype=object)
+    return symbols[np.asarray(source.deploy_row)]
+
+
 def market_facts(spec: Any, source: Any, key: jax.Array, n_paths: int = 64,
                  max_lag: int = 20) -> pd.DataFrame:
     """Stylised facts (``fit.stylised_facts``) of every cycle's real training window of every

@@ -159,7 +159,8 @@ def run(c: Config, out: Path, cache_dir: Path | None = None) -> TrainRun | None:
     write_market(out, spec, source, c.seed)
     r_audit = reward_audit(c, obj.env, env_params, spec, source, out, quiet=True)
     write_report(c, job, weights, r, out, r_audit.text() if r_audit else None,
-                 num_steps=obj.ppo.num_updates * obj.ppo.batch_size)
+                 num_steps=obj.ppo.num_updates * obj.ppo.batch_size,
+                 audit_summary=r_audit.summary if r_audit else None)
     return r
 
 
@@ -337,19 +338,27 @@ def write_run(c: Config, obj: Objects, job: TrainJob, weights: list[float], ev: 
 
 
 def write_report(c: Config, job: TrainJob, weights: list[float], r: TrainRun, out: Path,
-                 audit: str | None, num_steps: int) -> None:
-    """``report.md`` with its figures, and the console summary."""
+                 audit: str | None, num_steps: int, audit_summary: dict | None = None) -> None:
+    """``report.md`` with its figures, and the console summary (``audit_summary``:
+    ``AuditResult.summary``, for the sentence on how the audit's references differ)."""
+    units = report.units_text(c.env.initial_equity, c.env.max_steps_in_episode)
+    mode = c.loop.feedback_mode
     plots = [report.plot_learning_curves(out / "learning_curves.png", r.curves, job.references,
                                          num_steps),
-             report.plot_levels(out / "levels.png", r.levels)]
+             report.plot_levels(out / "levels.png", r.levels, units=units)]
     lines = [f"Held-out: {c.train.eval_episodes} episodes of {c.env.max_steps_in_episode} steps "
              f"(the learning curve: the first {job.curve_n}); training data: "
              f"{job.data_note}.", "", "Greedy agent minus each reference rule, paired over "
              "the same held-out episodes (mean over seeds per episode; 95% t-interval over "
-             "episodes):", "", report.df_markdown(r.vs_references), "",
-             report.levels_markdown(r.levels)]
+             "episodes; PnL per episode):", "", report.df_markdown(r.vs_references), "",
+             *report.levels_legend(r.levels, "oos_pnl", mode, units, r.summary,
+                                  "the held-out episodes"), "",
+             report.levels_markdown(r.levels, "oos_pnl", mode, units)]
+    note = (report.audit_note(audit_summary, c.audit.lookback or c.env.window,
+                              "the held-out episodes above, parameters chosen on the training "
+                              "market") if audit_summary else None)
     report.write_report(out, report.policy_table(r.summary), f"tpfl-train: weights {weights}",
-                        plots, lines=lines, audit=audit)
+                        plots, lines=lines, audit=audit, units=units, audit_note=note)
     pd.set_option("display.width", 160)
     print(r.levels.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(r.vs_references.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
