@@ -45,7 +45,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from scipy import stats as sps  # noqa: E402
+
+from tpfl_jax.report import df_markdown  # noqa: E402
+from tpfl_jax.results import episode_sharpe  # noqa: E402
+from tpfl_jax.stats import t_test  # noqa: E402
 
 SOURCES = ("replay", "bootstrap", "regime_fit", "garch_fit")
 FITTED = ("bootstrap", "regime_fit", "garch_fit")
@@ -90,20 +93,8 @@ def per_seed(e: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Per arm x seed (x ``by``): mean PnL per episode and the episode Sharpe."""
     g = e.groupby(["arm", "seed", *by])
     out = g["pnl"].mean().to_frame("pnl")
-    out["sharpe"] = g["return"].agg(lambda r: r.mean() / r.std(ddof=1) if r.std(ddof=1) > 0
-                                    else 0.0)
+    out["sharpe"] = g["return"].agg(episode_sharpe)
     return out.reset_index()
-
-
-def t_interval(d: np.ndarray) -> tuple[float, float, float, float]:
-    """Mean, 95% t-interval and two-sided p of paired differences ``d`` (over seeds)."""
-    d = np.asarray(d, float)
-    m, n = d.mean(), len(d)
-    if n < 2 or d.std(ddof=1) == 0:
-        return m, m, m, float("nan")
-    se = d.std(ddof=1) / np.sqrt(n)
-    h = sps.t.ppf(0.975, n - 1) * se
-    return m, m - h, m + h, float(sps.ttest_1samp(d, 0.0).pvalue)
 
 
 def best_source(out: Path, rows: list[str], val_cycles: int) -> tuple[str, pd.DataFrame]:
@@ -135,11 +126,11 @@ def tables(out: Path, names: list[str], val_cycles: int, walls: dict[str, float]
             row[f"{ref}_pnl"], row[f"{ref}_sharpe"] = r.pnl.mean(), r.sharpe.mean()
         if name.startswith("panel_") and name != "panel_replay":
             d = (agent.pnl - base.pnl.loc[agent.index]).to_numpy()
-            row["vs_replay"], row["lo"], row["hi"], row["p"] = t_interval(d)
+            row["vs_replay"], row["lo"], row["hi"], row["p"] = t_test(d)
         for ref in ("buy_and_hold", "trend"):
             r = ps[ps.arm == ref].set_index("seed").loc[agent.index]
-            row[f"vs_{ref}"] = t_interval((agent.pnl - r.pnl).to_numpy())[0]
-            row[f"vs_{ref}_p"] = t_interval((agent.pnl - r.pnl).to_numpy())[3]
+            mean, _, _, p = t_test((agent.pnl - r.pnl).to_numpy())
+            row[f"vs_{ref}"], row[f"vs_{ref}_p"] = mean, p
         pooled.append(row)
         pss = per_seed(e, ["symbol"])
         for sym, g in pss.groupby("symbol"):
@@ -223,8 +214,6 @@ def main(argv: list[str] | None = None) -> None:
     series.to_csv(out / "per_series.csv", index=False)
     val.to_csv(out / "validation.csv", index=False)
     plot_curves(out, names, a.val_cycles, a.steps)
-    from tpfl_jax.report import df_markdown
-
     md = [f"best fitted source (validation cycles < {a.val_cycles}): **{best}**", "",
           df_markdown(val.round(1)), "", df_markdown(pooled.round(3)), "",
           df_markdown(series.round(3))]

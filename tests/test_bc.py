@@ -56,7 +56,7 @@ def test_rollout_keeps_steps_for_cloning():
     # step 0's kept observation is the one its action was chosen on: the reset observation
     # (episode e on path e % n_paths)
     keys = A.episode_keys(jax.random.key(1), 3)
-    paths = jnp.asarray(A.episode_paths(env, p, 3))
+    paths = jnp.asarray(A.episode_paths(env, m.n_paths, 3))
     obs0 = jax.vmap(lambda k, i: env.reset_env(jax.random.split(k)[0], p, lane_next=i)[0])(
         keys, paths)
     np.testing.assert_array_equal(np.asarray(out.obs[:, 0]), np.asarray(obs0))

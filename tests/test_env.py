@@ -534,9 +534,9 @@ def test_rollout_episodes_play_distinct_paths():
     params = params_for(market, max_steps_in_episode=8)
     keys = jax.random.split(jax.random.key(3), 10)
     out = rollout(ENV, lambda obs, st, k: jnp.int32(0), params, keys, 8, keep_steps=True)
-    paths = episode_paths(ENV, params, 10)
+    paths = episode_paths(ENV, 5, 10)
     assert paths.tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]
     want, _ = jax.vmap(lambda k, p: ENV.reset_env(jax.random.split(k)[0], params,
                                                   lane_next=p))(keys, jnp.asarray(paths))
     np.testing.assert_array_equal(np.asarray(out.obs[:, 0]), np.asarray(want))
-    assert episode_paths(object(), params, 10) is None     # an env that draws its own path
+    assert episode_paths(object(), 5, 10) is None          # an env that draws its own path

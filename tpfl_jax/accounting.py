@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -174,14 +173,12 @@ class Rollout:
     actions: jax.Array | None = None
 
 
-def episode_paths(env: Any, env_params: Any, n_episodes: int) -> np.ndarray | None:
-    """The path each of ``n_episodes`` rollout episodes plays (``e % n_paths``), or None on an
-    env whose reset draws its own (no ``lane_next`` argument, no ``market``)."""
-    market = getattr(env_params, "market", None)
-    reset = getattr(env, "reset_env", None)
-    if market is None or reset is None or "lane_next" not in inspect.signature(reset).parameters:
-        return None
-    return (np.arange(n_episodes) % market.close.shape[-2]).astype(np.int32)
+def episode_paths(env: Any, n_paths: int, n_episodes: int) -> np.ndarray | None:
+    """The path each of ``n_episodes`` rollout episodes plays on a market of ``n_paths``
+    (``env.episode_paths``: the trading env's ``e % n_paths``), or None on an env whose reset
+    draws its own path."""
+    fn = getattr(env, "episode_paths", None)
+    return None if fn is None else fn(n_paths, n_episodes)
 
 
 def rollout(env: Any, actor: Actor, env_params: Any, keys: jax.Array, n_steps: int,
@@ -190,16 +187,17 @@ def rollout(env: Any, actor: Actor, env_params: Any, keys: jax.Array, n_steps: i
     ``n_steps`` (static) steps with ``actor(obs, state, key) -> action`` (one env's view).
 
     The episode starts where ``env.reset`` starts for its reset key and stops at termination
-    (ruin) or after ``max_steps_in_episode`` steps (truncation); no auto-reset. On an env whose
-    reset takes a path (``reset_env(..., lane_next=)``, the trading env) episode ``e`` plays
-    path ``e % n_paths`` of the market (its start bar from its key): E episodes on E paths
-    visit E distinct paths, and :func:`episode_paths` says which. Any gymnax env works: trade
+    (ruin) or after ``max_steps_in_episode`` steps (truncation); no auto-reset. On an env that
+    assigns paths (:func:`episode_paths`: the trading env) episode ``e`` plays path
+    ``e % n_paths`` (its start bar from its key): E episodes on E paths visit E distinct
+    paths. Any gymnax env works: trade
     and equity sums stay 0 for an env without ``info["trade"]`` / ``equity``.
     """
 
     sl_mult = getattr(env_params, "sl_mult", 1.0)
     n_stop = env_params.max_steps_in_episode
-    paths = episode_paths(env, env_params, keys.shape[0])
+    market = getattr(env_params, "market", None)
+    paths = None if market is None else episode_paths(env, market.n_paths, keys.shape[0])
 
     def episode(key: jax.Array, path: Any):
         k_reset, k_run = jax.random.split(key)

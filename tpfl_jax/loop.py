@@ -213,8 +213,8 @@ class LoopResult(CycleOutput):
     (held-out PnL per episode after each chunk, ``[..., K]``, NaN after the chunks used);
     trades: the feedback-mode deploy steps' trade records ``[..., deploy_envs, T]``
     (``keep_trades``) and ``trade_active``; episodes: each deploy episode's ``pnl`` and
-    ``return`` in both modes ``[..., 2, deploy_envs]`` and the ``path`` each played
-    ``[..., deploy_envs]``.
+    ``return`` in both modes ``[..., 2, deploy_envs]`` (episode e plays path
+    ``accounting.episode_paths``[e]).
     """
 
     params: Any = None
@@ -347,13 +347,6 @@ class LoopProgram:
             return None, self.markets.deploy_market(source, key, c)
         return self.markets.cycle_markets(source, key, c)
 
-    def deploy_paths(self, ep_dep: Any) -> jax.Array:
-        """The path each deploy episode plays (``accounting.episode_paths``; -1: drawn by the
-        env's reset)."""
-        paths = accounting.episode_paths(self.env, ep_dep, self.config.deploy_envs)
-        return jnp.asarray(paths if paths is not None
-                           else np.full(self.config.deploy_envs, -1), jnp.int32)
-
     def both_modes(self, rs: RunnerState, ep: Any, keys: jax.Array) -> accounting.Rollout:
         """Sampled and greedy deployments on the same episodes (leading axis [2])."""
         obs_rms = rs.obs_rms if self.ppo_config.normalize_obs else None
@@ -439,8 +432,7 @@ class LoopProgram:
             train_buffers=buffers, training=summary, learning_curves=learning,
             trades=jax.tree.map(lambda x: x[fb], out.trades) if cfg.keep_trades else None,
             trade_active=out.active[fb] if cfg.keep_trades else None,
-            episodes={"pnl": out.sums.pnl, "return": out.sums.ret,
-                      "path": self.deploy_paths(ep_dep)})
+            episodes={"pnl": out.sums.pnl, "return": out.sums.ret})
 
     def run_one(self, key: jax.Array, policy: LoopPolicy, source: Any, env_params: Any,
                 hparams: PPOHParams) -> LoopResult:

@@ -436,8 +436,8 @@ def regret_frame(cycles: pd.DataFrame, kinds: dict[str, str], metric: str = "pnl
     deploys its start weight before any feedback; with one cycle, cycle 0): the sum over
     cycles 1..c of (best fixed arm's ``deploy_<metric>`` - the arm's), same seed. The best
     fixed arm is pooled over seeds: the fixed arm with the highest mean over seeds of its
-    summed ``deploy_<metric>`` over those cycles (:func:`best_fixed_in_hindsight` on
-    ``oos_<metric>``). Returns ``(best fixed arm, frame)`` with one row per arm x seed x cycle
+    mean ``deploy_<metric>`` over those cycles (the arm :func:`best_fixed_in_hindsight` picks
+    on ``oos_<metric>``). Returns ``(best fixed arm, frame)`` with one row per arm x seed x cycle
     (``policy``, ``seed``, ``cycle``, ``value``, ``best_fixed_value``, ``regret``,
     ``cum_regret``); None without a fixed and an adaptive arm."""
     col = f"deploy_{metric}"
@@ -446,8 +446,8 @@ def regret_frame(cycles: pd.DataFrame, kinds: dict[str, str], metric: str = "pnl
     if not fixed or not adaptive:
         return None
     oc = cycles[cycles.cycle.isin(oos_cycles(int(cycles.cycle.max()) + 1))]
-    total = oc[oc.policy.isin(fixed)].groupby(["policy", "seed"])[col].agg(
-        lambda v: float(np.sum(v.to_numpy(float)))).groupby("policy").mean()
+    total = oc[oc.policy.isin(fixed)].groupby(["policy", "seed"])[col].mean().groupby(
+        "policy").mean()                  # summary_frame's oos_<metric>, mean over seeds
     best = str(total.idxmax())
     ref = oc[oc.policy == best].set_index(["seed", "cycle"])[col]
     out = oc[oc.policy.isin(adaptive)][["policy", "seed", "cycle", col]].rename(
@@ -537,9 +537,14 @@ __all__ = ["METRICS", "MODES", "REFERENCE_LABELS", "SUMMARY_METRICS", "answer", 
            "regret_frame", "summary_columns", "summary_frame", "train_curves", "weight_paths"]
 
 
-def _episode_sharpe(r: pd.Series) -> float:
-    sd = r.std(ddof=1)
-    return float(r.mean() / sd) if sd > 0 else 0.0
+def episode_sharpe(returns: Any) -> float:
+    """``accounting.METRICS['episode_sharpe']`` of episodes with these returns: mean / sd
+    (ddof 1), 0 with fewer than 2 episodes or an sd of 0 (``accounting.finalize``'s cut-off)."""
+    r = np.asarray(returns, float)
+    if len(r) < 2:
+        return 0.0
+    m, sd = r.mean(), r.std(ddof=1)
+    return float(m / sd) if sd > 1e-12 * max(abs(m), 1.0) else 0.0
 
 
 def episode_table(episodes: pd.DataFrame, cycles: Sequence[int],
@@ -551,7 +556,7 @@ def episode_table(episodes: pd.DataFrame, cycles: Sequence[int],
     e = episodes[episodes["cycle"].isin(list(cycles))]
     keys = ["kind", "arm", *by]
     per = e.groupby([*keys, "mode", "seed"], sort=False).agg(
-        pnl=("pnl", "mean"), sharpe=("return", _episode_sharpe), n=("pnl", "size"))
+        pnl=("pnl", "mean"), sharpe=("return", episode_sharpe), n=("pnl", "size"))
     wide = per.groupby(level=[*keys, "mode"], sort=False).mean().unstack("mode")
     out = pd.DataFrame(index=wide.index)
     for mode in ("greedy", "sampled"):

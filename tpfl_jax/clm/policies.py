@@ -408,9 +408,7 @@ def finish(weight: Any, code: Any, state: PolicyState) -> tuple[jax.Array, Polic
                                                                   jax.Array]:
     """A policy's return value: ``weight`` as float32, ``state`` holding it with one more
     update, ``code`` as int32 (for user policies)."""
-    w = jnp.asarray(weight, jnp.float32)
-    return w, state.replace(weight=w, n_updates=state.n_updates + 1), jnp.asarray(code,
-                                                                                  jnp.int32)
+    return _out(True, weight, code, weight, state)
 
 
 # -- user policies ----------------------------------------------------------------------------

@@ -551,6 +551,12 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
         )
         return self.get_obs(state, params), state
 
+    def episode_paths(self, n_paths: int, n_episodes: int) -> np.ndarray:
+        """The path ``accounting.rollout``'s episode e starts on, of a market of ``n_paths``:
+        ``e % n_paths`` (``reset_env``'s ``lane_next``), so E episodes on E paths visit every
+        path once."""
+        return (np.arange(n_episodes) % n_paths).astype(np.int32)
+
     def get_obs(self, state: EnvState, params: EnvParams | None = None,
                 key: jax.Array | None = None) -> jax.Array:
         """Features of bars <= ``state.bar`` and of the open trade (float32 vector; the blocks

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from tpfl_jax import report, results, stats
-from tpfl_jax.accounting import DEPLOY_MODES, seed_keys
+from tpfl_jax.accounting import DEPLOY_MODES, episode_paths, seed_keys
 from tpfl_jax.audit import AuditResult
 from tpfl_jax.baselines import make_references, reference_candidates
 from tpfl_jax.config import Config, Objects, to_objects
@@ -258,7 +259,16 @@ def loop_frames(res: LoopResult, obj: Objects, spec: Any, source: Any, c: Config
         hindsight=results.best_fixed_in_hindsight(
             summary, dict(zip(names, obj.policy_kinds, strict=True)), primary),
         fresh_paths=bars is None,
-        episodes=episode_frame(res, names, ref_episodes, deploy_symbols(spec, source)))
+        episodes=episode_frame(res, names, ref_episodes, deploy_symbols(spec, source),
+                               deploy_paths(obj, spec, source)))
+
+
+def deploy_paths(obj: Objects, spec: Any, source: Any) -> np.ndarray:
+    """The path each deploy episode plays (``accounting.episode_paths``; the deploy market's
+    shape, nothing computed); -1 where the env's reset draws its own."""
+    market = jax.eval_shape(spec.deploy_market, source, jax.random.key(0), jnp.int32(0))
+    paths = episode_paths(obj.env, market.close.shape[0], obj.loop.deploy_envs)
+    return np.full(obj.loop.deploy_envs, -1) if paths is None else paths
 
 
 def _episode_rows(pnl: np.ndarray, ret: np.ndarray, lead: dict[str, np.ndarray],
@@ -272,14 +282,14 @@ def _episode_rows(pnl: np.ndarray, ret: np.ndarray, lead: dict[str, np.ndarray],
     cyc, ep = idx[-2], idx[-1]
     path = np.asarray(paths)[cyc, ep]
     frame |= {"cycle": cyc, "episode": ep, "path": path}
-    if symbols is not None:
+    if symbols is not None and (path >= 0).all():
         frame["symbol"] = symbols[cyc, path]
     return pd.DataFrame(frame | {"pnl": pnl.ravel(), "return": ret.ravel()})
 
 
 def episode_frame(res: LoopResult, names: list[str],
                   ref_episodes: Callable[[np.ndarray], pd.DataFrame] | None,
-                  symbols: np.ndarray | None) -> pd.DataFrame | None:
+                  symbols: np.ndarray | None, paths: np.ndarray) -> pd.DataFrame | None:
     """Every deploy episode (``episodes.parquet``): one row per arm x seed x cycle x mode x
     episode (``kind`` policy) and per reference rule x seed x cycle x episode (``kind``
     reference, mode greedy: the rules are deterministic), with its path, its symbol on a panel,
@@ -296,7 +306,7 @@ def episode_frame(res: LoopResult, names: list[str],
             "seed": np.broadcast_to(np.arange(n_s)[None, :, None], (n_p, n_s, n_m)),
             "mode": np.broadcast_to(np.asarray(DEPLOY_MODES, dtype=object)[None, None, :],
                                     (n_p, n_s, n_m))}
-    paths = np.asarray(res.episodes["path"])[0, 0]             # [C, E], the same for all
+    paths = np.broadcast_to(paths, (n_c, n_e))                # [C, E]: every cycle alike
     arms = _episode_rows(move(pnl), move(ret), lead, paths, symbols)
     refs = [] if ref_episodes is None else [ref_episodes(paths)]
     return pd.concat([arms, *refs], ignore_index=True)
@@ -425,7 +435,7 @@ def report_sections(c: Config, obj: Objects, f: LoopFrames, out: Path, units: st
                        else ("cycle 0, the only one", "0"))
         horizon += ["", f"Cumulative regret of each adaptive arm against the best fixed weight "
                     f"in hindsight, `{best}`: the fixed arm with the highest mean over seeds of "
-                    f"its deployed PnL summed over {span} (pooled over seeds: one "
+                    f"its deployed PnL over {span} (pooled over seeds: one "
                     "comparator for every seed). Per seed and cycle c: the sum over cycles "
                     f"{first}..c of (`{best}`'s deployed PnL per episode - the arm's), same "
                     "seed and episodes (feedback mode"
