@@ -1,5 +1,6 @@
 """Build ``experiments/RESULTS.md`` from the run directories of ``experiment=study`` and
-``experiment=real`` (multirun sweep dirs, one job per market).
+``experiment=real`` and ``experiment=horizon`` (multirun sweep dirs, one job per market, or
+single run dirs).
 
     python experiments/results_page.py results/study results/real [--out experiments/RESULTS.md]
 
@@ -144,7 +145,7 @@ def job_section(job: Path, figure: Path | None = None, out: Path | None = None) 
 
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sweeps", nargs="+")
+    ap.add_argument("sweeps", nargs="+", help="multirun sweep dirs or single run dirs")
     ap.add_argument("--out", default="experiments/RESULTS.md")
     ap.add_argument("--preamble", default=None, help="markdown file placed before the tables")
     ap.add_argument("--figures", default=None,
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> str:
     out = Path(args.out)
     parts = [Path(args.preamble).read_text()] if args.preamble else []
     for sweep in args.sweeps:
-        jobs = sorted(p for p in Path(sweep).iterdir() if (p / "paired.csv").exists())
+        jobs = ([Path(sweep)] if (Path(sweep) / "paired.csv").exists() else   # one run
+                sorted(p for p in Path(sweep).iterdir() if (p / "paired.csv").exists()))
         parts.append(f"## `{Path(sweep).name}`\n")
         for j in jobs:
             slug = re.sub(r"[^A-Za-z0-9]+", "_", f"{Path(sweep).name}_{_job_label(j)}").strip("_")
