@@ -10,7 +10,7 @@ observation and ``info["final_observation"]`` into the total, as a trainer (PPO)
 ``--features`` picks ``TradingEnv``'s observation design. Usage:
 
     python benchmarks/env_throughput.py [--envs 256 4096] [--markets gbm regime merton]
-        [--steps 2000] [--repeats 5] [--vmap-step] [--obs] [--features base] [--csv F]
+        [--steps 2000] [--repeats 5] [--vmap-step] [--obs] [--features vol] [--csv F]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import gymnax
 import jax
 import jax.numpy as jnp
 
-from tpfl_jax.env.trading import TradingEnv
+from tpfl_jax.env.trading import DEFAULT_FEATURES, TradingEnv
 from tpfl_jax.market import synthetic
 
 
@@ -101,7 +101,8 @@ def main() -> None:
                     help="vmap(env.step) for every env instead of its own batch step")
     ap.add_argument("--obs", action="store_true",
                     help="read the observation and final observation of every step")
-    ap.add_argument("--features", default="base", help="TradingEnv observation design")
+    ap.add_argument("--features", default=DEFAULT_FEATURES,
+                    help="TradingEnv observation design (default: the package's)")
     ap.add_argument("--csv", default=None, help="write the table to this CSV file")
     args = ap.parse_args()
 

@@ -102,7 +102,11 @@ class NumpyTradingEnv(gym.Env):
 
     @classmethod
     def from_jax(cls, env: Any, params: Any, **kwargs: Any) -> NumpyTradingEnv:
-        """The port of ``env`` (a ``TradingEnv``) with every value of ``params`` (host copy)."""
+        """The port of ``env`` (a ``TradingEnv`` with ``features="base"``, the observation this
+        port computes) with every value of ``params`` (host copy)."""
+        if env.blocks != ("moves", "position"):
+            raise ValueError(f"NumpyTradingEnv ports the 'base' observation; the env has "
+                             f"features={env.features!r}: build it with features='base'")
         g = lambda x: float(np.asarray(x))  # noqa: E731
         mk = params.market
         market = {k: np.asarray(getattr(mk, k)) for k in

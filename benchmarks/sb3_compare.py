@@ -201,7 +201,7 @@ def main() -> None:
     if args.quick:
         args.envs, args.steps, args.eval_episodes, args.vmap_seeds = [4], 2048, 16, 0
 
-    env = TradingEnv()
+    env = TradingEnv(features="base")      # the observation the NumPy port computes
     params = env.make_params(synthetic.generate("regime", jax.random.key(0), 64, 1024))
     eval_params = env.make_params(synthetic.generate("regime", jax.random.key(1), 64, 1024))
     eval_env = NumpyTradingEnv.from_jax(env, eval_params)

@@ -24,7 +24,7 @@ the series have different bar lengths), beside flat, buy-and-hold and the trend 
 parameters chosen on each training window) on the same episodes.
 
     python experiments/real_ablation.py --out results/real_ablation [--seeds 8]
-        [--steps 262144] [--only panel_replay ...] [--report-only]
+        [--steps 262144] [--only panel_replay ...] [--report-only] [--recipe base|vol]
 
 Writes ``<out>/ablation.csv`` (pooled), ``<out>/per_series.csv``, ``<out>/ablation.md`` and
 ``<out>/learning_curves.png``; each run's directory holds its own report.
@@ -59,11 +59,18 @@ ONE_FILES = {
 REFS = ("flat", "buy_and_hold", "trend")
 
 
-def base_overrides(seeds: int, steps: int) -> list[str]:
+RECIPES = {  # the agents' observation: the recorded ablation's (base) or the package default
+    "base": ["env.features=base", "ppo.normalize_obs=false"],
+    "vol": ["env.features=vol", "ppo.normalize_obs=true"],
+}
+
+
+def base_overrides(seeds: int, steps: int, recipe: str = "base") -> list[str]:
     return ["+dataset=panel", "progress=false", "audit.enabled=false",
             "policy.policies=[{name: fixed_0.0, kind: fixed, initial_weight: 0.0}]",
             f"loop.num_seeds={seeds}", f"ppo.total_timesteps={steps}",
-            "stats.control_weights=[0.0]", "loop.deploy_envs=64", "loop.history=cumulative"]
+            "stats.control_weights=[0.0]", "loop.deploy_envs=64", "loop.history=cumulative",
+            *RECIPES[recipe]]
 
 
 def run_job(name: str, overrides: list[str], out: Path) -> float:
@@ -101,6 +108,8 @@ def best_source(out: Path, rows: list[str], val_cycles: int) -> tuple[str, pd.Da
     """The fitted source with the highest validation PnL (cycles < ``val_cycles``)."""
     val = []
     for r in rows:
+        if not (out / r / "episodes.parquet").exists():      # a row not run (--only)
+            continue
         e = episodes(out, r)
         e = e[(e.kind == "policy") & (e.cycle < val_cycles)]
         val.append({"row": r, "val_pnl": e.groupby("seed")["pnl"].mean().mean()})
@@ -186,10 +195,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--one", default="SPX", choices=sorted(ONE_FILES))
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--recipe", default="base", choices=sorted(RECIPES),
+                    help="agents' observation: base (the recorded ablation's) or vol with "
+                         "observation normalisation (the package default since 2026-12-05)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = base_overrides(a.seeds, a.steps)
+    base = base_overrides(a.seeds, a.steps, a.recipe)
     walls: dict[str, float] = {}
 
     def job(name: str, over: list[str]) -> None:

@@ -12,6 +12,7 @@ untrained (uniform) agent is visible. Writes ``results/weight_sweep/<market>/`` 
 tables, markdown).
 
     python experiments/weight_sweep.py [--market regime] [--weights 0 0.5 1 2] [--seeds 4]
+                                       [--features base]
                                        [--steps 524288]
 """
 
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--market", default="regime",
                     choices=["gbm", "regime", "garch", "merton", "mixed"])
+    ap.add_argument("--features", default="base",
+                    help="observation design (base: the recorded sweep's; vol: the default)")
     ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=524_288, help="env steps per agent")
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
     if 0.0 not in args.weights:
         ap.error("--weights must include 0 (the control every weight is paired against)")
 
-    env = TradingEnv(window=16, n_tp=5)
+    env = TradingEnv(window=16, n_tp=5, features=args.features)
     ep_len = 100
     train_mkt = synthetic.generate(args.market, jax.random.key(0), n_paths=64, n_bars=1024)
     test_mkt = synthetic.generate(args.market, jax.random.key(10_000), n_paths=64, n_bars=1024)

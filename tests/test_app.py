@@ -35,6 +35,19 @@ def test_every_experiment_composes_and_converts(experiment):
     assert isinstance(obj.ppo.widths, tuple)
 
 
+def test_default_observation_is_vol_normalised_and_recorded_runs_keep_theirs():
+    """Every run sees the volatility level through normalised observations (the recipe chosen on
+    validation paths); the experiments whose results were recorded before keep ``base``."""
+    for exp in ("default", "study", "agent", "study_gpu", "paper"):
+        o = to_objects(_compose([f"experiment={exp}"]))
+        assert (o.env.features, o.ppo.normalize_obs) == ("vol", True), exp
+    for exp in ("real", "horizon"):
+        o = to_objects(_compose([f"experiment={exp}"]))
+        assert (o.env.features, o.ppo.normalize_obs) == ("base", False), exp
+    for ppo in sorted(p.stem for p in (Path(CONFIG_DIR) / "ppo").glob("*.yaml")):
+        assert to_objects(_compose([f"ppo={ppo}"])).ppo.normalize_obs, ppo
+
+
 def test_paper_is_bigger_than_default():
     d, p = to_objects(_compose([])), to_objects(_compose(["experiment=paper"]))
     assert p.ppo.num_envs >= 1000 and p.num_seeds > d.num_seeds

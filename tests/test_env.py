@@ -229,7 +229,7 @@ def gbm_market(seed=0, n_paths=4, n_bars=400, sub=8):
                             trend=trend)
 
 
-RENV = TradingEnv(window=8, n_tp=3)
+RENV = TradingEnv(window=8, n_tp=3, features="base")     # the hand-checked observation
 
 
 def rollout(params, key, actions):
@@ -412,7 +412,7 @@ def test_base_features_reproduce_the_first_mains_observation_bit_for_bit():
     """Old runs reproduce: under ``base`` the env's step is the same program as with the first
     main's ``get_obs`` (identical jaxprs), and the observations of a state with an open trade
     agree exactly."""
-    assert RENV.features == "base" and TradingEnv().features == "base"      # the default
+    assert RENV.features == "base" and TradingEnv().features == "vol"       # the default
     assert RENV.lookback == RENV.window and RENV.obs_size == RENV.window + 10
     old_env = _FirstMainEnv(window=8, n_tp=3)
     params = RENV.make_params(gbm_market(), tp_mults=(0.5, 1.0, 2.0), max_steps_in_episode=30)
@@ -431,8 +431,9 @@ def test_feature_sets_are_static_config_with_their_own_sizes():
     sizes = {n: TradingEnv(window=8, features=n).obs_size for n in FEATURE_SETS}
     assert sizes == {"base": 18, "vol": 20, "scales": 23, "long": 76, "logret": 23}
     assert TradingEnv(window=8, features="scales").lookback == 64
-    assert TradingEnv(window=8, features="vol") != TradingEnv(window=8)      # another program
-    assert TradingEnv(features="moves+position") == TradingEnv()             # same blocks
+    assert TradingEnv(window=8, features="base") != TradingEnv(window=8)     # another program
+    assert TradingEnv(features="moves+position") == TradingEnv(features="base")  # same blocks
+    assert TradingEnv(features="moves+vol+position") == TradingEnv()
     with pytest.raises(ValueError, match="features = 'moves\\+bogus'"):
         TradingEnv(features="moves+bogus")
     short = gbm_market(n_paths=1, n_bars=120)
@@ -455,7 +456,8 @@ def test_gymnax_wrappers():
 
 def test_compat_matches_pure_env_step_for_step():
     m = gbm_market()
-    cfg = dict(window=8, n_tp=3, tp_mults=(0.5, 1.0, 2.0), max_steps_in_episode=40, seed=3)
+    cfg = dict(window=8, n_tp=3, features="base", tp_mults=(0.5, 1.0, 2.0),
+               max_steps_in_episode=40, seed=3)
     v3 = TradingEnvV3(cfg, market_data_provider=lambda: m, tp_reward_weight=2.0)
     params = RENV.make_params(m, tp_mults=(0.5, 1.0, 2.0), max_steps_in_episode=40,
                               tp_reward_weight=2.0)
@@ -498,7 +500,7 @@ def test_compat_takes_an_ohlcv_dataframe():
 
     v3 = TradingEnvV3({"window": 8, "max_steps_in_episode": 30}, market_data_provider=GOOG)
     obs = v3.reset()
-    assert np.shape(obs) == (8 + 10,)
+    assert np.shape(obs) == (8 + 2 + 10,)        # the default features: moves, vol, position
     assert v3.params.market.n_paths == 1 and v3.params.market.n_bars == len(GOOG)
     np.testing.assert_allclose(np.asarray(v3.params.market.close[0]), GOOG["Close"].to_numpy(),
                                rtol=1e-6)

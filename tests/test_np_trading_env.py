@@ -31,7 +31,7 @@ def _market(kind):
 @pytest.mark.parametrize("impact,sl_first,kind", [(0.0, True, "ohlc"), (0.5, False, "ohlc"),
                                                   (0.0, True, "jumps")])
 def test_numpy_port_matches_trading_env(impact, sl_first, kind):
-    env = TradingEnv(window=8, n_tp=3)
+    env = TradingEnv(window=8, n_tp=3, features="base")      # the observation the port mirrors
     params = env.make_params(_market(kind),
                              tp_mults=(0.5, 1.0, 2.0), max_steps_in_episode=60, max_holding=6,
                              sl_mult=2.0, impact_coef=impact, sl_first=sl_first,

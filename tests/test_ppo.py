@@ -24,7 +24,14 @@ from tpfl_jax.agents.networks import (
     action_spec,
     make_network,
 )
-from tpfl_jax.agents.ppo import PPOConfig, compute_gae, make_ppo, make_train
+from tpfl_jax.agents.ppo import (
+    PPOAlgorithm,
+    PPOConfig,
+    compute_gae,
+    ent_coef_now,
+    make_ppo,
+    make_train,
+)
 from tpfl_jax.agents.runner import NonFiniteError, Runner, read_metrics
 from tpfl_jax.env.stats import EXIT_REASONS, TRADE_KEYS
 
@@ -105,6 +112,30 @@ def test_gae_bootstraps_truncation_and_cuts_termination():
     d1t = 1 - 0.5
     np.testing.assert_allclose(adv_t, [d0 + g * lam * d1t, d1t, d2], rtol=1e-6)
     assert adv[1] - adv_t[1] == pytest.approx(g * 10.0)
+
+
+def test_entropy_annealing_reaches_zero_at_the_last_update():
+    """``anneal_ent`` scales the entropy bonus by 1 - update/num_updates, and ``learn`` uses it:
+    at the end of the schedule an update equals one with ``ent_coef`` 0."""
+    env, env_params = _cartpole()
+    kw = dict(num_envs=4, num_steps=8, total_timesteps=4 * 8 * 4, num_minibatches=2,
+              update_epochs=1, widths=(8,))
+    ann = PPOConfig(**kw, anneal_ent=True, ent_coef=0.5)
+    hp = ann.hparams()
+    steps = jnp.arange(5)
+    np.testing.assert_allclose(ent_coef_now(ann, hp, steps), 0.5 * (1 - steps / 4), rtol=1e-6)
+    assert float(ent_coef_now(PPOConfig(**kw, ent_coef=0.5), hp, jnp.asarray(3))) == 0.5
+
+    def learned(cfg):
+        ppo = PPOAlgorithm(cfg, env, env_params)
+        rs = ppo.init(jax.random.key(0), env_params)
+        rs = rs.replace(update_step=jnp.asarray(4, jnp.int32))
+        rs, traj = ppo.rollout(rs, env_params)
+        return ppo.learn(rs, ppo.batch(rs, traj))[0]
+
+    zero, plain = PPOConfig(**kw, ent_coef=0.0), PPOConfig(**kw, ent_coef=0.5)
+    chex.assert_trees_all_close(learned(ann), learned(zero), rtol=1e-6)
+    assert not np.allclose(jax.tree.leaves(learned(plain))[0], jax.tree.leaves(learned(zero))[0])
 
 
 # --------------------------------------------------------------------------- heads

@@ -46,11 +46,12 @@ class EnvConfig:
     alignment_source: ``causal`` | ``hidden_label`` (the true regime, a benchmark only);
     reward_vol: ``episode`` (PnL scaled by the bar volatility at the episode's start) | ``bar``;
     features: the observation design (``TradingEnv(features=...)``: a name of
-    ``env.trading.FEATURE_SETS`` such as ``base``, the first main's, or ``+``-joined blocks).
+    ``env.trading.FEATURE_SETS``: ``vol``, the default, or ``base``, the observation of runs
+    before 2026-12-05, or ``+``-joined blocks).
     """
 
     window: int = 16
-    features: str = "base"
+    features: str = "vol"
     premature_horizon: int = 10
     tp_mults: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0, 3.0])
     sl_mult: float = 1.0

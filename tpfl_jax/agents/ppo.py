@@ -72,6 +72,7 @@ class PPOConfig:
     shared_torso: bool = False
     init_log_std: float = 0.0
     anneal_lr: bool = True
+    anneal_ent: bool = False
     normalize_obs: bool = False
     normalize_reward: bool = False
     normalize_advantages: bool = True
@@ -252,6 +253,14 @@ def make_optimizer(config: PPOConfig, hp: PPOHParams) -> optax.GradientTransform
     )
 
 
+def ent_coef_now(config: PPOConfig, hp: PPOHParams, update_step: jax.Array) -> jax.Array:
+    """The entropy coefficient of update ``update_step``: ``hp.ent_coef``, linearly annealed to
+    0 over ``config.num_updates`` when ``config.anneal_ent`` (as the learning rate)."""
+    if not config.anneal_ent:
+        return hp.ent_coef
+    return hp.ent_coef * jnp.maximum(1.0 - update_step / config.num_updates, 0.0)
+
+
 def continue_opt_state(fresh: Any, previous: Any) -> Any:
     """Optimizer state of a continued training job: Adam's moments and bias-correction count
     from ``previous``; the learning-rate schedule (``inject_hyperparams`` count and schedule
@@ -416,6 +425,7 @@ class PPOAlgorithm:
         optimizer state, per-step diagnostics)."""
         cfg, hp = self.config, rs.hparams
         tx = make_optimizer(cfg, hp)
+        hp = hp.replace(ent_coef=ent_coef_now(cfg, hp, rs.update_step))
 
         def minibatch_step(carry, mb):
             params, opt_state = carry

@@ -60,6 +60,9 @@ FEATURE_SETS = {
     "logret": ("logret", "vol", "scales", "position"),
 }
 FEATURE_BLOCKS = ("moves", "position", "vol", "logret", "scales", "moves_long")
+# the default observation: ``base`` (before 2026-12-05) hides the volatility level, which
+# tells the regimes apart; ``vol`` carries it (experiments/README.md, "Against the causal limit")
+DEFAULT_FEATURES = "vol"
 
 
 @struct.dataclass
@@ -207,12 +210,12 @@ class TradingEnv(environment.Environment[EnvState, EnvParams]):
     observation), ``n_tp`` (size of the TP grid), ``premature_horizon`` (bars looked at after
     a manual/time exit to flag it premature; analytics only, never observed), ``features``
     (the observation design: a ``FEATURE_SETS`` name or ``+``-joined ``FEATURE_BLOCKS``;
-    ``base`` is the first main's observation, bit for bit). Episodes start ``lookback`` bars
-    in (the history the features read).
+    default ``DEFAULT_FEATURES``; ``base`` is the first main's observation, bit for bit).
+    Episodes start ``lookback`` bars in (the history the features read).
     """
 
     def __init__(self, window: int = 16, n_tp: int = len(DEFAULT_TP_MULTS),
-                 premature_horizon: int = 10, features: str = "base"):
+                 premature_horizon: int = 10, features: str = DEFAULT_FEATURES):
         super().__init__()
         if window < 2 or n_tp < 1 or premature_horizon < 1:
             raise ValueError(

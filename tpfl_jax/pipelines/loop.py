@@ -204,12 +204,12 @@ def write_run(c: Config, s: LoopSetup, res: LoopResult, frames: LoopFrames,
 
 
 def side_work(c: Config, obj: Objects, spec: Any, source: Any, env_params: Any, out: Path
-              ) -> Callable[[], tuple[pd.DataFrame, AuditResult | None]]:
+              ) -> Callable[[], tuple[tuple[pd.DataFrame, pd.DataFrame], AuditResult | None]]:
     """The reference rules and the reward audit (independent of the arms' training). On one
     process they run in a background thread, compiling while the loop compiles (XLA compiles
     one program per core); the returned ``wait()`` gives ``(references, audit)``. Several
     processes: process 0 computes them when asked (no program beside the collective one)."""
-    def work() -> tuple[tuple[pd.DataFrame, Any], AuditResult | None]:
+    def work() -> tuple[tuple[pd.DataFrame, pd.DataFrame], AuditResult | None]:
         refs = references(obj, spec, source, env_params,
                           has_labels=c.market.source == "synthetic")
         return refs, reward_audit(c, obj.env, env_params, spec, source, out, quiet=True)
@@ -237,8 +237,7 @@ def check_training(res: LoopResult, obj: Objects, c: Config) -> None:
 
 def loop_frames(res: LoopResult, obj: Objects, spec: Any, source: Any, c: Config,
                 ref_cycles: pd.DataFrame,
-                ref_episodes: Callable[[np.ndarray], pd.DataFrame] | None = None
-                ) -> LoopFrames:
+                ref_episodes: pd.DataFrame | None = None) -> LoopFrames:
     """Every table of a loop run, the reference rules included (``ref_episodes``: the rules'
     per-episode frame from :func:`references`, joined to the arms' in ``episodes``)."""
     names, ppo, lc = obj.policy_names, obj.ppo, obj.loop
@@ -264,11 +263,14 @@ def loop_frames(res: LoopResult, obj: Objects, spec: Any, source: Any, c: Config
 
 
 def deploy_paths(obj: Objects, spec: Any, source: Any) -> np.ndarray:
-    """The path each deploy episode plays (``accounting.episode_paths``; the deploy market's
-    shape, nothing computed); -1 where the env's reset draws its own."""
+    """The path each deploy episode of each cycle plays, ``[C, E]``
+    (``accounting.episode_paths``: every cycle alike; the deploy market's shape, nothing
+    computed); -1 where the env's reset draws its own."""
+    lc = obj.loop
     market = jax.eval_shape(spec.deploy_market, source, jax.random.key(0), jnp.int32(0))
-    paths = episode_paths(obj.env, market.close.shape[0], obj.loop.deploy_envs)
-    return np.full(obj.loop.deploy_envs, -1) if paths is None else paths
+    paths = episode_paths(obj.env, market.close.shape[0], lc.deploy_envs)
+    paths = np.full(lc.deploy_envs, -1) if paths is None else np.asarray(paths)
+    return np.broadcast_to(paths, (lc.num_cycles, lc.deploy_envs))
 
 
 def _episode_rows(pnl: np.ndarray, ret: np.ndarray, lead: dict[str, np.ndarray],
@@ -288,7 +290,7 @@ def _episode_rows(pnl: np.ndarray, ret: np.ndarray, lead: dict[str, np.ndarray],
 
 
 def episode_frame(res: LoopResult, names: list[str],
-                  ref_episodes: Callable[[np.ndarray], pd.DataFrame] | None,
+                  ref_episodes: pd.DataFrame | None,
                   symbols: np.ndarray | None, paths: np.ndarray) -> pd.DataFrame | None:
     """Every deploy episode (``episodes.parquet``): one row per arm x seed x cycle x mode x
     episode (``kind`` policy) and per reference rule x seed x cycle x episode (``kind``
@@ -306,20 +308,17 @@ def episode_frame(res: LoopResult, names: list[str],
             "seed": np.broadcast_to(np.arange(n_s)[None, :, None], (n_p, n_s, n_m)),
             "mode": np.broadcast_to(np.asarray(DEPLOY_MODES, dtype=object)[None, None, :],
                                     (n_p, n_s, n_m))}
-    paths = np.broadcast_to(paths, (n_c, n_e))                # [C, E]: every cycle alike
-    arms = _episode_rows(move(pnl), move(ret), lead, paths, symbols)
-    refs = [] if ref_episodes is None else [ref_episodes(paths)]
-    return pd.concat([arms, *refs], ignore_index=True)
+    arms = _episode_rows(move(pnl), move(ret), lead, paths, symbols)      # paths [C, E]
+    return pd.concat([arms] + ([] if ref_episodes is None else [ref_episodes]),
+                     ignore_index=True)
 
 
 def references(obj: Objects, spec: Any, source: Any, env_params: Any,
-               has_labels: bool
-               ) -> tuple[pd.DataFrame, Callable[[np.ndarray], pd.DataFrame]]:
+               has_labels: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The reference rules (flat, buy-and-hold, trend, and the hidden-label oracle on synthetic
     markets) with each family's parameters chosen on the cycle's training market, played on
-    exactly the loop's deployment episodes: one row per rule x seed x cycle, and a function of
-    the episodes' paths ``[C, E]`` giving one row per rule x seed x cycle x episode
-    (:func:`episode_frame`)."""
+    exactly the loop's deployment episodes: one row per rule x seed x cycle, and one row per
+    rule x seed x cycle x episode with its path and symbol (:func:`episode_frame`)."""
     lc = obj.loop
     t_dep = int(np.max(np.asarray(env_params.max_steps_in_episode)))
     run_refs = make_references(obj.env, spec, lc.num_cycles, lc.deploy_envs, t_dep,
@@ -327,20 +326,16 @@ def references(obj: Objects, spec: Any, source: Any, env_params: Any,
     out = jax.device_get(run_refs(seed_keys(obj.seed, obj.num_seeds), source, env_params))
     frame = results.reference_frame(out, reference_candidates(obj.env, has_labels),
                                     lc.deploy_envs)
-    symbols = deploy_symbols(spec, source)
-
-    def episodes(paths: np.ndarray) -> pd.DataFrame:
-        eps = []
-        for fam, (sums, _) in out.items():
-            pnl, ret = np.asarray(sums.pnl), np.asarray(sums.ret)      # [S, C, E]
-            lead = {"kind": np.full(pnl.shape[:1], "reference", dtype=object),
-                    "arm": np.full(pnl.shape[:1], fam, dtype=object),
-                    "seed": np.arange(len(pnl)),
-                    "mode": np.full(pnl.shape[:1], "greedy", dtype=object)}
-            eps.append(_episode_rows(pnl, ret, lead, paths, symbols))
-        return pd.concat(eps, ignore_index=True)
-
-    return frame, episodes
+    symbols, paths = deploy_symbols(spec, source), deploy_paths(obj, spec, source)
+    eps = []
+    for fam, (sums, _) in out.items():
+        pnl, ret = np.asarray(sums.pnl), np.asarray(sums.ret)      # [S, C, E]
+        lead = {"kind": np.full(pnl.shape[:1], "reference", dtype=object),
+                "arm": np.full(pnl.shape[:1], fam, dtype=object),
+                "seed": np.arange(len(pnl)),
+                "mode": np.full(pnl.shape[:1], "greedy", dtype=object)}
+        eps.append(_episode_rows(pnl, ret, lead, paths, symbols))
+    return frame, pd.concat(eps, ignore_index=True)
 
 
 def write_files(out: Path, res: LoopResult, obj: Objects, f: LoopFrames) -> None:
