@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--csv", default=None)
     args = ap.parse_args()
 
-    env = TradingEnv()
+    env = TradingEnv(features="base")      # obs 26, as sb3_compare (the figures' observation)
     params = env.make_params(synthetic.generate("regime", jax.random.key(0), 64, 1024))
     hp = PRESETS["sb3-default"](args.envs)
     hp["update_epochs"] = args.epochs

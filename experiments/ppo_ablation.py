@@ -81,13 +81,15 @@ def run(tag: str, overrides: list[str], market: str, out: Path, seed: int) -> di
     d = out / f"{market}_{tag}_s{seed}"
     done = d / "ablation_wall_s.txt"           # a finished row is read back, not rerun
     if not done.exists():
+        before = d / "run.json"       # a complete run is not recomputed: no wall time to record
+        complete = before.exists() and '"status": "complete"' in before.read_text()
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "tpfl_jax.app", "train", f"market={market}", *BASE,
                *overrides, f"seed={seed}", f"hydra.run.dir={d}"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(f"{tag} failed:\n{proc.stderr[-3000:]}")
-        done.write_text(f"{time.perf_counter() - t0:.0f}\n")
+        done.write_text("nan\n" if complete else f"{time.perf_counter() - t0:.0f}\n")
     wall = float(done.read_text())
     lv = pd.read_csv(d / "levels.csv").set_index("name")
     vs = pd.read_csv(d / "vs_references.csv").set_index("reference")
@@ -100,7 +102,8 @@ def run(tag: str, overrides: list[str], market: str, out: Path, seed: int) -> di
             "wall_s": wall, "frac_bayes": arm["oos_pnl"] / bayes,
             "frac_lo": 1 + vb["lo"] / bayes, "frac_hi": 1 + vb["hi"] / bayes, "bayes": bayes,
             "train_return": float(ret.tail(8).mean()),
-            "greedy": arm["oos_pnl"], "sampled": arm["sampled_pnl"],
+            "greedy": arm["oos_pnl"], "greedy_ci_seeds": arm["oos_pnl_ci95"],
+            "sampled": arm["sampled_pnl"],
             "trend": lv.loc["trend", "oos_pnl"], "buy_and_hold": lv.loc["buy_and_hold", "oos_pnl"],
             "oracle": lv.loc[lv.index.str.startswith("oracle"), "oos_pnl"].max(),
             "greedy-trend": vs.loc["trend", "mean_diff"],

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
     ap.add_argument("--market", default="regime",
                     choices=["gbm", "regime", "garch", "merton", "mixed"])
     ap.add_argument("--features", default="base",
-                    help="observation design (base: the recorded sweep's; vol: the default)")
+                    help="observation design (base: the recorded sweep's). The sweep's PPO "
+                         "does not normalise observations, which the default vol needs")
     ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=524_288, help="env steps per agent")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tpfl_jax.agents.networks import make_network
-from tpfl_jax.agents.ppo import PPOConfig
+from tpfl_jax.agents.ppo import PPOConfig, RunningMeanStd
 from tpfl_jax.clm.adapters import PPOBacktestAdapter, PPOTrainingAdapter, _market_for
 from tpfl_jax.clm.models import ModelType, TrainingJob, TriggerReason
 from tpfl_jax.clm.orchestrator import ClmOrchestrator
@@ -19,7 +19,7 @@ from tpfl_jax.env.trading import TradingEnv
 from tpfl_jax.tracking.tracker import TPPerformanceTracker
 
 TINY = PPOConfig(num_envs=8, num_steps=32, total_timesteps=8 * 32 * 3, widths=(16, 16),
-                 num_minibatches=2, update_epochs=2)
+                 num_minibatches=2, update_epochs=2, normalize_obs=True)
 ENV_STATIC = {"window": 8, "n_tp": 3}
 ENV_KW = {"tp_mults": (0.5, 1.0, 2.0), "max_steps_in_episode": 64}
 
@@ -59,8 +59,13 @@ def test_handle_training_job_with_real_training(tmp_path):
     net = make_network(env, env_params, TINY.widths, TINY.activation)
     obs, _ = env.reset(jax.random.key(0), env_params)
     init = net.init(jax.random.key(0), obs[None])
-    target = {"network": jax.tree.map(np.zeros_like, init)}
-    restored = registry.load_checkpoint(v.version_id, target)["network"]
+    target = {"network": jax.tree.map(np.zeros_like, init),
+              "obs_rms": RunningMeanStd.create((env.obs_size,))}
+    ckpt = registry.load_checkpoint(v.version_id, target)
+    restored = ckpt["network"]
+    rms = ckpt["obs_rms"]                  # the observation statistics the network was trained on
+    assert np.all(np.isfinite(np.asarray(rms.var))) and float(rms.count) > 1.0
+    assert env.features == "vol" and np.asarray(rms.mean).shape == (env.obs_size,)
     leaves = jax.tree.leaves(restored)
     assert [x.shape for x in leaves] == [x.shape for x in jax.tree.leaves(init)]
     assert any(np.abs(np.asarray(x)).sum() > 0 for x in leaves)

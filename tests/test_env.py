@@ -500,7 +500,7 @@ def test_compat_takes_an_ohlcv_dataframe():
 
     v3 = TradingEnvV3({"window": 8, "max_steps_in_episode": 30}, market_data_provider=GOOG)
     obs = v3.reset()
-    assert np.shape(obs) == (8 + 2 + 10,)        # the default features: moves, vol, position
+    assert np.shape(obs) == (8 + 10,)            # the seed's observation (features="base")
     assert v3.params.market.n_paths == 1 and v3.params.market.n_bars == len(GOOG)
     np.testing.assert_allclose(np.asarray(v3.params.market.close[0]), GOOG["Close"].to_numpy(),
                                rtol=1e-6)

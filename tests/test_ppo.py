@@ -114,9 +114,9 @@ def test_gae_bootstraps_truncation_and_cuts_termination():
     assert adv[1] - adv_t[1] == pytest.approx(g * 10.0)
 
 
-def test_entropy_annealing_reaches_zero_at_the_last_update():
+def test_entropy_annealing_is_linear_and_used_by_learn():
     """``anneal_ent`` scales the entropy bonus by 1 - update/num_updates, and ``learn`` uses it:
-    at the end of the schedule an update equals one with ``ent_coef`` 0."""
+    at the end of the schedule (update ``num_updates``) an update equals one with ``ent_coef`` 0."""
     env, env_params = _cartpole()
     kw = dict(num_envs=4, num_steps=8, total_timesteps=4 * 8 * 4, num_minibatches=2,
               update_epochs=1, widths=(8,))

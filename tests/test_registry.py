@@ -118,3 +118,14 @@ def test_shares_the_tracker_file_and_checkpoints_roundtrip(tmp_path):
         reg.load_checkpoint(_reg(reg).version_id, target)
     reg.close()
     tracker.close()
+
+
+def test_first_non_finite_looks_inside_flax_structs():
+    """A checkpoint's observation statistics (a flax struct) are checked like its weights."""
+    from tpfl_jax.agents.ppo import RunningMeanStd
+    from tpfl_jax.guard import first_non_finite
+
+    ok = RunningMeanStd(mean=np.zeros(3), var=np.ones(3), count=np.float32(4.0))
+    assert first_non_finite({"network": {"w": np.ones(2)}, "obs_rms": ok}) is None
+    bad = ok.replace(var=np.array([1.0, np.nan, 1.0]))
+    assert first_non_finite({"obs_rms": bad}) == "['obs_rms'].var (array with a NaN/inf)"

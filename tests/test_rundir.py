@@ -211,3 +211,19 @@ def test_a_full_disk_is_one_line_exit_1_and_leaves_nothing_half_written(tmp_path
     with pytest.raises(UserError) as e:
         write_text(tmp_path / "report.md", "x")
     assert e.value.exit_status == 2 and not isinstance(e.value, SystemFault)
+
+
+def test_a_setting_added_at_its_old_behaviour_keeps_old_runs_resumable():
+    """A key added later (``ppo.anneal_ent``) at the value that computes what older runs did is
+    left out of the identity, so their run dirs still resume; any other value is a new run."""
+    from tpfl_jax.config import Config
+    from tpfl_jax.rundir import config_identity, identity_hash
+
+    new = config_identity(Config())
+    assert "anneal_ent" not in new["ppo"] and "normalize_obs" in new["ppo"]
+    old = json.loads(json.dumps(new))                        # a run.json written before the key
+    assert identity_hash(old) == identity_hash(new)
+    on = Config()
+    on.ppo.anneal_ent = True
+    assert config_identity(on)["ppo"]["anneal_ent"] is True
+    assert identity_hash(config_identity(on)) != identity_hash(new)

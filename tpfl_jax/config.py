@@ -46,8 +46,9 @@ class EnvConfig:
     alignment_source: ``causal`` | ``hidden_label`` (the true regime, a benchmark only);
     reward_vol: ``episode`` (PnL scaled by the bar volatility at the episode's start) | ``bar``;
     features: the observation design (``TradingEnv(features=...)``: a name of
-    ``env.trading.FEATURE_SETS``: ``vol``, the default, or ``base``, the observation of runs
-    before 2026-12-05, or ``+``-joined blocks).
+    ``env.trading.FEATURE_SETS``: ``vol``, the default, or ``base``, the observation of the
+    results recorded before the causal-limit ablation, or ``+``-joined blocks). ``ppo`` groups
+    pair it with ``normalize_obs``; a bare ``PPOConfig()`` does not normalise.
     """
 
     window: int = 16

@@ -8,6 +8,7 @@ jitted core imports this, so it imports nothing of the package but errors).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable, Mapping
@@ -130,7 +131,14 @@ def tree_digest(tree: Any) -> str:
 
 
 def first_non_finite(value: Any, path: str = "") -> str | None:
-    """Path of the first non-finite float in a nested dict / list / array, else None."""
+    """Path of the first non-finite float in a nested dict / list / dataclass (e.g. a flax
+    struct such as the observation statistics) / array, else None."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            hit = first_non_finite(getattr(value, f.name), f"{path}.{f.name}")
+            if hit is not None:
+                return hit
+        return None
     if isinstance(value, Mapping):
         for k, v in value.items():
             hit = first_non_finite(v, f"{path}[{k!r}]")

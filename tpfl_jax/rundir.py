@@ -39,6 +39,9 @@ COMPILE_CACHE_ENV = "TPFL_COMPILE_CACHE_DIR"
 SWEEP_MANIFEST = "sweep.json"    # in a checked sweep's dir: every job with its overrides
 # keys that do not change what a run computes (excluded from its identity)
 NON_IDENTITY_KEYS = ("progress", "compile_cache", "compile_cache_dir", "guard", "mesh")
+# settings added after run dirs were written, at the value that computes what those runs did:
+# left out of the identity so those runs still resume and stay complete
+ADDED_AT_OLD_BEHAVIOUR = {("ppo", "anneal_ent"): False}
 
 LOCK = ".tpfl.lock"
 RECORD = "run.json"
@@ -293,7 +296,11 @@ def config_identity(cfg: Any) -> dict[str, Any]:
         d = dataclasses.asdict(cfg)
     else:
         d = dict(cfg)
-    return {k: v for k, v in d.items() if k not in NON_IDENTITY_KEYS}
+    out = {k: v for k, v in d.items() if k not in NON_IDENTITY_KEYS}
+    for (section, key), value in ADDED_AT_OLD_BEHAVIOUR.items():
+        if isinstance(out.get(section), dict) and out[section].get(key, value) == value:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
 
 
 def identity_hash(identity: Mapping[str, Any]) -> str:
@@ -312,7 +319,7 @@ def identity_diff(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 8
     return "; ".join(parts) or "(no visible difference)"
 
 
-__all__ = ["COMPILE_CACHE_ENV", "LOCK", "NON_IDENTITY_KEYS", "RECORD", "AlreadyComplete",
-           "RunDir", "atomic", "compile_cache_dir", "confine", "config_identity",
+__all__ = ["ADDED_AT_OLD_BEHAVIOUR", "COMPILE_CACHE_ENV", "LOCK", "NON_IDENTITY_KEYS", "RECORD",
+           "AlreadyComplete", "RunDir", "atomic", "compile_cache_dir", "confine", "config_identity",
            "identity_diff", "identity_hash", "read_record", "safe_name", "SWEEP_MANIFEST",
            "save_figure", "write_frame", "write_text"]

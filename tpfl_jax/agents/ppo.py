@@ -60,7 +60,11 @@ class DataStream(Protocol):
 # --------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class PPOConfig:
-    """PPO configuration. Ints/bools/strings are static; floats seed :class:`PPOHParams`."""
+    """PPO configuration. Ints/bools/strings are static; floats seed :class:`PPOHParams`.
+
+    The defaults are generic (CleanRL-like); the package's recipes are the Hydra ``ppo`` groups,
+    which e.g. set ``normalize_obs`` (needed by ``TradingEnv``'s default ``vol`` observation).
+    ``anneal_ent`` anneals ``ent_coef`` linearly to 0 over the updates, as ``anneal_lr``."""
 
     num_envs: int = 4
     num_steps: int = 128

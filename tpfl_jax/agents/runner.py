@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from tpfl_jax import distributed
 from tpfl_jax.agents.ppo import PPOConfig, PPOHParams, RunnerState, make_ppo
 from tpfl_jax.guard import DivergenceError, GuardSection, check_divergence, tree_digest
-from tpfl_jax.rundir import identity_diff, identity_hash
+from tpfl_jax.rundir import ADDED_AT_OLD_BEHAVIOUR, identity_diff, identity_hash
 
 IDENTITY_FILE = "run_identity.json"
 DIGEST_FILE = "checkpoint_digests.json"
@@ -178,7 +178,8 @@ class Runner:
         hp = self.hparams if self.hparams is not None else self.config.hparams()
         return {
             "ppo": {k: (list(v) if isinstance(v, tuple) else v)
-                    for k, v in asdict(self.config).items()},
+                    for k, v in asdict(self.config).items()
+                    if ADDED_AT_OLD_BEHAVIOUR.get(("ppo", k), ...) != v},
             "seed": self.seed, "num_seeds": self.num_seeds,
             "chunk_updates": self.chunk_updates,
             "hparams": {k: np.asarray(v).tolist() for k, v in asdict(hp).items()},

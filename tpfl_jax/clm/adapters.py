@@ -185,7 +185,11 @@ class PPOTrainingAdapter:
                    "num_updates": float(cfg.num_updates)}
         for k in ("hit_rate", "mean_r", "trades"):      # the last update's training rollout
             summary[f"final_{k}"] = float(metrics[f"trade/{k}"][-1])
-        config = {"ppo": dataclasses.asdict(cfg), "env_static": self.env_static,
+        # the env as built (every static setting, defaults resolved): the model's backtest
+        # rebuilds this env even if the package's defaults change later
+        static = {"window": env.window, "n_tp": env.n_tp,
+                  "premature_horizon": env.premature_horizon, "features": env.features}
+        config = {"ppo": dataclasses.asdict(cfg), "env_static": static,
                   "env_kwargs": {k: np.asarray(v).tolist() for k, v in env_kwargs.items()},
                   "tp_reward_weight": weight, "seed": self.seed}
         params = {"network": jax.device_get(result.params)}
@@ -216,7 +220,8 @@ class PPOBacktestAdapter:
 
         cfg = PPOConfig(**{k: tuple(v) if isinstance(v, list) else v
                            for k, v in model.config["ppo"].items()})
-        env = TradingEnv(**model.config.get("env_static", {}))
+        # a model stored without ``features`` predates the setting: the observation was base
+        env = TradingEnv(**{"features": "base", **model.config.get("env_static", {})})
         data = _market_for(self.market, job, 1, self.n_paths, self.n_bars)
         env_params = env.make_params(data, tp_reward_weight=model.config["tp_reward_weight"],
                                      **model.config.get("env_kwargs", {}))

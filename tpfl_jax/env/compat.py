@@ -48,8 +48,10 @@ class TradingEnvV3:
     final observation; call ``reset()`` to start the next episode.
 
     ``config`` (mapping or object with attributes): ``window``, ``n_tp``,
-    ``premature_horizon`` (static), ``seed``, and any ``EnvParams`` field (e.g. ``tp_mults``,
-    ``sl_mult``, ``fee_bps``, ``max_steps_in_episode``). Unknown keys raise ``ValueError``.
+    ``premature_horizon``, ``features`` (static; ``features`` defaults to ``base``, the seed's
+    observation, not to ``TradingEnv``'s default), ``seed``, and any ``EnvParams`` field (e.g.
+    ``tp_mults``, ``sl_mult``, ``fee_bps``, ``max_steps_in_episode``). Unknown keys raise
+    ``ValueError``.
     """
 
     def __init__(self, config: Mapping[str, Any] | Any | None = None,
@@ -61,7 +63,8 @@ class TradingEnvV3:
         if unknown:
             raise ValueError(f"TradingEnvV3 config: unknown keys {sorted(unknown)}; expected "
                              f"any of {sorted(fields | set(_STATIC_KEYS) | set(_OTHER_KEYS))}")
-        self.env = TradingEnv(**{k: cfg[k] for k in _STATIC_KEYS if k in cfg})
+        self.env = TradingEnv(**{"features": "base",
+                                 **{k: cfg[k] for k in _STATIC_KEYS if k in cfg}})
         market = _resolve_market(market_data_provider)
         self.params: EnvParams = self.env.make_params(
             market, tp_reward_weight=float(tp_reward_weight),

@@ -60,7 +60,8 @@ FEATURE_SETS = {
     "logret": ("logret", "vol", "scales", "position"),
 }
 FEATURE_BLOCKS = ("moves", "position", "vol", "logret", "scales", "moves_long")
-# the default observation: ``base`` (before 2026-12-05) hides the volatility level, which
+# the default observation: ``base`` (every result recorded before the causal-limit ablation)
+# hides the volatility level, which
 # tells the regimes apart; ``vol`` carries it (experiments/README.md, "Against the causal limit")
 DEFAULT_FEATURES = "vol"
 
