@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from tpfl_jax.rundir import read_record
+
 # A0, the 2026-11-30 recipe every row changes: ppo=agent as it was then (no observation
 # normalisation) on the observation of that time (base)
 BASE = ["experiment=agent", "audit.enabled=false", "progress=false", "env.features=base",
@@ -81,8 +83,8 @@ def run(tag: str, overrides: list[str], market: str, out: Path, seed: int) -> di
     d = out / f"{market}_{tag}_s{seed}"
     done = d / "ablation_wall_s.txt"           # a finished row is read back, not rerun
     if not done.exists():
-        before = d / "run.json"       # a complete run is not recomputed: no wall time to record
-        complete = before.exists() and '"status": "complete"' in before.read_text()
+        # a complete run is not recomputed: no wall time to record
+        complete = (read_record(d) or {}).get("status") == "complete"
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "tpfl_jax.app", "train", f"market={market}", *BASE,
                *overrides, f"seed={seed}", f"hydra.run.dir={d}"]

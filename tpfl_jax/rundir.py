@@ -40,8 +40,9 @@ SWEEP_MANIFEST = "sweep.json"    # in a checked sweep's dir: every job with its 
 # keys that do not change what a run computes (excluded from its identity)
 NON_IDENTITY_KEYS = ("progress", "compile_cache", "compile_cache_dir", "guard", "mesh")
 # settings added after run dirs were written, at the value that computes what those runs did:
-# left out of the identity so those runs still resume and stay complete
-ADDED_AT_OLD_BEHAVIOUR = {("ppo", "anneal_ent"): False}
+# left out of the identity (``config_identity``'s sections; the runner's ``env_static``) so
+# those runs still resume and stay complete
+ADDED_AT_OLD_BEHAVIOUR = {("ppo", "anneal_ent"): False, ("env_static", "features"): "base"}
 
 LOCK = ".tpfl.lock"
 RECORD = "run.json"

@@ -184,11 +184,9 @@ class Runner:
             "chunk_updates": self.chunk_updates,
             "hparams": {k: np.asarray(v).tolist() for k, v in asdict(hp).items()},
             "env": f"{type(self.env).__module__}.{type(self.env).__qualname__}",
-            # features="base" is the observation from before env.features existed: left out,
-            # so run dirs of that time still resume
             "env_static": {k: v for k, v in sorted(vars(self.env).items())
                            if isinstance(v, (bool, int, float, str))
-                           and (k, v) != ("features", "base")},
+                           and ADDED_AT_OLD_BEHAVIOUR.get(("env_static", k), ...) != v},
             "env_params_sha256": tree_digest(self.env_params),
             "source_sha256": None if self.source is None else tree_digest(self.source),
         }
